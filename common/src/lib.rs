@@ -1,0 +1,28 @@
+//! The vocabulary shared by the tracker and the peer: identifiers, SHA-256 digests, file
+//! manifests (how a file is cut into chunks and how each chunk is checked), chunk bitfields,
+//! size and rate units, and the rules that make names from other machines safe to use.
+//!
+//! This crate knows nothing about gRPC, HTTP or SQL; the adapters convert at their edges.
+//!
+//! # Layout
+//! - [`ids`]: `FileId` (content id) and `PeerId`.
+//! - [`hash`]: `Sha256Digest`.
+//! - [`manifest`]: chunk layout, the content id, and streaming file hashing.
+//! - [`bitfield`]: which chunks a holder has.
+//! - [`filetype`]: the `type` of a file, from its extension.
+//! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
+//! - [`names`]: sanitising hostile file names and escaping text for terminals.
+
+pub mod bitfield;
+pub mod filetype;
+pub mod hash;
+pub mod ids;
+pub mod manifest;
+pub mod names;
+pub mod units;
+
+pub use bitfield::Bitfield;
+pub use filetype::FileType;
+pub use hash::Sha256Digest;
+pub use ids::{FileId, PeerId};
+pub use manifest::{Manifest, ManifestError};

@@ -1,0 +1,306 @@
+//! How a file is cut into chunks and how every chunk is checked.
+//!
+//! A file of `size` bytes is cut into `ceil(size / chunk_size)` chunks; the last one may be
+//! short and an empty file has none. The manifest lists the SHA-256 of every chunk and of
+//! the whole file (what `sha256sum` prints). The file's id is the SHA-256 of the manifest's
+//! layout (size, chunk size, chunk hashes), so a getter who knows the id can check a chunk
+//! map before it trusts a single byte of it.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+
+use sha2::{Digest, Sha256};
+
+use crate::{FileId, Sha256Digest};
+
+/// The smallest chunk: 1 MiB, a good unit for parallel fetching and verification.
+pub const MIN_CHUNK_SIZE: u32 = 1 << 20;
+/// The largest chunk a peer will send or accept in one message.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Chunk sizes grow past 1 MiB only to keep a file under this many chunks.
+const TARGET_MAX_CHUNKS: u64 = 8192;
+/// Longest file name the tracker stores, in bytes.
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// The chunk size for a file of `size` bytes: 1 MiB, doubled until the file has at most
+/// 8192 chunks, at most 16 MiB.
+pub fn chunk_size_for(size: u64) -> u32 {
+    let mut cs = MIN_CHUNK_SIZE as u64;
+    while size.div_ceil(cs) > TARGET_MAX_CHUNKS && cs < MAX_CHUNK_SIZE as u64 {
+        cs *= 2;
+    }
+    cs as u32
+}
+
+/// Number of chunks of a file of `size` bytes.
+pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(chunk_size as u64)
+}
+
+/// A chunk map that does not add up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("chunk size {0} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} or not a power of two")]
+    BadChunkSize(u32),
+    #[error("{got} chunk hashes for a file of {size} bytes (expected {expected})")]
+    WrongChunkCount { size: u64, expected: u64, got: u64 },
+    #[error("chunk hash list of {0} bytes is not a multiple of 32")]
+    RaggedHashes(usize),
+    #[error("file name is empty or longer than {MAX_NAME_LEN} bytes")]
+    BadName,
+    #[error("manifest does not match file id {0}")]
+    IdMismatch(FileId),
+}
+
+/// Everything needed to fetch and check one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The name the sharer gave it (untrusted: see [`crate::names`] before using it as a path).
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 of the whole content.
+    pub sha256: Sha256Digest,
+    pub chunk_size: u32,
+    pub chunk_hashes: Vec<Sha256Digest>,
+}
+
+impl Manifest {
+    /// Builds a manifest from wire parts, refusing any that does not add up.
+    ///
+    /// # Errors
+    /// [`ManifestError`] when the name, chunk size, or number of hashes is wrong.
+    pub fn from_parts(
+        name: String,
+        size: u64,
+        sha256: Sha256Digest,
+        chunk_size: u32,
+        packed_hashes: &[u8],
+    ) -> Result<Self, ManifestError> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
+            return Err(ManifestError::BadName);
+        }
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || !chunk_size.is_power_of_two()
+        {
+            return Err(ManifestError::BadChunkSize(chunk_size));
+        }
+        if packed_hashes.len() % 32 != 0 {
+            return Err(ManifestError::RaggedHashes(packed_hashes.len()));
+        }
+        let expected = chunk_count(size, chunk_size);
+        let got = (packed_hashes.len() / 32) as u64;
+        if got != expected {
+            return Err(ManifestError::WrongChunkCount {
+                size,
+                expected,
+                got,
+            });
+        }
+        let chunk_hashes = packed_hashes
+            .chunks_exact(32)
+            .map(|c| Sha256Digest::from_slice(c).expect("chunks_exact(32) yields 32 bytes"))
+            .collect();
+        Ok(Self {
+            name,
+            size,
+            sha256,
+            chunk_size,
+            chunk_hashes,
+        })
+    }
+
+    /// Like [`Manifest::from_parts`], and also checks that the layout hashes to `id`.
+    ///
+    /// # Errors
+    /// [`ManifestError::IdMismatch`] when it does not.
+    pub fn verified(self, id: &FileId) -> Result<Self, ManifestError> {
+        if self.id() != *id {
+            return Err(ManifestError::IdMismatch(*id));
+        }
+        Ok(self)
+    }
+
+    /// The content id: SHA-256 over a version tag, the size, the chunk size and the hashes.
+    pub fn id(&self) -> FileId {
+        let mut h = Sha256::new();
+        h.update(b"tessera-manifest-v1\0");
+        h.update(self.size.to_be_bytes());
+        h.update(self.chunk_size.to_be_bytes());
+        for c in &self.chunk_hashes {
+            h.update(c.0);
+        }
+        FileId(Sha256Digest(h.finalize().into()))
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_hashes.len() as u32
+    }
+
+    /// The byte range of chunk `index` within the file.
+    ///
+    /// # Panics
+    /// When `index` is not a chunk of this file.
+    pub fn chunk_range(&self, index: u32) -> Range<u64> {
+        assert!(index < self.chunk_count(), "chunk {index} out of range");
+        let start = index as u64 * self.chunk_size as u64;
+        start..(start + self.chunk_size as u64).min(self.size)
+    }
+
+    /// The hashes packed as 32-byte runs, as they travel on the wire and sit in the database.
+    pub fn packed_hashes(&self) -> Vec<u8> {
+        self.chunk_hashes.iter().flat_map(|d| d.0).collect()
+    }
+
+    /// Whether `data` is exactly chunk `index`.
+    pub fn check_chunk(&self, index: u32, data: &[u8]) -> bool {
+        let Some(expected) = self.chunk_hashes.get(index as usize) else {
+            return false;
+        };
+        let range = self.chunk_range(index);
+        data.len() as u64 == range.end - range.start && Sha256Digest::of(data) == *expected
+    }
+}
+
+/// Hashes a file into a manifest, reading it once and never holding more than a few chunks
+/// in memory. The chunk hashes are computed on the reading thread while a second thread
+/// computes the whole-file hash, so one file keeps two cores busy.
+///
+/// # Errors
+/// Any I/O error, or `InvalidData` if the file changed size while it was read.
+pub fn hash_file(path: &Path, name: String) -> io::Result<Manifest> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let chunk_size = chunk_size_for(size);
+    let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(4);
+    let whole = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        for block in rx {
+            h.update(&block[..]);
+        }
+        Sha256Digest(h.finalize().into())
+    });
+    let mut chunk_hashes = Vec::with_capacity(chunk_count(size, chunk_size) as usize);
+    let mut total = 0u64;
+    loop {
+        let mut buf = vec![0u8; chunk_size as usize];
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        total += n as u64;
+        chunk_hashes.push(Sha256Digest::of(&buf));
+        if tx.send(Arc::new(buf)).is_err() {
+            break;
+        }
+        if n < chunk_size as usize {
+            break;
+        }
+    }
+    drop(tx);
+    let sha256 = whole.join().expect("the hashing thread does not panic");
+    if total != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} changed size while it was hashed", path.display()),
+        ));
+    }
+    Ok(Manifest {
+        name,
+        size,
+        sha256,
+        chunk_size,
+        chunk_hashes,
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn manifest_of(data: &[u8]) -> Manifest {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        hash_file(f.path(), "x".into()).unwrap()
+    }
+
+    #[test]
+    fn chunk_boundaries_add_up() {
+        let cs = MIN_CHUNK_SIZE as usize;
+        for size in [0, 1, cs - 1, cs, cs + 1, 3 * cs + 7] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let m = manifest_of(&data);
+            assert_eq!(m.size, size as u64);
+            assert_eq!(m.sha256, Sha256Digest::of(&data));
+            assert_eq!(m.chunk_count() as usize, size.div_ceil(cs));
+            for i in 0..m.chunk_count() {
+                let r = m.chunk_range(i);
+                assert!(m.check_chunk(i, &data[r.start as usize..r.end as usize]));
+            }
+            let again = Manifest::from_parts(
+                m.name.clone(),
+                m.size,
+                m.sha256,
+                m.chunk_size,
+                &m.packed_hashes(),
+            )
+            .unwrap();
+            assert_eq!(again.clone().verified(&m.id()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn refuses_maps_that_do_not_add_up() {
+        let d = Sha256Digest::of(b"");
+        let cs = MIN_CHUNK_SIZE;
+        assert!(matches!(
+            Manifest::from_parts("a".into(), cs as u64 + 1, d, cs, &[0; 32]),
+            Err(ManifestError::WrongChunkCount {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ));
+        assert!(Manifest::from_parts("a".into(), 1, d, cs, &[0; 31]).is_err());
+        assert!(Manifest::from_parts("a".into(), 1, d, 1000, &[0; 32]).is_err());
+        assert!(Manifest::from_parts(String::new(), 1, d, cs, &[0; 32]).is_err());
+        let m = Manifest::from_parts("a".into(), 1, d, cs, &[0; 32]).unwrap();
+        let other = FileId(Sha256Digest::of(b"other"));
+        assert!(m.verified(&other).is_err());
+    }
+
+    #[test]
+    fn wrong_bytes_fail_the_check() {
+        let m = manifest_of(b"hello world");
+        assert!(m.check_chunk(0, b"hello world"));
+        assert!(!m.check_chunk(0, b"hello worle"));
+        assert!(!m.check_chunk(0, b"hello worl"));
+        assert!(!m.check_chunk(1, b"hello world"));
+    }
+
+    #[test]
+    fn chunk_size_grows_for_huge_files() {
+        assert_eq!(chunk_size_for(0), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(8 << 30), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for((8 << 30) + 1), 2 * MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size_for(u64::MAX / 2), MAX_CHUNK_SIZE);
+    }
+}
