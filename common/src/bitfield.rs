@@ -49,7 +49,7 @@ impl Bitfield {
             bits: bytes.to_vec(),
             len,
         };
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             let last = b.bits.len() - 1;
             b.bits[last] &= 0xffu8 << (8 - len % 8);
         }

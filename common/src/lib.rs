@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`ids`]: `FileId` (content id) and `PeerId`.
-//! - [`hash`]: `Sha256Digest`.
+//! - [`hash`]: the `Sha256Digest` type.
 //! - [`manifest`]: chunk layout, the content id, and streaming file hashing.
 //! - [`bitfield`]: which chunks a holder has.
 //! - [`filetype`]: the `type` of a file, from its extension.

@@ -87,7 +87,7 @@ impl Manifest {
         {
             return Err(ManifestError::BadChunkSize(chunk_size));
         }
-        if packed_hashes.len() % 32 != 0 {
+        if !packed_hashes.len().is_multiple_of(32) {
             return Err(ManifestError::RaggedHashes(packed_hashes.len()));
         }
         let expected = chunk_count(size, chunk_size);
