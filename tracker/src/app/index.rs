@@ -1,0 +1,365 @@
+//! The in-memory index: every file with its manifest and holdings, and every peer with its
+//! liveness. Search, resolve, locate, stats and the per-request checks read only this, so
+//! hot paths never wait for the database. It is rebuilt from the database at start; every
+//! change made here is also queued to the batch writer by the caller (`app`).
+//!
+//! Time is passed in (`now_ms`) rather than read, so liveness is testable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
+
+use crate::model::{FileRecord, HoldingKind, PeerRecord};
+
+/// What one peer holds of one file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Holding {
+    pub kind: HoldingKind,
+    pub have: Bitfield,
+    pub updated_at_ms: i64,
+}
+
+/// A known file.
+#[derive(Debug)]
+pub struct FileEntry {
+    pub id: FileId,
+    pub manifest: Arc<Manifest>,
+    pub file_type: FileType,
+    pub created_at_ms: i64,
+    name_lower: String,
+    pub holdings: HashMap<PeerId, Holding>,
+}
+
+impl FileEntry {
+    pub fn new(rec: FileRecord) -> Self {
+        let id = rec.id();
+        let m = rec.manifest;
+        Self {
+            id,
+            file_type: FileType::from_name(&m.name),
+            name_lower: m.name.to_lowercase(),
+            manifest: Arc::new(m),
+            created_at_ms: rec.created_at_ms,
+            holdings: HashMap::new(),
+        }
+    }
+}
+
+/// A known peer and its owner's name.
+#[derive(Clone, Debug)]
+pub struct PeerEntry {
+    pub rec: PeerRecord,
+    pub user: String,
+}
+
+/// A peer is up iff its last heartbeat is at most `timeout_ms` old.
+pub fn is_up(last_seen_ms: Option<i64>, now_ms: i64, timeout_ms: i64) -> bool {
+    last_seen_ms.is_some_and(|t| now_ms.saturating_sub(t) <= timeout_ms)
+}
+
+/// Files, peers and holdings.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub files: BTreeMap<FileId, FileEntry>,
+    /// (name, id) in order, for searches ordered by name then id and exact-name lookups.
+    by_name: BTreeSet<(String, FileId)>,
+    pub peers: HashMap<PeerId, PeerEntry>,
+    /// The peer timeout in milliseconds.
+    pub timeout_ms: i64,
+}
+
+/// One search, already validated.
+#[derive(Clone, Debug, Default)]
+pub struct Search {
+    pub terms: Vec<String>,
+    pub file_type: Option<FileType>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl Index {
+    pub fn new(timeout_ms: i64) -> Self {
+        Self {
+            timeout_ms,
+            ..Self::default()
+        }
+    }
+
+    pub fn insert_file(&mut self, entry: FileEntry) {
+        self.by_name.insert((entry.manifest.name.clone(), entry.id));
+        self.files.insert(entry.id, entry);
+    }
+
+    pub fn remove_file(&mut self, id: &FileId) -> Option<FileEntry> {
+        let entry = self.files.remove(id)?;
+        self.by_name
+            .remove(&(entry.manifest.name.clone(), entry.id));
+        Some(entry)
+    }
+
+    pub fn is_up(&self, peer: &PeerId, now_ms: i64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| is_up(p.rec.last_seen_ms, now_ms, self.timeout_ms))
+    }
+
+    /// Up and reachable: the only peers handed out to getters or counted as copies.
+    pub fn is_serving(&self, peer: &PeerId, now_ms: i64) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            !p.rec.addr.is_empty() && is_up(p.rec.last_seen_ms, now_ms, self.timeout_ms)
+        })
+    }
+
+    /// Serving peers holding some chunk, if together they hold every chunk; else 0. For a
+    /// file with no chunks: serving peers holding it.
+    pub fn holders(&self, file: &FileEntry, now_ms: i64) -> u32 {
+        let chunks = file.manifest.chunk_count();
+        let mut union = Bitfield::new(chunks);
+        let mut n = 0;
+        for (peer, h) in &file.holdings {
+            if !self.is_serving(peer, now_ms) {
+                continue;
+            }
+            if chunks > 0 {
+                if h.have.count() == 0 {
+                    continue;
+                }
+                union.union_with(&h.have);
+            }
+            n += 1;
+        }
+        if chunks == 0 || union.is_complete() {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Files whose names contain every term (already lowercased), of the type if given,
+    /// ordered by name then id; returns one page and the total.
+    pub fn search(&self, q: &Search) -> (Vec<&FileEntry>, usize) {
+        let mut total = 0;
+        let mut page = Vec::new();
+        for (_, id) in &self.by_name {
+            let Some(f) = self.files.get(id) else {
+                continue;
+            };
+            if q.file_type.is_some_and(|t| t != f.file_type)
+                || !q.terms.iter().all(|t| f.name_lower.contains(t.as_str()))
+            {
+                continue;
+            }
+            if total >= q.offset && page.len() < q.limit {
+                page.push(f);
+            }
+            total += 1;
+        }
+        (page, total)
+    }
+
+    /// Files whose id starts with `prefix` (lowercase hex, at most 64 digits).
+    pub fn by_id_prefix(&self, prefix: &str) -> Vec<&FileEntry> {
+        let pad = |c: char| -> Option<FileId> {
+            let mut s = prefix.to_string();
+            while s.len() < 64 {
+                s.push(c);
+            }
+            s.parse::<Sha256Digest>().ok().map(FileId)
+        };
+        let (Some(lo), Some(hi)) = (pad('0'), pad('f')) else {
+            return Vec::new();
+        };
+        self.files.range(lo..=hi).map(|(_, f)| f).collect()
+    }
+
+    /// Files named exactly `name`, by id.
+    pub fn by_name(&self, name: &str) -> Vec<&FileEntry> {
+        let lo = (name.to_string(), FileId(Sha256Digest([0; 32])));
+        let hi = (name.to_string(), FileId(Sha256Digest([0xff; 32])));
+        self.by_name
+            .range(lo..=hi)
+            .filter_map(|(_, id)| self.files.get(id))
+            .collect()
+    }
+
+    /// Every match of a term: by id prefix (6+ hex digits, case-insensitive), then by exact
+    /// name, without duplicates.
+    pub fn resolve(&self, term: &str) -> Vec<&FileEntry> {
+        let mut out: Vec<&FileEntry> = Vec::new();
+        let lower = term.to_ascii_lowercase();
+        if (6..=64).contains(&lower.len()) && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.extend(self.by_id_prefix(&lower));
+        }
+        for f in self.by_name(term) {
+            if !out.iter().any(|o| o.id == f.id) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Per chunk of `file`: how many serving peers hold it.
+    pub fn copies(&self, file: &FileEntry, now_ms: i64) -> Vec<u32> {
+        let mut copies = vec![0u32; file.manifest.chunk_count() as usize];
+        for (peer, h) in &file.holdings {
+            if self.is_serving(peer, now_ms) {
+                for i in h.have.iter_ones() {
+                    copies[i as usize] += 1;
+                }
+            }
+        }
+        copies
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::manifest::MIN_CHUNK_SIZE;
+
+    fn manifest(name: &str, chunks: u32, seed: u8) -> Manifest {
+        let hashes: Vec<u8> = (0..chunks * 32).map(|i| seed ^ i as u8).collect();
+        Manifest::from_parts(
+            name.into(),
+            chunks as u64 * MIN_CHUNK_SIZE as u64,
+            Sha256Digest([seed; 32]),
+            MIN_CHUNK_SIZE,
+            &hashes,
+        )
+        .unwrap()
+    }
+
+    fn add_file(ix: &mut Index, name: &str, chunks: u32, seed: u8) -> FileId {
+        let e = FileEntry::new(FileRecord {
+            manifest: manifest(name, chunks, seed),
+            created_at_ms: 0,
+        });
+        let id = e.id;
+        ix.insert_file(e);
+        id
+    }
+
+    fn add_peer(ix: &mut Index, n: u8, last_seen: Option<i64>, addr: &str) -> PeerId {
+        let id = PeerId::from_random([n; 16]);
+        ix.peers.insert(
+            id.clone(),
+            PeerEntry {
+                rec: PeerRecord {
+                    id: id.clone(),
+                    user_id: 1,
+                    addr: addr.into(),
+                    storage_quota: 0,
+                    storage_used: 0,
+                    last_seen_ms: last_seen,
+                    created_at_ms: 0,
+                },
+                user: "u".into(),
+            },
+        );
+        id
+    }
+
+    fn hold(ix: &mut Index, file: FileId, peer: &PeerId, chunks: &[u32]) {
+        let f = ix.files.get_mut(&file).unwrap();
+        let mut have = Bitfield::new(f.manifest.chunk_count());
+        for &c in chunks {
+            have.set(c);
+        }
+        f.holdings.insert(
+            peer.clone(),
+            Holding {
+                kind: HoldingKind::Shared,
+                have,
+                updated_at_ms: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn should_count_a_peer_up_only_within_the_timeout() {
+        assert!(is_up(Some(1000), 1500, 500));
+        assert!(!is_up(Some(1000), 1501, 500));
+        assert!(!is_up(None, 0, 500));
+    }
+
+    #[test]
+    fn should_count_holders_only_when_live_peers_cover_every_chunk() {
+        let mut ix = Index::new(1000);
+        let f = add_file(&mut ix, "a.bin", 3, 1);
+        let a = add_peer(&mut ix, 1, Some(10_000), "h:1");
+        let b = add_peer(&mut ix, 2, Some(10_000), "h:2");
+        let down = add_peer(&mut ix, 3, Some(0), "h:3");
+        let no_addr = add_peer(&mut ix, 4, Some(10_000), "");
+        hold(&mut ix, f, &a, &[0, 1]);
+        hold(&mut ix, f, &down, &[2]);
+        hold(&mut ix, f, &no_addr, &[2]);
+        assert_eq!(ix.holders(&ix.files[&f], 10_000), 0);
+        hold(&mut ix, f, &b, &[2]);
+        assert_eq!(ix.holders(&ix.files[&f], 10_000), 2);
+        assert_eq!(ix.copies(&ix.files[&f], 10_000), vec![1, 1, 1]);
+        // Everyone is down later.
+        assert_eq!(ix.holders(&ix.files[&f], 20_000), 0);
+
+        let empty = add_file(&mut ix, "empty", 0, 2);
+        assert_eq!(ix.holders(&ix.files[&empty], 10_000), 0);
+        hold(&mut ix, empty, &a, &[]);
+        hold(&mut ix, empty, &down, &[]);
+        assert_eq!(ix.holders(&ix.files[&empty], 10_000), 1);
+    }
+
+    #[test]
+    fn should_search_all_terms_case_insensitively_in_name_order() {
+        let mut ix = Index::new(1000);
+        add_file(&mut ix, "Zebra Live.mp4", 1, 1);
+        add_file(&mut ix, "abbey road.flac", 1, 2);
+        add_file(&mut ix, "Abbey Road Remastered.FLAC", 1, 3);
+        add_file(&mut ix, "notes.txt", 1, 4);
+        let q = |terms: &[&str], t: Option<FileType>, limit, offset| Search {
+            terms: terms.iter().map(|s| s.to_string()).collect(),
+            file_type: t,
+            limit,
+            offset,
+        };
+        let names = |r: (Vec<&FileEntry>, usize)| {
+            (
+                r.0.iter()
+                    .map(|f| f.manifest.name.clone())
+                    .collect::<Vec<_>>(),
+                r.1,
+            )
+        };
+        let (all, total) = names(ix.search(&q(&[], None, 50, 0)));
+        assert_eq!(total, 4);
+        assert_eq!(all[0], "Abbey Road Remastered.FLAC");
+        assert_eq!(all[3], "notes.txt");
+        let (hits, total) = names(ix.search(&q(&["road", "abbey"], None, 50, 0)));
+        assert_eq!(total, 2);
+        assert_eq!(hits.len(), 2);
+        let (audio, _) = names(ix.search(&q(&[], Some(FileType::Audio), 50, 0)));
+        assert_eq!(audio.len(), 2);
+        let (page, total) = names(ix.search(&q(&[], None, 1, 1)));
+        assert_eq!((page, total), (vec!["Zebra Live.mp4".to_string()], 4));
+        assert_eq!(ix.search(&q(&["nothing"], None, 50, 0)).1, 0);
+    }
+
+    #[test]
+    fn should_resolve_by_id_prefix_and_exact_name() {
+        let mut ix = Index::new(1000);
+        let a = add_file(&mut ix, "same.txt", 1, 1);
+        let b = add_file(&mut ix, "same.txt", 2, 2);
+        add_file(&mut ix, "other.txt", 1, 3);
+        let hex = a.to_string();
+        assert_eq!(ix.resolve(&hex).len(), 1);
+        assert_eq!(ix.resolve(&hex[..6].to_uppercase())[0].id, a);
+        assert_eq!(ix.resolve(&hex[..7]).len(), 1);
+        assert!(ix.resolve(&hex[..5]).is_empty());
+        let both = ix.resolve("same.txt");
+        assert_eq!(both.len(), 2);
+        assert!(both.iter().any(|f| f.id == b));
+        assert!(ix.resolve("SAME.TXT").is_empty());
+        assert!(ix.resolve("").is_empty());
+        assert!(ix.remove_file(&a).is_some());
+        assert_eq!(ix.resolve("same.txt").len(), 1);
+    }
+}

@@ -1,0 +1,185 @@
+//! `TrackerService`: the tracker's domain logic, which both adapters (gRPC for peers, REST
+//! for people and scripts) call. It owns the in-memory [`index::Index`] (files, holdings,
+//! peers) and the session table, and decides what is written to the database and when:
+//! account and session changes are written directly (they are rare and must be durable
+//! before the answer), announce and unindex wait for the batch writer to commit, and
+//! heartbeats and chunk reports are only queued to it.
+
+mod accounts;
+pub mod auth;
+mod holdings;
+pub mod index;
+mod queries;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use common::Bitfield;
+use tokio::task::JoinHandle;
+
+use crate::db::Store;
+use crate::db::writer::Writer;
+use crate::model::now_ms;
+use crate::{Config, Error};
+use auth::Throttle;
+use index::{FileEntry, Holding, Index, PeerEntry};
+pub use views::*;
+
+/// Longest peer address accepted in a heartbeat.
+const MAX_ADDR_LEN: usize = 255;
+
+/// A cloneable handle on the tracker's state.
+#[derive(Clone)]
+pub struct TrackerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Config,
+    store: Store,
+    writer: Writer,
+    index: RwLock<Index>,
+    /// token hash → session.
+    sessions: RwLock<HashMap<String, SessionEntry>>,
+    throttle: Mutex<Throttle>,
+    /// A real argon2id hash of a random password, verified against for unknown users so a
+    /// login takes as long whether or not the user exists. Made on first use, so starting
+    /// the tracker does not pay for it.
+    dummy_hash: tokio::sync::OnceCell<String>,
+}
+
+#[derive(Clone, Debug)]
+struct SessionEntry {
+    user_id: i32,
+    user: String,
+    expires_at_ms: i64,
+}
+
+impl TrackerService {
+    /// Loads the index and the sessions from the database and starts the batch writer.
+    /// Returns the writer's task, which ends once every handle is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when loading fails.
+    pub async fn start(cfg: Config, store: Store) -> Result<(Self, JoinHandle<()>), Error> {
+        let now = now_ms();
+        let names = store.user_names().await?;
+        let mut index = Index::new(duration_ms(cfg.peer_timeout));
+        for rec in store.load_peers().await? {
+            let user = names.get(&rec.user_id).cloned().unwrap_or_default();
+            index.peers.insert(rec.id.clone(), PeerEntry { rec, user });
+        }
+        for rec in store.load_files().await? {
+            index.insert_file(FileEntry::new(rec));
+        }
+        for h in store.load_holdings().await? {
+            let Some(f) = index.files.get_mut(&h.file_id) else {
+                continue;
+            };
+            match Bitfield::from_bytes(&h.have, f.manifest.chunk_count()) {
+                Ok(have) => {
+                    f.holdings.insert(
+                        h.peer_id,
+                        Holding {
+                            kind: h.kind,
+                            have,
+                            updated_at_ms: h.updated_at_ms,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(file = %h.file_id, cause = %e, "skipping a bad holding"),
+            }
+        }
+        let mut sessions = HashMap::new();
+        for s in store.load_sessions(now).await? {
+            if let Some(user) = names.get(&s.user_id) {
+                sessions.insert(
+                    s.token_hash,
+                    SessionEntry {
+                        user_id: s.user_id,
+                        user: user.clone(),
+                        expires_at_ms: s.expires_at_ms,
+                    },
+                );
+            }
+        }
+        tracing::info!(
+            files = index.files.len(),
+            peers = index.peers.len(),
+            sessions = sessions.len(),
+            "loaded state from the database"
+        );
+        let (writer, handle) = Writer::spawn(store.clone());
+        let svc = TrackerService {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                writer,
+                index: RwLock::new(index),
+                sessions: RwLock::new(sessions),
+                throttle: Mutex::new(Throttle::default()),
+                dummy_hash: tokio::sync::OnceCell::new(),
+            }),
+        };
+        Ok((svc, handle))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Writes every queued update and waits for the commit.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the write fails.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.inner.writer.flush().await
+    }
+
+    /// Whether the database answers.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when it does not.
+    pub async fn health(&self) -> Result<(), Error> {
+        self.inner.store.ping().await
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.inner
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.inner
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn file_view(ix: &Index, f: &FileEntry, now: i64) -> FileView {
+    let m = &f.manifest;
+    FileView {
+        id: f.id,
+        name: m.name.clone(),
+        size: m.size,
+        sha256: m.sha256,
+        file_type: f.file_type,
+        chunk_size: m.chunk_size,
+        chunks: m.chunk_count(),
+        holders: ix.holders(f, now),
+        created_at_ms: f.created_at_ms,
+    }
+}

@@ -1,0 +1,202 @@
+//! Read-only questions on [`TrackerService`]: search, resolve, locate, the peers list, one
+//! file's chunk map and the stats. All answer from memory (stats also counts users in the
+//! database).
+
+use common::{FileId, PeerId};
+
+use super::index::{self, Holding, Search};
+use super::{
+    ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage, SearchQuery, Stats,
+    TrackerService, file_view,
+};
+use crate::Error;
+use crate::model::now_ms;
+
+/// Default and largest page of search results.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 1000;
+
+impl TrackerService {
+    /// Searches file names.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a limit over 1000.
+    pub fn search(&self, q: &SearchQuery) -> Result<SearchPage, Error> {
+        let limit = match q.limit {
+            None | Some(0) => DEFAULT_LIMIT,
+            Some(l) if l > MAX_LIMIT => {
+                return Err(Error::invalid(format!("limit must be at most {MAX_LIMIT}")));
+            }
+            Some(l) => l,
+        };
+        let search = Search {
+            terms: q.query.split_whitespace().map(str::to_lowercase).collect(),
+            file_type: q.file_type,
+            limit: limit as usize,
+            offset: q.offset as usize,
+        };
+        let now = now_ms();
+        let ix = self.index();
+        let (page, total) = ix.search(&search);
+        Ok(SearchPage {
+            items: page.into_iter().map(|f| file_view(&ix, f, now)).collect(),
+            total: total as u64,
+        })
+    }
+
+    /// Every file matching an id, id prefix (6+ hex digits) or exact name.
+    pub fn resolve(&self, term: &str) -> Vec<FileView> {
+        let now = now_ms();
+        let ix = self.index();
+        ix.resolve(term.trim())
+            .into_iter()
+            .map(|f| file_view(&ix, f, now))
+            .collect()
+    }
+
+    /// A file's manifest and the serving peers that hold some of it.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown file.
+    pub fn locate(&self, file: &FileId) -> Result<Located, Error> {
+        let now = now_ms();
+        let ix = self.index();
+        let f = ix
+            .files
+            .get(file)
+            .ok_or_else(|| Error::not_found(format!("unknown file {file}")))?;
+        let mut holders: Vec<HolderView> = f
+            .holdings
+            .iter()
+            .filter(|(_, h)| h.have.count() > 0 || h.have.is_empty())
+            .filter_map(|(p, h)| {
+                let peer = ix.peers.get(p)?;
+                ix.is_serving(p, now).then(|| HolderView {
+                    peer_id: p.clone(),
+                    addr: peer.rec.addr.clone(),
+                    have: (!h.have.is_complete()).then(|| h.have.clone()),
+                })
+            })
+            .collect();
+        holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(Located {
+            file: file_view(&ix, f, now),
+            manifest: f.manifest.clone(),
+            holders,
+        })
+    }
+
+    /// Every peer, up and down, by id.
+    pub fn list_peers(&self) -> Vec<PeerView> {
+        let now = now_ms();
+        let ix = self.index();
+        let mut peers: Vec<PeerView> = ix
+            .peers
+            .values()
+            .map(|p| PeerView {
+                id: p.rec.id.clone(),
+                user: p.user.clone(),
+                addr: p.rec.addr.clone(),
+                up: index::is_up(p.rec.last_seen_ms, now, ix.timeout_ms),
+                last_seen_ms: p.rec.last_seen_ms,
+                storage_quota: p.rec.storage_quota,
+                storage_used: p.rec.storage_used,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.id.cmp(&b.id));
+        peers
+    }
+
+    /// One file by full id or unique id prefix, with its chunk map.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for text that is not 6–64 hex digits, `NotFound` for no match or
+    /// an ambiguous prefix.
+    pub fn file_detail(&self, id: &str) -> Result<FileDetail, Error> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "file id {:?} is not hex digits",
+                common::names::printable(&id, 80)
+            )));
+        }
+        if !(6..=64).contains(&id.len()) {
+            return Err(Error::invalid(
+                "a file id prefix must have 6 to 64 hex digits",
+            ));
+        }
+        let now = now_ms();
+        let ix = self.index();
+        let f = match ix.by_id_prefix(&id).as_slice() {
+            [] => return Err(Error::not_found(format!("unknown file {id}"))),
+            [f] => *f,
+            many => {
+                return Err(Error::not_found(format!(
+                    "file id prefix {id} is ambiguous: it matches {} files",
+                    many.len()
+                )));
+            }
+        };
+        let mut holders: Vec<(&PeerId, &Holding, bool)> = f
+            .holdings
+            .iter()
+            .map(|(p, h)| (p, h, ix.is_up(p, now)))
+            .collect();
+        holders.sort_by(|a, b| a.0.cmp(b.0));
+        let copies = ix.copies(f, now);
+        let chunks = (0..f.manifest.chunk_count())
+            .map(|i| {
+                let range = f.manifest.chunk_range(i);
+                ChunkView {
+                    index: i,
+                    offset: range.start,
+                    size: range.end - range.start,
+                    sha256: f.manifest.chunk_hashes[i as usize],
+                    copies: copies[i as usize],
+                    peers: holders
+                        .iter()
+                        .filter(|(_, h, _)| h.have.get(i))
+                        .map(|(p, _, up)| ((*p).clone(), *up))
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(FileDetail {
+            file: file_view(&ix, f, now),
+            chunks,
+        })
+    }
+
+    /// Counters over users, peers, files and replication health.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the user count fails.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        let users = self.inner.store.count_users().await?;
+        let now = now_ms();
+        let replication = self.inner.cfg.replication;
+        let ix = self.index();
+        let mut s = Stats {
+            users,
+            replication,
+            files: ix.files.len() as u64,
+            ..Stats::default()
+        };
+        for p in ix.peers.values() {
+            if index::is_up(p.rec.last_seen_ms, now, ix.timeout_ms) {
+                s.peers_up += 1;
+            } else {
+                s.peers_down += 1;
+            }
+        }
+        for f in ix.files.values() {
+            s.chunks += f.manifest.chunk_count() as u64;
+            s.under_replicated_chunks += ix
+                .copies(f, now)
+                .iter()
+                .filter(|&&c| c < replication)
+                .count() as u64;
+        }
+        Ok(s)
+    }
+}

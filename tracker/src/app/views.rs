@@ -1,0 +1,128 @@
+//! What the domain answers: plain structs of `common` types that both adapters (gRPC and
+//! REST) render in their own wire format.
+
+use std::sync::Arc;
+
+use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
+
+use crate::model::HoldingKind;
+
+/// A file as search results show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileView {
+    pub id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    pub file_type: FileType,
+    pub chunk_size: u32,
+    pub chunks: u32,
+    /// Serving peers that together hold every chunk (0 if they do not).
+    pub holders: u32,
+    pub created_at_ms: i64,
+}
+
+/// A page of search results.
+#[derive(Clone, Debug)]
+pub struct SearchPage {
+    pub items: Vec<FileView>,
+    pub total: u64,
+}
+
+/// One search as the caller asked it (validated by the domain).
+#[derive(Clone, Debug, Default)]
+pub struct SearchQuery {
+    pub query: String,
+    pub file_type: Option<FileType>,
+    /// `None` or 0 for the default (50); at most 1000.
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+/// A peer that can serve chunks of a file right now.
+#[derive(Clone, Debug)]
+pub struct HolderView {
+    pub peer_id: PeerId,
+    pub addr: String,
+    /// `None` when it holds every chunk.
+    pub have: Option<Bitfield>,
+}
+
+/// A file's manifest and its live holders.
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub file: FileView,
+    pub manifest: Arc<Manifest>,
+    pub holders: Vec<HolderView>,
+}
+
+/// A peer as the peers list shows it.
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    pub id: PeerId,
+    pub user: String,
+    pub addr: String,
+    pub up: bool,
+    pub last_seen_ms: Option<i64>,
+    pub storage_quota: u64,
+    pub storage_used: u64,
+}
+
+/// One chunk of a file and who holds it.
+#[derive(Clone, Debug)]
+pub struct ChunkView {
+    pub index: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    /// Serving peers holding it.
+    pub copies: u32,
+    /// Every peer holding it, with whether it is up.
+    pub peers: Vec<(PeerId, bool)>,
+}
+
+/// A file with its chunk map.
+#[derive(Clone, Debug)]
+pub struct FileDetail {
+    pub file: FileView,
+    pub chunks: Vec<ChunkView>,
+}
+
+/// Counters for the stats endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub users: u64,
+    pub peers_up: u64,
+    pub peers_down: u64,
+    pub files: u64,
+    pub chunks: u64,
+    pub under_replicated_chunks: u64,
+    pub pending_tasks: u64,
+    pub replication: u32,
+}
+
+/// A new session.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    /// Shown once; the tracker keeps only its hash.
+    pub token: String,
+    pub user: String,
+    pub expires_at_ms: i64,
+}
+
+/// Who is calling: the user behind a valid session.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: i32,
+    pub user: String,
+}
+
+/// One entry of a peer's full holdings list, as sent (the id is not parsed yet, so an
+/// unknown or malformed one can be reported back).
+#[derive(Clone, Debug)]
+pub struct HoldingInput {
+    pub file_id: String,
+    pub kind: HoldingKind,
+    /// Bitfield bytes; empty means every chunk.
+    pub have: Vec<u8>,
+}

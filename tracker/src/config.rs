@@ -1,0 +1,271 @@
+//! The tracker's settings and where they come from. Each setting is taken from the first of:
+//! command-line flag, `TRACKER_*` environment variable, TOML config file, built-in default.
+//! The environment is read through a lookup function so the precedence is testable without
+//! touching the process environment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Everything `tracker::run` needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to bind: one port serves gRPC and HTTP.
+    pub listen: String,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Target number of live copies of every chunk.
+    pub replication: u32,
+    /// A peer with no heartbeat for this long is `down`.
+    pub peer_timeout: Duration,
+    /// Whether `Register` may create accounts.
+    pub open_registration: bool,
+    /// How long a session token stays valid.
+    pub session_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".to_string(),
+            database_url: "sqlite://tracker.db?mode=rwc".to_string(),
+            replication: 3,
+            peer_timeout: Duration::from_secs(30),
+            open_registration: true,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: an SQLite file inside `dir` and port 0.
+    pub fn ephemeral(dir: &Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".to_string(),
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("tracker.db").display()),
+            ..Config::default()
+        }
+    }
+
+    /// Layers flags over the environment over the config file over the defaults.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a value from the environment or the file does not parse, or
+    /// the file is not valid TOML with known keys.
+    pub fn resolve(
+        args: &ConfigArgs,
+        env: impl Fn(&str) -> Option<String>,
+        file: Option<&str>,
+    ) -> Result<Config, Error> {
+        let file: FileConfig = match file {
+            Some(text) => toml::from_str(text)
+                .map_err(|e| Error::Config(format!("config file: {}", e.message())))?,
+            None => FileConfig::default(),
+        };
+        let mut cfg = Config::default();
+        if let Some(v) = pick(args.listen.clone(), env("TRACKER_LISTEN"), file.listen, Ok)? {
+            cfg.listen = v;
+        }
+        if let Some(v) = pick(
+            args.database_url.clone(),
+            env("TRACKER_DATABASE_URL"),
+            file.database_url,
+            Ok,
+        )? {
+            cfg.database_url = v;
+        }
+        if let Some(v) = pick(
+            args.replication,
+            env("TRACKER_REPLICATION"),
+            file.replication,
+            |s| {
+                s.parse()
+                    .map_err(|_| format!("TRACKER_REPLICATION: invalid number {s:?}"))
+            },
+        )? {
+            cfg.replication = v;
+        }
+        let file_timeout = file
+            .peer_timeout
+            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("peer_timeout: {e}"))))
+            .transpose()?;
+        if let Some(v) = pick(
+            args.peer_timeout,
+            env("TRACKER_PEER_TIMEOUT"),
+            file_timeout,
+            |s| parse_duration(&s).map_err(|e| format!("TRACKER_PEER_TIMEOUT: {e}")),
+        )? {
+            cfg.peer_timeout = v;
+        }
+        if let Some(v) = pick(
+            args.open_registration,
+            env("TRACKER_OPEN_REGISTRATION"),
+            file.open_registration,
+            |s| parse_bool(&s).map_err(|e| format!("TRACKER_OPEN_REGISTRATION: {e}")),
+        )? {
+            cfg.open_registration = v;
+        }
+        if cfg.replication == 0 {
+            return Err(Error::Config("replication must be at least 1".into()));
+        }
+        if cfg.peer_timeout.is_zero() {
+            return Err(Error::Config("peer timeout must be positive".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+/// The first of flag, environment, file that is set.
+fn pick<T>(
+    flag: Option<T>,
+    env: Option<String>,
+    file: Option<T>,
+    parse_env: impl FnOnce(String) -> Result<T, String>,
+) -> Result<Option<T>, Error> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(s) = env.filter(|s| !s.is_empty()) {
+        return parse_env(s).map(Some).map_err(Error::Config);
+    }
+    Ok(file)
+}
+
+/// `30s`, `2m`, `1h 30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (expected true or false)")),
+    }
+}
+
+/// The settings a command line may give; `None` means "not on the command line".
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Address for gRPC and HTTP [env: TRACKER_LISTEN] [default: 127.0.0.1:7070]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// sqlite://… or postgres://… [env: TRACKER_DATABASE_URL] [default: sqlite://tracker.db?mode=rwc]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Target number of live copies of every chunk [env: TRACKER_REPLICATION] [default: 3]
+    #[arg(long, global = true, value_name = "N")]
+    pub replication: Option<u32>,
+    /// A peer with no heartbeat for this long is down, e.g. 30s, 2m [env: TRACKER_PEER_TIMEOUT] [default: 30s]
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub peer_timeout: Option<Duration>,
+    /// Whether peers may create accounts [env: TRACKER_OPEN_REGISTRATION] [default: true]
+    #[arg(long, global = true, value_name = "BOOL", value_parser = parse_bool)]
+    pub open_registration: Option<bool>,
+}
+
+/// The keys of the TOML config file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    replication: Option<u32>,
+    peer_timeout: Option<String>,
+    open_registration: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn should_use_defaults_when_nothing_is_set() {
+        let cfg = Config::resolve(&ConfigArgs::default(), env(&[]), None).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:7070");
+        assert_eq!(cfg.database_url, "sqlite://tracker.db?mode=rwc");
+        assert_eq!(cfg.replication, 3);
+        assert_eq!(cfg.peer_timeout, Duration::from_secs(30));
+        assert!(cfg.open_registration);
+    }
+
+    #[test]
+    fn should_prefer_flag_over_env_over_file_over_default() {
+        let file = r#"
+            listen = "0.0.0.0:1"
+            database_url = "sqlite://file.db"
+            replication = 5
+            peer_timeout = "2m"
+            open_registration = false
+        "#;
+        let from_file = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
+        assert_eq!(from_file.listen, "0.0.0.0:1");
+        assert_eq!(from_file.database_url, "sqlite://file.db");
+        assert_eq!(from_file.replication, 5);
+        assert_eq!(from_file.peer_timeout, Duration::from_secs(120));
+        assert!(!from_file.open_registration);
+
+        let e = env(&[
+            ("TRACKER_LISTEN", "0.0.0.0:2"),
+            ("TRACKER_REPLICATION", "4"),
+            ("TRACKER_PEER_TIMEOUT", "45s"),
+            ("TRACKER_OPEN_REGISTRATION", "true"),
+        ]);
+        let from_env = Config::resolve(&ConfigArgs::default(), &e, Some(file)).unwrap();
+        assert_eq!(from_env.listen, "0.0.0.0:2");
+        assert_eq!(from_env.database_url, "sqlite://file.db");
+        assert_eq!(from_env.replication, 4);
+        assert_eq!(from_env.peer_timeout, Duration::from_secs(45));
+        assert!(from_env.open_registration);
+
+        let args = ConfigArgs {
+            listen: Some("0.0.0.0:3".into()),
+            replication: Some(2),
+            open_registration: Some(false),
+            ..ConfigArgs::default()
+        };
+        let from_flags = Config::resolve(&args, &e, Some(file)).unwrap();
+        assert_eq!(from_flags.listen, "0.0.0.0:3");
+        assert_eq!(from_flags.replication, 2);
+        assert_eq!(from_flags.peer_timeout, Duration::from_secs(45));
+        assert!(!from_flags.open_registration);
+    }
+
+    #[test]
+    fn should_refuse_bad_values_naming_the_source() {
+        let bad_env = Config::resolve(
+            &ConfigArgs::default(),
+            env(&[("TRACKER_PEER_TIMEOUT", "soon")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(bad_env.to_string().contains("TRACKER_PEER_TIMEOUT"));
+        let bad_key = Config::resolve(&ConfigArgs::default(), env(&[]), Some("lisen = \"x\""));
+        assert!(bad_key.is_err());
+        let zero = ConfigArgs {
+            replication: Some(0),
+            ..ConfigArgs::default()
+        };
+        assert!(Config::resolve(&zero, env(&[]), None).is_err());
+    }
+
+    #[test]
+    fn ephemeral_uses_port_zero_and_a_file_in_the_dir() {
+        let cfg = Config::ephemeral(Path::new("/tmp/x"));
+        assert_eq!(cfg.listen, "127.0.0.1:0");
+        assert_eq!(cfg.database_url, "sqlite:///tmp/x/tracker.db?mode=rwc");
+    }
+}

@@ -1,0 +1,7 @@
+//! SeaORM entities, one per table (see `migrations/README.md`). They never leave `db`.
+
+pub mod files;
+pub mod holdings;
+pub mod peers;
+pub mod sessions;
+pub mod users;

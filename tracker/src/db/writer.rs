@@ -1,0 +1,292 @@
+//! The batch writer: the one task that writes peers, files and holdings.
+//!
+//! Heartbeats and chunk reports arrive many times a second; writing each would make the
+//! database the bottleneck. The domain updates its in-memory state first and then queues a
+//! [`WriteOp`] here. The writer coalesces ops for the same row (the last state wins), and
+//! writes a [`Batch`] in one transaction every [`FLUSH_INTERVAL`] or once [`MAX_PENDING`] ops
+//! are queued. Rare writes that must be durable before the caller hears back (announce,
+//! unindex) queue their ops and then wait on [`Writer::flush`]. Because one task applies
+//! every op in order, a later op can never be overtaken by an earlier one.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{FileId, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::Store;
+use crate::Error;
+use crate::model::{FileRecord, HoldingRecord, PeerRecord};
+
+/// How long an update may wait before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Queued ops that trigger a write before the interval ends.
+pub const MAX_PENDING: usize = 1000;
+/// Queue capacity: senders wait (backpressure) when the database falls this far behind.
+const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// One change to persist.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert or update a peer (owner and creation time are kept on update).
+    Peer(PeerRecord),
+    /// Insert a file unless it exists.
+    FileUpsert(FileRecord),
+    FileDelete(FileId),
+    /// Insert or replace one holding.
+    Holding(HoldingRecord),
+    HoldingDelete(PeerId, FileId),
+    /// Delete every holding of a peer (the start of a full sync).
+    ClearHoldings(PeerId),
+}
+
+/// Coalesced changes, written in one transaction in this order: peers, new files, cleared
+/// peers' holdings, holding upserts and deletes, deleted files.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub peers: HashMap<PeerId, PeerRecord>,
+    /// `None` deletes the file.
+    pub files: HashMap<FileId, Option<FileRecord>>,
+    pub cleared: HashSet<PeerId>,
+    /// `None` deletes the holding.
+    pub holdings: HashMap<(PeerId, FileId), Option<HoldingRecord>>,
+    ops: usize,
+}
+
+impl Batch {
+    /// Folds `op` in; the last op for a row wins.
+    pub fn push(&mut self, op: WriteOp) {
+        self.ops += 1;
+        match op {
+            WriteOp::Peer(p) => {
+                self.peers.insert(p.id.clone(), p);
+            }
+            WriteOp::FileUpsert(f) => {
+                self.files.insert(f.id(), Some(f));
+            }
+            WriteOp::FileDelete(id) => {
+                self.files.insert(id, None);
+            }
+            WriteOp::Holding(h) => {
+                self.holdings
+                    .insert((h.peer_id.clone(), h.file_id), Some(h));
+            }
+            WriteOp::HoldingDelete(p, f) => {
+                self.holdings.insert((p, f), None);
+            }
+            WriteOp::ClearHoldings(p) => {
+                // Earlier changes to this peer's holdings are superseded by the clear, which
+                // runs before the holding changes that follow it.
+                self.holdings.retain(|(peer, _), _| *peer != p);
+                self.cleared.insert(p);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    /// Ops folded in since the last write.
+    pub fn ops(&self) -> usize {
+        self.ops
+    }
+}
+
+enum Msg {
+    Op(WriteOp),
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl Writer {
+    /// Starts the writer task. It ends, after writing everything queued, once every
+    /// [`Writer`] clone is dropped.
+    pub fn spawn(store: Store) -> (Writer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let handle = tokio::spawn(run(store, rx));
+        (Writer { tx }, handle)
+    }
+
+    /// Queues an op.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the writer has stopped.
+    pub async fn send(&self, op: WriteOp) -> Result<(), Error> {
+        self.tx
+            .send(Msg::Op(op))
+            .await
+            .map_err(|_| Error::Internal("the database writer has stopped".into()))
+    }
+
+    /// Writes everything queued so far and waits until it is committed.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the write failed or the writer has stopped.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| Error::Internal("the database writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Internal("the database writer has stopped".into()))?
+            .map_err(|e| Error::Internal(format!("database write failed: {e}")))
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch = Batch::default();
+    // After a failed write, retry on the timer only, not on every new op.
+    let mut failing = false;
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Op(op)) => {
+                    batch.push(op);
+                    if batch.ops() >= MAX_PENDING && !failing {
+                        failing = write(&store, &mut batch).await.is_err();
+                    }
+                }
+                Some(Msg::Flush(done)) => {
+                    let res = write(&store, &mut batch).await;
+                    failing = res.is_err();
+                    // The caller may have gone away; the write stands either way.
+                    let _ = done.send(res);
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                failing = write(&store, &mut batch).await.is_err();
+            }
+        }
+    }
+    if let Err(e) = write(&store, &mut batch).await {
+        tracing::error!(cause = %e, "final database write failed; recent updates are lost");
+    }
+}
+
+/// Writes `batch` and empties it. On failure the batch is kept, so it is retried with the
+/// next write (newer ops fold in on top).
+async fn write(store: &Store, batch: &mut Batch) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match store.apply(batch).await {
+        Ok(()) => {
+            *batch = Batch::default();
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(cause = %e, ops = batch.ops(), "database write failed; will retry");
+            Err(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HoldingKind;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_random([n; 16])
+    }
+
+    fn file(n: u8) -> FileId {
+        FileId(common::Sha256Digest([n; 32]))
+    }
+
+    fn holding(p: u8, f: u8, have: u8) -> HoldingRecord {
+        HoldingRecord {
+            peer_id: peer(p),
+            file_id: file(f),
+            kind: HoldingKind::Downloaded,
+            have: vec![have],
+            updated_at_ms: 0,
+        }
+    }
+
+    fn seen(p: u8, at: i64) -> PeerRecord {
+        PeerRecord {
+            id: peer(p),
+            user_id: 1,
+            addr: format!("h:{at}"),
+            storage_quota: 0,
+            storage_used: 0,
+            last_seen_ms: Some(at),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn should_keep_only_the_last_update_of_a_row() {
+        let mut b = Batch::default();
+        for at in 0..10 {
+            b.push(WriteOp::Peer(seen(1, at)));
+        }
+        b.push(WriteOp::Holding(holding(1, 1, 0x80)));
+        b.push(WriteOp::Holding(holding(1, 1, 0xc0)));
+        b.push(WriteOp::Holding(holding(2, 1, 0x80)));
+        assert_eq!(b.ops(), 13);
+        assert_eq!(b.peers.len(), 1);
+        assert_eq!(b.peers[&peer(1)].last_seen_ms, Some(9));
+        assert_eq!(b.holdings.len(), 2);
+        assert_eq!(
+            b.holdings[&(peer(1), file(1))]
+                .as_ref()
+                .map(|h| h.have.clone()),
+            Some(vec![0xc0])
+        );
+        b.push(WriteOp::HoldingDelete(peer(1), file(1)));
+        assert!(b.holdings[&(peer(1), file(1))].is_none());
+    }
+
+    #[test]
+    fn should_drop_earlier_holdings_of_a_cleared_peer_but_keep_later_ones() {
+        let mut b = Batch::default();
+        b.push(WriteOp::Holding(holding(1, 1, 0x80)));
+        b.push(WriteOp::Holding(holding(2, 1, 0x80)));
+        b.push(WriteOp::ClearHoldings(peer(1)));
+        b.push(WriteOp::Holding(holding(1, 2, 0x80)));
+        assert!(b.cleared.contains(&peer(1)));
+        assert!(!b.holdings.contains_key(&(peer(1), file(1))));
+        assert!(b.holdings.contains_key(&(peer(1), file(2))));
+        assert!(b.holdings.contains_key(&(peer(2), file(1))));
+    }
+
+    #[test]
+    fn should_let_a_delete_override_an_earlier_file_insert() {
+        let m = common::Manifest::from_parts(
+            "a".into(),
+            1,
+            common::Sha256Digest([0; 32]),
+            common::manifest::MIN_CHUNK_SIZE,
+            &[0; 32],
+        )
+        .unwrap();
+        let f = FileRecord {
+            manifest: m,
+            created_at_ms: 0,
+        };
+        let id = f.id();
+        let mut b = Batch::default();
+        b.push(WriteOp::FileUpsert(f));
+        b.push(WriteOp::FileDelete(id));
+        assert!(b.files[&id].is_none());
+    }
+}

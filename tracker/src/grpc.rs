@@ -1,0 +1,308 @@
+//! The gRPC adapter for peers: `tracker.v1.Tracker` over [`TrackerService`]. Every method is
+//! thin: read the session from the `authorization` metadata, convert the prost message to
+//! `common` types (refusing what does not parse), call the domain, convert back. Prost types
+//! never leave this module, and [`Error`] becomes a `tonic::Status` only here.
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use common::{FileId, Manifest, PeerId, Sha256Digest};
+use proto::tracker::v1 as pb;
+use proto::tracker::v1::tracker_server::{Tracker, TrackerServer};
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::app::{FileView, HoldingInput, SearchQuery, SessionView, TrackerService};
+use crate::model::HoldingKind;
+
+/// Largest message accepted or sent (a manifest of a huge file is the biggest).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// The tonic service, with explicit message limits.
+pub fn service(svc: TrackerService) -> TrackerServer<Grpc> {
+    TrackerServer::new(Grpc { svc })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// The gRPC face of the tracker.
+pub struct Grpc {
+    svc: TrackerService,
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidArgument(_) => Status::invalid_argument(msg),
+            Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::Throttled { .. } => Status::resource_exhausted(msg),
+            Error::Database(_) | Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {
+                tracing::error!(cause = %msg, "request failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+fn token<T>(req: &Request<T>) -> Option<&str> {
+    let value = req.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn peer_id(s: &str) -> Result<PeerId, Status> {
+    s.parse()
+        .map_err(|e: common::ids::PeerIdParseError| Status::invalid_argument(e.to_string()))
+}
+
+fn file_id(s: &str) -> Result<FileId, Status> {
+    s.parse()
+        .map_err(|e: common::ids::FileIdParseError| Status::invalid_argument(e.to_string()))
+}
+
+fn kind(code: i32) -> Result<Option<HoldingKind>, Status> {
+    match code {
+        0 => Ok(None),
+        c => HoldingKind::from_code(c)
+            .map(Some)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown holding kind {c}"))),
+    }
+}
+
+fn manifest(m: Option<pb::Manifest>) -> Result<Manifest, Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument("manifest is missing"))?;
+    let sha256 = Sha256Digest::from_slice(&m.sha256)
+        .ok_or_else(|| Status::invalid_argument("manifest sha256 must be 32 bytes"))?;
+    Manifest::from_parts(m.name, m.size, sha256, m.chunk_size, &m.chunk_hashes)
+        .map_err(|e| Status::invalid_argument(format!("invalid manifest: {e}")))
+}
+
+fn file_info(f: FileView) -> pb::FileInfo {
+    pb::FileInfo {
+        id: f.id.to_string(),
+        name: f.name,
+        size: f.size,
+        sha256: f.sha256.to_hex(),
+        r#type: f.file_type.as_str().to_string(),
+        chunk_size: f.chunk_size,
+        chunks: f.chunks,
+        holders: f.holders,
+        created_at_ms: f.created_at_ms,
+    }
+}
+
+fn session(s: SessionView) -> pb::Session {
+    pb::Session {
+        token: s.token,
+        user: s.user,
+        expires_at_ms: s.expires_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Tracker for Grpc {
+    async fn register(
+        &self,
+        req: Request<pb::Credentials>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let c = req.into_inner();
+        let s = self.svc.register(&c.user, &c.password).await?;
+        Ok(Response::new(session(s)))
+    }
+
+    async fn login(&self, req: Request<pb::Credentials>) -> Result<Response<pb::Session>, Status> {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let c = req.into_inner();
+        let s = self.svc.login(&c.user, &c.password, ip).await?;
+        Ok(Response::new(session(s)))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        self.svc.logout(token(&req)).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let interval = self
+            .svc
+            .heartbeat(&caller, &peer, &r.addr, r.storage_quota, r.storage_used)
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn sync_holdings(
+        &self,
+        req: Request<pb::SyncHoldingsRequest>,
+    ) -> Result<Response<pb::SyncHoldingsResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let holdings = r
+            .holdings
+            .into_iter()
+            .map(|h| {
+                Ok(HoldingInput {
+                    file_id: h.file_id,
+                    kind: kind(h.kind)?.unwrap_or(HoldingKind::Downloaded),
+                    have: h.have.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let unknown_file_ids = self.svc.sync_holdings(&caller, &peer, holdings).await?;
+        Ok(Response::new(pb::SyncHoldingsResponse { unknown_file_ids }))
+    }
+
+    async fn announce(
+        &self,
+        req: Request<pb::AnnounceRequest>,
+    ) -> Result<Response<pb::AnnounceResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let m = manifest(r.manifest)?;
+        let f = self.svc.announce(&caller, &peer, m).await?;
+        Ok(Response::new(pb::AnnounceResponse {
+            file: Some(file_info(f)),
+        }))
+    }
+
+    async fn report_chunks(
+        &self,
+        req: Request<pb::ReportChunksRequest>,
+    ) -> Result<Response<pb::ReportChunksResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let file = file_id(&r.file_id)?;
+        let kind = kind(r.kind)?.unwrap_or(HoldingKind::Downloaded);
+        self.svc
+            .report_chunks(&caller, &peer, &file, kind, &r.chunks)
+            .await?;
+        Ok(Response::new(pb::ReportChunksResponse {}))
+    }
+
+    async fn unindex(
+        &self,
+        req: Request<pb::UnindexRequest>,
+    ) -> Result<Response<pb::UnindexResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let file = file_id(&r.file_id)?;
+        self.svc.unindex(&caller, &peer, &file).await?;
+        Ok(Response::new(pb::UnindexResponse {}))
+    }
+
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let file_type = match r.r#type.trim() {
+            "" => None,
+            t => Some(
+                t.parse()
+                    .map_err(|e: common::filetype::FileTypeParseError| {
+                        Status::invalid_argument(e.to_string())
+                    })?,
+            ),
+        };
+        let page = self.svc.search(&SearchQuery {
+            query: r.query,
+            file_type,
+            limit: Some(r.limit),
+            offset: r.offset,
+        })?;
+        Ok(Response::new(pb::SearchResponse {
+            items: page.items.into_iter().map(file_info).collect(),
+            total: page.total,
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        req: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        self.svc.authenticate(token(&req))?;
+        let files = self.svc.resolve(&req.into_inner().term);
+        Ok(Response::new(pb::ResolveResponse {
+            files: files.into_iter().map(file_info).collect(),
+        }))
+    }
+
+    async fn locate(
+        &self,
+        req: Request<pb::LocateRequest>,
+    ) -> Result<Response<pb::LocateResponse>, Status> {
+        self.svc.authenticate(token(&req))?;
+        let file = file_id(&req.into_inner().file_id)?;
+        let l = self.svc.locate(&file)?;
+        let m = &l.manifest;
+        Ok(Response::new(pb::LocateResponse {
+            file: Some(file_info(l.file)),
+            manifest: Some(pb::Manifest {
+                name: m.name.clone(),
+                size: m.size,
+                sha256: Bytes::copy_from_slice(&m.sha256.0),
+                chunk_size: m.chunk_size,
+                chunk_hashes: Bytes::from(m.packed_hashes()),
+            }),
+            holders: l
+                .holders
+                .into_iter()
+                .map(|h| pb::Holder {
+                    peer_id: h.peer_id.to_string(),
+                    addr: h.addr,
+                    have: h
+                        .have
+                        .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        req: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        self.svc.authenticate(token(&req))?;
+        let peers = self
+            .svc
+            .list_peers()
+            .into_iter()
+            .map(|p| pb::PeerInfo {
+                id: p.id.to_string(),
+                user: p.user,
+                addr: p.addr,
+                state: if p.up { "up" } else { "down" }.to_string(),
+                last_seen_ms: p.last_seen_ms.unwrap_or(0),
+                storage_quota: p.storage_quota,
+                storage_used: p.storage_used,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPeersResponse { peers }))
+    }
+}

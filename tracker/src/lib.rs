@@ -1,0 +1,89 @@
+//! Tessera's tracker: the directory of users, peers, files and where every chunk lives.
+//! Peers talk to it over gRPC; people and scripts over a JSON REST API on the same port.
+//! It stores metadata only, never file bytes.
+//!
+//! # Layout
+//! - [`config`]: settings and their precedence (flag > env > file > default).
+//! - [`error`]: the one error type, mapped to the wire in `grpc` and `rest::error`.
+//! - `app`: `TrackerService`, the domain logic, with the in-memory index and sessions.
+//! - `db`: SeaORM entities, the `Store` and the batch writer; nothing else sees SQL.
+//! - `grpc`: the `tracker.v1.Tracker` adapter.
+//! - `rest`: the REST adapter (route table, handlers per noun, JSON errors).
+//! - [`admin`]: what the `tracker migrate` and `tracker user …` commands do.
+//! - [`shutdown`]: Ctrl-C / SIGTERM handling.
+
+pub mod admin;
+mod app;
+pub mod config;
+mod db;
+pub mod error;
+mod grpc;
+mod model;
+mod rest;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use app::TrackerService;
+pub use config::Config;
+pub use error::Error;
+
+/// How long open connections may finish after shutdown starts before they are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves gRPC (peers) and HTTP (REST) on the given, already bound listener until
+/// `shutdown` is cancelled; flushes pending DB writes before returning.
+///
+/// Connects to the database and applies migrations first.
+///
+/// # Errors
+/// [`Error::Database`] when the database cannot be reached, migrated or loaded;
+/// [`Error::Io`] when serving fails.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = db::Store::connect(&cfg.database_url).await?;
+    store.migrate().await?;
+    let (svc, writer) = TrackerService::start(cfg, store.clone()).await?;
+    let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
+    let app = rest::router(svc.clone())
+        .merge(grpc_routes)
+        .fallback(rest::not_found)
+        .layer(TraceLayer::new_for_http());
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    tracing::info!(%addr, "serving gRPC and HTTP");
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        res = serve => res.map_err(|e| Error::io("serving", e)),
+        () = grace => {
+            tracing::warn!("connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    tracing::info!("shutting down: writing pending updates");
+    let flushed = svc.flush().await;
+    drop(svc);
+    // Everything queued is committed; connection tasks that outlived the grace period may
+    // still hold a handle, so the writer is stopped rather than awaited.
+    writer.abort();
+    let _ = writer.await;
+    store.close().await;
+    served.and(flushed)
+}

@@ -1,0 +1,89 @@
+//! Plain records that cross the boundary between the domain (`app`) and storage (`db`).
+//! They use `common` types, so neither SeaORM entities nor prost messages leak across.
+
+use common::{FileId, Manifest, PeerId};
+
+/// Why a peer holds a file; decides what the system may delete.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, PartialOrd, Ord)]
+pub enum HoldingKind {
+    /// The user indexed it: never deleted by the system.
+    Shared = 1,
+    /// The user fetched it with `get`.
+    Downloaded = 2,
+    /// Placed by replication.
+    Replica = 3,
+}
+
+impl HoldingKind {
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        match code {
+            1 => Some(HoldingKind::Shared),
+            2 => Some(HoldingKind::Downloaded),
+            3 => Some(HoldingKind::Replica),
+            _ => None,
+        }
+    }
+}
+
+/// A user account as stored.
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: i32,
+    pub name: String,
+    pub password_hash: String,
+    pub created_at_ms: i64,
+}
+
+/// A live session: the SHA-256 (hex) of its token and whose it is.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub token_hash: String,
+    pub user_id: i32,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A peer node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerRecord {
+    pub id: PeerId,
+    pub user_id: i32,
+    pub addr: String,
+    pub storage_quota: u64,
+    pub storage_used: u64,
+    /// Unix ms of the last heartbeat; `None` before the first.
+    pub last_seen_ms: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+/// A file: its manifest (which gives its id) and when it was first announced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileRecord {
+    pub manifest: Manifest,
+    pub created_at_ms: i64,
+}
+
+impl FileRecord {
+    pub fn id(&self) -> FileId {
+        self.manifest.id()
+    }
+}
+
+/// What one peer holds of one file; `have` is the bitfield's bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldingRecord {
+    pub peer_id: PeerId,
+    pub file_id: FileId,
+    pub kind: HoldingKind,
+    pub have: Vec<u8>,
+    pub updated_at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch, the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

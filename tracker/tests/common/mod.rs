@@ -1,0 +1,217 @@
+//! The harness: start `tracker::run` on `127.0.0.1:0` in-process, talk to it, stop it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use common::manifest::MIN_CHUNK_SIZE;
+use proto::tracker::v1 as pb;
+use proto::tracker::v1::tracker_client::TrackerClient;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracker::Config;
+
+/// Every test finishes within this, or fails.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `f` with the test timeout.
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out")
+}
+
+pub fn init_logging() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .try_init();
+    });
+}
+
+/// A tracker running in this process.
+pub struct TestTracker {
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), tracker::Error>>,
+}
+
+impl TestTracker {
+    /// Starts a tracker with the defaults and its database in `dir`.
+    pub async fn start(dir: &TempDir) -> TestTracker {
+        Self::start_with(Config::ephemeral(dir.path())).await
+    }
+
+    pub async fn start_with(cfg: Config) -> TestTracker {
+        init_logging();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(tracker::run(cfg.clone(), listener, token.child_token()));
+        TestTracker {
+            addr,
+            token,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A gRPC client (the server is bound already, so this connects at once).
+    pub async fn grpc(&self) -> TrackerClient<Channel> {
+        TrackerClient::connect(self.url(""))
+            .await
+            .unwrap()
+            .max_decoding_message_size(16 << 20)
+    }
+
+    /// Cancels the tracker and waits until it has flushed and stopped.
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// A request carrying a session token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// Registers `user` (password `pw-USER`) over gRPC and returns the session token.
+pub async fn register(client: &mut TrackerClient<Channel>, user: &str) -> String {
+    client
+        .register(pb::Credentials {
+            user: user.into(),
+            password: format!("pw-{user}"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// A peer id made of one repeated byte.
+pub fn peer_id(n: u8) -> String {
+    common::PeerId::from_random([n; 16]).to_string()
+}
+
+/// A manifest of `chunks` 1 MiB chunks (the tracker never sees content, so the hashes are
+/// made up from `seed`).
+pub fn manifest(name: &str, chunks: u32, seed: u8) -> pb::Manifest {
+    let hashes: Vec<u8> = (0..chunks * 32)
+        .map(|i| seed.wrapping_mul(31) ^ i as u8)
+        .collect();
+    pb::Manifest {
+        name: name.into(),
+        size: chunks as u64 * MIN_CHUNK_SIZE as u64,
+        sha256: vec![seed; 32].into(),
+        chunk_size: MIN_CHUNK_SIZE,
+        chunk_hashes: hashes.into(),
+    }
+}
+
+/// Says peer `peer` is up at `addr`.
+pub async fn heartbeat(client: &mut TrackerClient<Channel>, token: &str, peer: &str, addr: &str) {
+    client
+        .heartbeat(authed(
+            pb::HeartbeatRequest {
+                peer_id: peer.into(),
+                addr: addr.into(),
+                storage_quota: 1000,
+                storage_used: 10,
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+/// Announces a manifest from `peer`; returns the file info.
+pub async fn announce(
+    client: &mut TrackerClient<Channel>,
+    token: &str,
+    peer: &str,
+    m: pb::Manifest,
+) -> pb::FileInfo {
+    client
+        .announce(authed(
+            pb::AnnounceRequest {
+                peer_id: peer.into(),
+                manifest: Some(m),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap()
+}
+
+/// The PostgreSQL admin URL for tests, when configured.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("TRACKER_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+}
+
+/// A freshly created PostgreSQL database, dropped by [`TempPostgres::drop_db`].
+pub struct TempPostgres {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TempPostgres {
+    pub async fn create(admin_url: &str) -> TempPostgres {
+        use sea_orm::{ConnectionTrait, Database};
+        let name = format!("tessera_test_{}", uuid_like());
+        let db = Database::connect(admin_url).await.unwrap();
+        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(admin_url);
+        TempPostgres {
+            admin_url: admin_url.into(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn drop_db(self) {
+        use sea_orm::{ConnectionTrait, Database};
+        let db = Database::connect(&self.admin_url).await.unwrap();
+        db.execute_unprepared(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}_{}", std::process::id(), nanos)
+}
