@@ -1,0 +1,136 @@
+//! `register`, `login`, `logout`: sessions with the tracker. Passwords come from
+//! `--password-stdin`, a terminal prompt, or the first line of piped stdin; they are never
+//! logged or stored (only the session token is, in a 0600 file).
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{anyhow, bail};
+use tonic::Code;
+
+use super::Ctx;
+use crate::cli::Credentials;
+use crate::home::{SessionFile, Settings};
+use crate::output;
+use crate::tracker_client::{Granted, TrackerError};
+
+fn first_line_of_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
+    let pw = if from_stdin || !std::io::stdin().is_terminal() {
+        first_line_of_stdin()?
+    } else {
+        let pw = rpassword::prompt_password("Password: ")?;
+        if confirm && rpassword::prompt_password("Repeat password: ")? != pw {
+            bail!("the passwords do not match");
+        }
+        pw
+    };
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(pw)
+}
+
+fn save(cx: &Ctx, g: &Granted) -> anyhow::Result<()> {
+    cx.home.save_session(&SessionFile {
+        user: g.user.clone(),
+        token: g.token.clone(),
+        expires_at_ms: g.expires_at_ms,
+    })?;
+    let mut settings: Settings = cx.home.settings()?;
+    settings.trackers = cx.trackers.clone();
+    cx.home.save_settings(&settings)
+}
+
+fn say(cx: &Ctx, verb: &str, g: &Granted) -> anyhow::Result<()> {
+    let expires = crate::rfc3339_ms(g.expires_at_ms);
+    if cx.json {
+        return output::json(&serde_json::json!({
+            "user": g.user,
+            "expires_at": expires,
+            "trackers": cx.trackers,
+        }));
+    }
+    let until = expires.map(|e| format!(" until {e}")).unwrap_or_default();
+    output::println(&format!("{verb} as {}{until}", output::safe(&g.user)));
+    Ok(())
+}
+
+pub async fn register(cx: &Ctx, c: Credentials) -> anyhow::Result<()> {
+    let pw = read_password(c.password_stdin, true)?;
+    let client = cx.client()?;
+    let g = client.register(&c.user, &pw).await.map_err(|e| match e {
+        TrackerError::Rejected {
+            code: Code::AlreadyExists,
+            ..
+        } => {
+            anyhow!("user '{}' already exists", output::safe(&c.user))
+        }
+        TrackerError::Rejected {
+            code: Code::PermissionDenied,
+            ..
+        } => {
+            anyhow!("registration is closed on this tracker; ask its operator for an account")
+        }
+        TrackerError::Rejected {
+            code: Code::InvalidArgument,
+            message,
+        } => {
+            anyhow!("cannot register: {message}")
+        }
+        e => e.into(),
+    })?;
+    save(cx, &g)?;
+    say(cx, "registered and logged in", &g)
+}
+
+pub async fn login(cx: &Ctx, c: Credentials) -> anyhow::Result<()> {
+    let pw = read_password(c.password_stdin, false)?;
+    let client = cx.client()?;
+    let g = client.login(&c.user, &pw).await.map_err(|e| match e {
+        TrackerError::NotLoggedIn => anyhow!("invalid user or password"),
+        TrackerError::Rejected {
+            code: Code::ResourceExhausted,
+            ..
+        } => {
+            anyhow!("too many login attempts; wait a minute and try again")
+        }
+        e => e.into(),
+    })?;
+    save(cx, &g)?;
+    say(cx, "logged in", &g)
+}
+
+pub async fn logout(cx: &Ctx) -> anyhow::Result<()> {
+    if cx.home.session()?.is_none() {
+        if cx.json {
+            return output::json(
+                &serde_json::json!({"logged_out": false, "tracker_notified": false}),
+            );
+        }
+        output::println("not logged in");
+        return Ok(());
+    }
+    let note = match cx.client()?.logout().await {
+        Ok(()) | Err(TrackerError::NotLoggedIn) => None,
+        Err(e) => Some(e),
+    };
+    cx.home.delete_session()?;
+    if cx.json {
+        return output::json(&serde_json::json!({
+            "logged_out": true,
+            "tracker_notified": note.is_none(),
+        }));
+    }
+    match note {
+        None => output::println("logged out"),
+        Some(e) => output::println(&format!(
+            "logged out locally; the tracker was not told ({e})"
+        )),
+    }
+    Ok(())
+}

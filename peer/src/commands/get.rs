@@ -1,0 +1,258 @@
+//! `get`: resolve each term to one file, download them all concurrently with progress
+//! bars, then print one summary line (or one JSON object) per file. A failed file does not
+//! stop the others; the command exits 1 at the end if any failed.
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use common::FileId;
+use common::units::{format_rate, format_size};
+use serde::Serialize;
+use tonic::Code;
+
+use super::Ctx;
+use crate::AlreadyReported;
+use crate::cli::GetArgs;
+use crate::download::{self, DownloadConfig, Job, Outcome};
+use crate::output::{self, safe};
+use crate::progress::{Bars, FileProgress, bars_wanted};
+use crate::ratelimit::RateLimiter;
+use crate::tracker_client::{FileView, TrackerClient, TrackerError};
+use crate::transport::GrpcTransport;
+
+/// The error for a term that matched no file or several.
+pub fn resolution_error(term: &str, files: &[FileView]) -> Option<anyhow::Error> {
+    match files.len() {
+        1 => None,
+        0 => Some(anyhow!("no file matches '{}'", safe(term))),
+        n => Some(anyhow!(
+            "'{}' matches {n} files: {}",
+            safe(term),
+            files
+                .iter()
+                .map(|f| format!(
+                    "{} {} ({})",
+                    f.id.get(..12).unwrap_or(&f.id),
+                    safe(&f.name),
+                    format_size(f.size)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+async fn resolve(client: &TrackerClient, term: &str) -> anyhow::Result<FileId> {
+    let files = match client.resolve(term).await {
+        Ok(f) => f,
+        Err(TrackerError::Rejected {
+            code: Code::InvalidArgument | Code::NotFound,
+            ..
+        }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(e) = resolution_error(term, &files) {
+        return Err(e);
+    }
+    files[0]
+        .id
+        .parse()
+        .map_err(|_| anyhow!("the tracker answered a bad file id"))
+}
+
+#[derive(Serialize)]
+struct GetJson {
+    id: String,
+    name: String,
+    path: String,
+    size: u64,
+    sha256: String,
+    sources: usize,
+    chunks_fetched: u32,
+    chunks_reused: u32,
+}
+
+fn summary(o: &Outcome) -> String {
+    let name = safe(&o.name);
+    let path = safe(&o.path.to_string_lossy());
+    if o.chunks_fetched == 0 && o.sources == 0 {
+        return format!(
+            "{name}  {}  already complete -> {path}",
+            format_size(o.size)
+        );
+    }
+    let secs = o.elapsed.as_secs_f64().max(0.001);
+    let fetched_bytes = o.size as f64 * o.chunks_fetched as f64
+        / (o.chunks_fetched + o.chunks_reused).max(1) as f64;
+    format!(
+        "{name}  {}  in {secs:.1}s at {} from {} source{} -> {path}",
+        format_size(o.size),
+        format_rate(fetched_bytes / secs),
+        o.sources,
+        if o.sources == 1 { "" } else { "s" }
+    )
+}
+
+pub async fn get(cx: &Ctx, a: GetArgs) -> anyhow::Result<()> {
+    let client = cx.client()?;
+    let peer_id = cx.home.peer_id()?;
+    let cfg = DownloadConfig::from_env()?;
+    let output_dir = std::path::absolute(&a.output).unwrap_or_else(|_| a.output.clone());
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("cannot create {}", output_dir.display()))?;
+    if !output_dir.is_dir() {
+        bail!("{} is not a directory", output_dir.display());
+    }
+
+    let mut failed = 0usize;
+    let mut ids: Vec<(String, FileId)> = Vec::new();
+    for term in &a.terms {
+        match resolve(&client, term).await {
+            Ok(id) if ids.iter().any(|(_, x)| *x == id) => {}
+            Ok(id) => ids.push((term.clone(), id)),
+            Err(e) => {
+                if e.downcast_ref::<TrackerError>().is_some_and(|t| {
+                    matches!(
+                        t,
+                        TrackerError::NotLoggedIn | TrackerError::Unreachable { .. }
+                    )
+                }) {
+                    return Err(e);
+                }
+                output::report_error(&e);
+                failed += 1;
+            }
+        }
+    }
+
+    let dcx = Arc::new(download::Context {
+        home: cx.home.clone(),
+        peer_id,
+        tracker: client,
+        transport: Arc::new(GrpcTransport::default()),
+        rate: a.max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
+        cfg,
+    });
+    let progress: Vec<Arc<FileProgress>> = ids.iter().map(|(t, _)| FileProgress::new(t)).collect();
+    let bars = Bars::spawn(progress.clone(), bars_wanted(cx.json, cx.quiet));
+    let several = ids.len() > 1;
+    let runs = ids.iter().zip(&progress).map(|((term, id), p)| {
+        let job = Job {
+            file_id: *id,
+            output: output_dir.clone(),
+            from: a.from.clone().map(|f| f.to_ascii_lowercase()),
+        };
+        let (dcx, p, term) = (dcx.clone(), p.clone(), term.clone());
+        async move {
+            let r = download::download(dcx, job, p.clone()).await;
+            if r.is_err() {
+                p.finish(false);
+            }
+            r.map_err(|e| {
+                if several {
+                    e.context(format!("get {}", safe(&term)))
+                } else {
+                    e
+                }
+            })
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    bars.stop().await;
+
+    let mut done = Vec::new();
+    for r in results {
+        match r {
+            Ok(o) => done.push(o),
+            Err(e) => {
+                output::report_error(&e);
+                failed += 1;
+            }
+        }
+    }
+    if cx.json {
+        let v: Vec<GetJson> = done
+            .iter()
+            .map(|o| GetJson {
+                id: o.id.to_string(),
+                name: o.name.clone(),
+                path: o.path.to_string_lossy().into_owned(),
+                size: o.size,
+                sha256: o.sha256.clone(),
+                sources: o.sources,
+                chunks_fetched: o.chunks_fetched,
+                chunks_reused: o.chunks_reused,
+            })
+            .collect();
+        output::json(&v)?;
+    } else {
+        for o in &done {
+            output::println(&summary(o));
+        }
+    }
+    if failed > 0 {
+        return Err(AlreadyReported(failed).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(id: char, name: &str) -> FileView {
+        FileView {
+            id: id.to_string().repeat(64),
+            name: name.into(),
+            size: 2048,
+            sha256: String::new(),
+            kind: "other".into(),
+            chunks: 1,
+            chunk_size: 1 << 20,
+            holders: 1,
+        }
+    }
+
+    #[test]
+    fn resolution_errors_name_the_candidates() {
+        assert!(resolution_error("x", &[file('a', "x")]).is_none());
+        assert_eq!(
+            resolution_error("x\n", &[]).unwrap().to_string(),
+            "no file matches 'x\\n'"
+        );
+        let e = resolution_error("song", &[file('a', "song"), file('b', "song")]).unwrap();
+        assert_eq!(
+            e.to_string(),
+            "'song' matches 2 files: aaaaaaaaaaaa song (2.0 KiB), bbbbbbbbbbbb song (2.0 KiB)"
+        );
+    }
+
+    #[test]
+    fn summaries_read_well() {
+        let o = Outcome {
+            id: "a".repeat(64).parse().unwrap(),
+            name: "x.bin".into(),
+            path: "/o/x.bin".into(),
+            size: 10 << 20,
+            sha256: String::new(),
+            sources: 2,
+            chunks_fetched: 10,
+            chunks_reused: 0,
+            elapsed: std::time::Duration::from_secs(2),
+        };
+        assert_eq!(
+            summary(&o),
+            "x.bin  10 MiB  in 2.0s at 5.2 MB/s from 2 sources -> /o/x.bin"
+        );
+        let held = Outcome {
+            sources: 0,
+            chunks_fetched: 0,
+            chunks_reused: 10,
+            ..o
+        };
+        assert_eq!(
+            summary(&held),
+            "x.bin  10 MiB  already complete -> /o/x.bin"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! `index` and `unindex`: start and stop sharing files. Hashing runs on a pool of blocking
+//! threads sized by the machine's parallelism, one file per thread, streaming (never a
+//! whole file in memory); a file whose length and mtime match its store record is not
+//! hashed again. `unindex` never touches the user's file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use common::{Bitfield, FileId, Manifest};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tonic::Code;
+
+use super::Ctx;
+use crate::AlreadyReported;
+use crate::home::{Kind, StoreRecord, len_and_mtime};
+use crate::output;
+use crate::tracker_client::{FileView, TrackerError};
+
+/// Collects the regular files under `path` (recursively for directories). Symlinks to
+/// directories inside a tree, special files and non-UTF-8 names are skipped with a warning.
+fn collect(path: &Path, top: bool, out: &mut Vec<PathBuf>, errors: &mut usize) {
+    let meta = if top {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            output::report_error(&anyhow!("cannot read {}: {e}", path.display()));
+            *errors += 1;
+            return;
+        }
+    };
+    let meta = if meta.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                eprintln!(
+                    "warning: skipping {}: symlink to a directory",
+                    path.display()
+                );
+                return;
+            }
+            Ok(m) => m,
+            Err(_) => {
+                eprintln!("warning: skipping {}: dangling symlink", path.display());
+                return;
+            }
+        }
+    } else {
+        meta
+    };
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                output::report_error(&anyhow!("cannot read {}: {e}", path.display()));
+                *errors += 1;
+                return;
+            }
+        };
+        entries.sort();
+        for e in entries {
+            if e.file_name().and_then(|n| n.to_str()).is_none() {
+                eprintln!(
+                    "warning: skipping {}: name is not UTF-8",
+                    e.to_string_lossy()
+                );
+                continue;
+            }
+            collect(&e, false, out, errors);
+        }
+    } else if meta.is_file() {
+        if path.file_name().and_then(|n| n.to_str()).is_none() {
+            eprintln!(
+                "warning: skipping {}: name is not UTF-8",
+                path.to_string_lossy()
+            );
+            return;
+        }
+        out.push(path.to_path_buf());
+    } else {
+        eprintln!("warning: skipping {}: not a regular file", path.display());
+    }
+}
+
+/// A hashed (or reused) file, ready to announce.
+struct Hashed {
+    path: PathBuf,
+    manifest: Manifest,
+    len: u64,
+    mtime: u64,
+}
+
+fn hash_one(path: PathBuf, reuse: Option<StoreRecord>) -> anyhow::Result<Hashed> {
+    let meta =
+        std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (len, mtime) = len_and_mtime(&meta);
+    if let Some(r) = reuse
+        && r.file_len == Some(len)
+        && r.mtime_ns == Some(mtime)
+        && let Ok(manifest) = r.manifest()
+    {
+        return Ok(Hashed {
+            path,
+            manifest,
+            len,
+            mtime,
+        });
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("file name is not UTF-8")?
+        .to_string();
+    let manifest = common::manifest::hash_file(&path, name)
+        .with_context(|| format!("cannot hash {}", path.display()))?;
+    let after = std::fs::metadata(&path)?;
+    if len_and_mtime(&after) != (len, mtime) {
+        bail!("{} changed while it was hashed", path.display());
+    }
+    Ok(Hashed {
+        path,
+        manifest,
+        len,
+        mtime,
+    })
+}
+
+pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let client = cx.client()?;
+    let peer_id = cx.home.peer_id()?;
+    if cx.home.session()?.is_none() {
+        return Err(TrackerError::NotLoggedIn.into());
+    }
+    let mut files = Vec::new();
+    let mut failed = 0usize;
+    for p in &paths {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        collect(&abs, true, &mut files, &mut failed);
+    }
+    let records = cx.home.records()?;
+    let mut by_path: HashMap<PathBuf, Vec<StoreRecord>> = HashMap::new();
+    for r in records.into_iter().filter(|r| r.kind == Kind::Shared) {
+        by_path.entry(r.path.clone()).or_default().push(r);
+    }
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = Arc::new(Semaphore::new(threads));
+    let mut tasks = JoinSet::new();
+    for (i, path) in files.iter().enumerate() {
+        let reuse = by_path
+            .get(path)
+            .and_then(|v| v.iter().find(|r| !r.changed).cloned());
+        let (path, pool) = (path.clone(), pool.clone());
+        tasks.spawn(async move {
+            let _permit = pool.acquire_owned().await;
+            let r = tokio::task::spawn_blocking(move || hash_one(path, reuse)).await;
+            (
+                i,
+                r.map_err(|e| anyhow!("hashing task failed: {e}"))
+                    .and_then(|r| r),
+            )
+        });
+    }
+
+    let mut shown: Vec<Option<FileView>> = vec![None; files.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (i, hashed) = joined.map_err(|e| anyhow!("hashing task failed: {e}"))?;
+        let h = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                output::report_error(&e);
+                failed += 1;
+                continue;
+            }
+        };
+        let view = match client.announce(&peer_id, &h.manifest).await {
+            Ok(v) => v,
+            Err(e @ (TrackerError::NotLoggedIn | TrackerError::Unreachable { .. })) => {
+                tasks.abort_all();
+                return Err(e.into());
+            }
+            Err(e) => {
+                output::report_error(
+                    &anyhow!(e).context(format!("cannot share {}", h.path.display())),
+                );
+                failed += 1;
+                continue;
+            }
+        };
+        let id = h.manifest.id();
+        let mut rec = StoreRecord::new(
+            &h.manifest,
+            Kind::Shared,
+            h.path.clone(),
+            &Bitfield::full(h.manifest.chunk_count()),
+        );
+        rec.complete = true;
+        rec.file_len = Some(h.len);
+        rec.mtime_ns = Some(h.mtime);
+        cx.home.save_record(&rec)?;
+        // An older record for the same path (the file changed since) is withdrawn.
+        for old in by_path.get(&h.path).into_iter().flatten() {
+            if old.file_id != id {
+                let _ = client.unindex(&peer_id, &old.file_id).await;
+                cx.home.delete_record(&old.file_id)?;
+            }
+        }
+        shown[i] = Some(view);
+    }
+
+    let shown: Vec<FileView> = shown.into_iter().flatten().collect();
+    if cx.json {
+        output::json(&shown)?;
+    } else {
+        for f in &shown {
+            output::println(&format!(
+                "{}  {}  {}",
+                f.id.get(..12).unwrap_or(&f.id),
+                common::units::format_size(f.size),
+                output::safe(&f.name)
+            ));
+        }
+    }
+    if failed > 0 {
+        return Err(AlreadyReported(failed).into());
+    }
+    Ok(())
+}
+
+/// Finds the one store record `term` names (full id or unique prefix); a full id not in
+/// the store is accepted as is.
+fn pick(records: &[StoreRecord], term: &str) -> anyhow::Result<(FileId, Option<String>)> {
+    let t = term.trim().to_ascii_lowercase();
+    let hits: Vec<&StoreRecord> = records
+        .iter()
+        .filter(|r| !t.is_empty() && r.file_id.to_string().starts_with(&t))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok((one.file_id, Some(one.name.clone()))),
+        [] => match t.parse::<FileId>() {
+            Ok(id) => Ok((id, None)),
+            Err(_) => bail!("no file in this home matches '{}'", output::safe(term)),
+        },
+        many => bail!(
+            "'{}' matches {} files in this home: {}",
+            output::safe(term),
+            many.len(),
+            many.iter()
+                .map(|r| format!("{} {}", r.file_id.short(), output::safe(&r.name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> anyhow::Result<()> {
+    let client = cx.client()?;
+    let peer_id = cx.home.peer_id()?;
+    let records = cx.home.records()?;
+    let mut failed = 0;
+    let mut done = Vec::new();
+    for term in &terms {
+        let (id, name) = match pick(&records, term) {
+            Ok(x) => x,
+            Err(e) => {
+                output::report_error(&e);
+                failed += 1;
+                continue;
+            }
+        };
+        let tracker_note = match client.unindex(&peer_id, &id).await {
+            Ok(()) => None,
+            Err(TrackerError::Rejected {
+                code: Code::NotFound,
+                ..
+            }) => Some("the tracker listed no holding".to_string()),
+            Err(e @ TrackerError::NotLoggedIn) => return Err(e.into()),
+            Err(e) => Some(format!("the tracker was not told: {e}")),
+        };
+        cx.home.delete_record(&id)?;
+        if !cx.json {
+            let label = name.as_deref().map(output::safe).unwrap_or_default();
+            let note = tracker_note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            output::println(&format!("unindexed {}  {label}{note}", id.short()));
+        }
+        done.push(serde_json::json!({
+            "id": id.to_string(),
+            "name": name,
+            "tracker_notified": tracker_note.is_none(),
+        }));
+    }
+    if cx.json {
+        output::json(&done)?;
+    }
+    if failed > 0 {
+        return Err(AlreadyReported(failed).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::Sha256Digest;
+
+    fn rec(content: &[u8], name: &str) -> StoreRecord {
+        let d = Sha256Digest::of(content);
+        let m = Manifest::from_parts(name.into(), 1, d, 1 << 20, &d.0).unwrap();
+        StoreRecord::new(&m, Kind::Shared, "/x".into(), &Bitfield::full(1))
+    }
+
+    #[test]
+    fn ids_resolve_by_unique_prefix() {
+        let a = rec(b"a", "a");
+        let b = rec(b"b", "b");
+        let records = vec![a.clone(), b.clone()];
+        let (id, name) = pick(&records, &a.file_id.to_string()[..8]).unwrap();
+        assert_eq!((id, name.as_deref()), (a.file_id, Some("a")));
+        let err = pick(&records, "").unwrap_err().to_string();
+        assert!(err.contains("no file in this home"), "{err}");
+        let full = FileId(Sha256Digest::of(b"elsewhere"));
+        assert_eq!(pick(&records, &full.to_string()).unwrap(), (full, None));
+        assert!(pick(&records, "zz").is_err());
+    }
+
+    #[test]
+    fn collects_files_recursively_and_skips_dir_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.txt"), b"a").unwrap();
+        std::fs::write(d.join("sub/b.txt"), b"b").unwrap();
+        std::os::unix::fs::symlink(&d, d.join("loop")).unwrap();
+        std::os::unix::fs::symlink(d.join("a.txt"), d.join("link.txt")).unwrap();
+        let mut out = Vec::new();
+        let mut errors = 0;
+        collect(&d, true, &mut out, &mut errors);
+        let names: Vec<_> = out
+            .iter()
+            .map(|p| p.strip_prefix(&d).unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, ["a.txt", "link.txt", "sub/b.txt"]);
+        assert_eq!(errors, 0);
+    }
+}

@@ -1,0 +1,89 @@
+//! One function per subcommand. Commands are the only code that prints to stdout; they turn
+//! domain results into the text and JSON shapes of CONTRACT.md (see `output`).
+
+mod account;
+mod get;
+mod index;
+mod query;
+mod serve;
+mod status;
+
+use crate::cli::{Cli, Command};
+use crate::home::Home;
+use crate::tracker_client::{DEFAULT_TRACKER, TrackerClient};
+
+/// What every command needs: the home, the tracker URLs, the output mode.
+pub struct Ctx {
+    pub home: Home,
+    pub trackers: Vec<String>,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Opens the home and picks the tracker URLs: `--tracker`/`PEER_TRACKER`, else the ones
+    /// saved by login, else the default.
+    ///
+    /// # Errors
+    /// When the home cannot be created or read.
+    pub fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let home = Home::open(cli.home.clone())?;
+        let mut trackers = clean(&cli.trackers);
+        if trackers.is_empty() {
+            trackers = clean(&home.settings()?.trackers);
+        }
+        if trackers.is_empty() {
+            trackers = vec![DEFAULT_TRACKER.to_string()];
+        }
+        Ok(Self {
+            home,
+            trackers,
+            json: cli.json,
+            quiet: cli.quiet,
+        })
+    }
+
+    /// A tracker client carrying the saved session's token (none if logged out or expired:
+    /// calls that need one then fail with "not logged in").
+    ///
+    /// # Errors
+    /// For a malformed tracker URL or an unreadable session file.
+    pub fn client(&self) -> anyhow::Result<TrackerClient> {
+        let token = self
+            .home
+            .session()?
+            .filter(|s| s.expires_at_ms <= 0 || s.expires_at_ms > crate::now_ms())
+            .map(|s| s.token);
+        Ok(TrackerClient::new(&self.trackers, token)?)
+    }
+}
+
+fn clean(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .map(crate::tracker_client::normalize_url)
+        .collect()
+}
+
+/// Runs the command line.
+///
+/// # Errors
+/// Whatever the command failed on; [`crate::AlreadyReported`] when failures were already
+/// printed.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cx = Ctx::new(&cli)?;
+    match cli.command {
+        Command::Register(c) => account::register(&cx, c).await,
+        Command::Login(c) => account::login(&cx, c).await,
+        Command::Logout => account::logout(&cx).await,
+        Command::Serve(a) => serve::serve(&cx, a).await,
+        Command::Index { paths } => index::index(&cx, paths).await,
+        Command::Unindex { ids } => index::unindex(&cx, ids).await,
+        Command::Search { query, kind } => query::search(&cx, query, kind).await,
+        Command::Get(a) => get::get(&cx, a).await,
+        Command::Files => query::files(&cx),
+        Command::Peers => query::peers(&cx).await,
+        Command::Status => status::status(&cx).await,
+    }
+}

@@ -1,0 +1,184 @@
+//! `search`, `peers` and `files`: read-only listings, as tables or JSON.
+
+use common::FileType;
+use common::units::format_size;
+use serde::Serialize;
+
+use super::Ctx;
+use crate::output::{self, safe};
+
+pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> anyhow::Result<()> {
+    let kind = kind.map(|k| k.as_str()).unwrap_or("");
+    let files = cx
+        .client()?
+        .search(query.as_deref().unwrap_or(""), kind)
+        .await?;
+    if cx.json {
+        return output::json(&files);
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.get(..12).unwrap_or(&f.id).to_string(),
+                safe(&f.name),
+                format_size(f.size),
+                safe(&f.kind),
+                f.holders.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("no files match");
+        return Ok(());
+    }
+    output::print(&output::table(
+        &["ID", "NAME", "SIZE", "TYPE", "HOLDERS"],
+        &rows,
+    ));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PeerJson<'a> {
+    id: &'a str,
+    user: &'a str,
+    addr: &'a str,
+    state: &'a str,
+    last_seen: Option<String>,
+}
+
+/// "12s ago", "3m ago", "never".
+fn ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let secs = ((crate::now_ms() - ms).max(0) / 1000) as u64;
+    let rounded = if secs < 120 {
+        secs
+    } else if secs < 7200 {
+        secs / 60 * 60
+    } else {
+        secs / 3600 * 3600
+    };
+    format!(
+        "{} ago",
+        humantime::format_duration(std::time::Duration::from_secs(rounded))
+    )
+}
+
+pub async fn peers(cx: &Ctx) -> anyhow::Result<()> {
+    let peers = cx.client()?.list_peers().await?;
+    if cx.json {
+        let v: Vec<PeerJson> = peers
+            .iter()
+            .map(|p| PeerJson {
+                id: &p.id,
+                user: &p.user,
+                addr: &p.addr,
+                state: &p.state,
+                last_seen: crate::rfc3339_ms(p.last_seen_ms),
+            })
+            .collect();
+        return output::json(&v);
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                safe(p.id.get(..8).unwrap_or(&p.id)),
+                safe(&p.user),
+                safe(&p.addr),
+                safe(&p.state),
+                ago(p.last_seen_ms),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("the tracker knows no peers yet");
+        return Ok(());
+    }
+    output::print(&output::table(
+        &["ID", "USER", "ADDR", "STATE", "LAST SEEN"],
+        &rows,
+    ));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct FileJson {
+    id: String,
+    name: String,
+    size: u64,
+    sha256: String,
+    #[serde(rename = "type")]
+    kind_of_content: &'static str,
+    chunks: u32,
+    kind: &'static str,
+    held_chunks: u32,
+    complete: bool,
+    path: String,
+}
+
+pub fn files(cx: &Ctx) -> anyhow::Result<()> {
+    let records = cx.home.records()?;
+    let items: Vec<FileJson> = records
+        .iter()
+        .map(|r| {
+            let held = if r.complete && !r.changed {
+                r.chunk_count()
+            } else if r.changed {
+                0
+            } else {
+                r.have_bits().count()
+            };
+            FileJson {
+                id: r.file_id.to_string(),
+                name: r.name.clone(),
+                size: r.size,
+                sha256: r.sha256.clone(),
+                kind_of_content: FileType::from_name(&r.name).as_str(),
+                chunks: r.chunk_count(),
+                kind: r.kind.as_str(),
+                held_chunks: held,
+                complete: r.complete && !r.changed,
+                path: r.path.to_string_lossy().into_owned(),
+            }
+        })
+        .collect();
+    if cx.json {
+        return output::json(&items);
+    }
+    if items.is_empty() {
+        eprintln!("this peer shares nothing yet: run `peer index PATH` or `peer get ID`");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .zip(&records)
+        .map(|(f, r)| {
+            let pct = if f.chunks == 0 {
+                100
+            } else {
+                (f.held_chunks as u64 * 100 / f.chunks as u64) as u32
+            };
+            vec![
+                f.id[..12].to_string(),
+                safe(&f.name),
+                format_size(f.size),
+                if r.changed {
+                    format!("{} (changed)", f.kind)
+                } else {
+                    f.kind.to_string()
+                },
+                format!("{pct}%"),
+                safe(&f.path),
+            ]
+        })
+        .collect();
+    output::print(&output::table(
+        &["ID", "NAME", "SIZE", "KIND", "HAVE", "PATH"],
+        &rows,
+    ));
+    Ok(())
+}

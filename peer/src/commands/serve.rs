@@ -1,0 +1,303 @@
+//! `serve`: the node. It binds, works out the address other peers should dial, serves
+//! chunks (`server`), and keeps the tracker informed: heartbeats at the interval the
+//! tracker asks for, and a full SyncHoldings at start and whenever the tracker answers again
+//! after an outage (so a restarted tracker relearns what this peer holds). Tracker failures
+//! are logged once per outage and never stop the node.
+//!
+//! Replication (storing copies the tracker assigns within `--storage-quota`) will run as
+//! one more task under the same cancellation token, next to the heartbeat loop.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::PeerId;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use crate::cli::ServeArgs;
+use crate::home::{Home, Kind, NodeFile};
+use crate::output;
+use crate::ratelimit::RateLimiter;
+use crate::server::{self, PeerService};
+use crate::tracker_client::{HoldingIn, TrackerClient, TrackerError};
+
+/// The advertised address when none is given: the listen IP if it is a specific one, else
+/// the IP of the interface that routes to the tracker, else loopback.
+pub fn choose_advertise(listen: IpAddr, port: u16, route: Option<IpAddr>) -> SocketAddr {
+    if !listen.is_unspecified() {
+        return SocketAddr::new(listen, port);
+    }
+    match route.filter(|ip| !ip.is_unspecified()) {
+        Some(ip) => SocketAddr::new(ip, port),
+        None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+    }
+}
+
+/// The local IP used to reach `url`'s host: connect a UDP socket (no packet is sent) and
+/// read its local address.
+pub async fn route_ip(url: &str) -> Option<IpAddr> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    sock.connect(target).await.ok()?;
+    Some(sock.local_addr().ok()?.ip())
+}
+
+/// Checks that `--advertise` is `HOST:PORT`.
+pub fn check_advertise(s: &str) -> anyhow::Result<String> {
+    let s = s.trim();
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(s.to_string())
+        }
+        _ => bail!("--advertise must be HOST:PORT, got '{}'", output::safe(s)),
+    }
+}
+
+pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
+    let peer_id = cx.home.peer_id()?;
+    let live = cx
+        .home
+        .session()?
+        .is_some_and(|s| s.expires_at_ms <= 0 || s.expires_at_ms > crate::now_ms());
+    if !live {
+        return Err(TrackerError::NotLoggedIn.into());
+    }
+    let client = cx.client()?;
+    let advertise = a.advertise.as_deref().map(check_advertise).transpose()?;
+    let listener = TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise = match advertise {
+        Some(s) => s,
+        None => {
+            let route = match cx.trackers.first() {
+                Some(u) if bound.ip().is_unspecified() => route_ip(u).await,
+                _ => None,
+            };
+            choose_advertise(bound.ip(), bound.port(), route).to_string()
+        }
+    };
+    let local = if bound.ip().is_unspecified() {
+        let lo = if bound.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        };
+        SocketAddr::new(lo, bound.port())
+    } else {
+        bound
+    };
+
+    let limiter = a.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r)));
+    let svc = PeerService::new(
+        cx.home.clone(),
+        peer_id.clone(),
+        advertise.clone(),
+        limiter,
+        Some(client.clone()),
+    );
+    let token = CancellationToken::new();
+    let mut server = tokio::spawn(server::run(listener, svc, token.clone()));
+    cx.home.save_node(&NodeFile {
+        pid: std::process::id(),
+        addr: advertise.clone(),
+        local_addr: local.to_string(),
+        peer_id: peer_id.clone(),
+        started_at_ms: crate::now_ms(),
+    })?;
+    output::println(&format!("peer {peer_id} serving on {advertise}"));
+    tracing::info!(peer = %peer_id, addr = %advertise, listen = %bound, "node up");
+
+    let hb = tokio::spawn(heartbeats(
+        client,
+        cx.home.clone(),
+        peer_id,
+        advertise,
+        a.storage_quota,
+        token.clone(),
+    ));
+
+    let result = tokio::select! {
+        r = &mut server => {
+            Some(match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("the node's server failed")),
+                Err(e) => Err(anyhow::anyhow!("the node's server task failed: {e}")),
+            })
+        }
+        _ = shutdown_signal() => None,
+    };
+    tracing::info!("shutting down");
+    token.cancel();
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    let _ = hb.await;
+    if result.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    cx.home.delete_node()?;
+    result.unwrap_or(Ok(()))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+}
+
+/// Heartbeats forever (until cancelled); SyncHoldings at start and after each outage.
+async fn heartbeats(
+    client: TrackerClient,
+    home: Home,
+    peer_id: PeerId,
+    addr: String,
+    quota: u64,
+    token: CancellationToken,
+) {
+    let mut healthy: Option<bool> = None;
+    let mut need_sync = true;
+    let mut interval = Duration::from_secs(10);
+    loop {
+        match client.heartbeat(&peer_id, &addr, quota, 0).await {
+            Ok(iv) => {
+                if !iv.is_zero() {
+                    interval = iv.clamp(Duration::from_millis(200), Duration::from_secs(60));
+                }
+                if healthy == Some(false) {
+                    tracing::info!("tracker answers again");
+                    need_sync = true;
+                }
+                healthy = Some(true);
+                if need_sync {
+                    match sync(&client, &home, &peer_id).await {
+                        Ok(n) => {
+                            need_sync = false;
+                            tracing::info!(holdings = n, "holdings synced with the tracker");
+                        }
+                        Err(e) => tracing::warn!("cannot sync holdings (will retry): {e:#}"),
+                    }
+                }
+            }
+            Err(e) => {
+                if healthy != Some(false) {
+                    tracing::warn!("heartbeat failed (retrying until the tracker answers): {e}");
+                }
+                healthy = Some(false);
+            }
+        }
+        let wait = if healthy == Some(true) && !need_sync {
+            interval
+        } else {
+            interval.min(Duration::from_secs(2))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// Sends every store record to the tracker; re-announces shared files it has forgotten.
+async fn sync(client: &TrackerClient, home: &Home, peer_id: &PeerId) -> anyhow::Result<usize> {
+    let records: Vec<_> = home.records()?.into_iter().filter(|r| !r.changed).collect();
+    let holdings: Vec<HoldingIn> = records
+        .iter()
+        .map(|r| HoldingIn {
+            file_id: r.file_id,
+            kind: r.kind,
+            have: (!r.complete).then(|| r.have_bits()),
+        })
+        .collect();
+    let unknown = client.sync_holdings(peer_id, &holdings).await?;
+    for id in unknown {
+        let Some(r) = records.iter().find(|r| r.file_id.to_string() == id) else {
+            continue;
+        };
+        if r.kind != Kind::Shared || !r.complete {
+            continue;
+        }
+        match r.manifest() {
+            Ok(m) => {
+                if let Err(e) = client.announce(peer_id, &m).await {
+                    tracing::warn!(file = %r.file_id, "cannot re-announce: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(file = %r.file_id, "bad store record: {e:#}"),
+        }
+    }
+    Ok(holdings.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_prefers_a_specific_listen_ip_then_the_route() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "192.168.1.5".parse().unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(
+            choose_advertise(lo, 9, Some(lan)).to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            choose_advertise(any, 9, Some(lan)).to_string(),
+            "192.168.1.5:9"
+        );
+        assert_eq!(choose_advertise(any, 9, None).to_string(), "127.0.0.1:9");
+        assert_eq!(
+            choose_advertise(any, 9, Some(any)).to_string(),
+            "127.0.0.1:9"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_route_to_a_local_tracker_is_loopback() {
+        let ip = route_ip("http://127.0.0.1:7070").await;
+        assert_eq!(ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(route_ip("not a url").await, None);
+    }
+
+    #[test]
+    fn advertise_must_have_a_port() {
+        assert!(check_advertise("example.org:7000").is_ok());
+        assert!(check_advertise("[::1]:7000").is_ok());
+        assert!(check_advertise("example.org").is_err());
+        assert!(check_advertise("example.org:0").is_err());
+        assert!(check_advertise(":7000").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! `status`: where this peer stands, and what to do next (log in, start the node).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Ctx;
+use crate::home::Kind;
+use crate::output::{self, safe};
+use crate::tracker_client::TrackerClient;
+
+#[derive(Serialize)]
+struct TrackerJson {
+    url: String,
+    reachable: bool,
+}
+
+#[derive(Serialize, Default)]
+struct NodeJson {
+    running: bool,
+    addr: Option<String>,
+    pid: Option<u32>,
+    files: Option<u32>,
+    active_uploads: Option<u32>,
+    bytes_sent: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DownloadJson {
+    id: String,
+    name: String,
+    held_chunks: u32,
+    chunks: u32,
+    path: String,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    home: String,
+    peer_id: String,
+    logged_in: bool,
+    user: Option<String>,
+    session_expires_at: Option<String>,
+    trackers: Vec<TrackerJson>,
+    node: NodeJson,
+    downloads: Vec<DownloadJson>,
+}
+
+/// Asks the node named by node.json for its status.
+async fn node_status(cx: &Ctx, peer_id: &str) -> NodeJson {
+    let Ok(Some(node)) = cx.home.node() else {
+        return NodeJson::default();
+    };
+    let target = if node.local_addr.is_empty() {
+        node.addr.clone()
+    } else {
+        node.local_addr.clone()
+    };
+    let Ok(ep) = crate::transport::tuned_endpoint(&target) else {
+        return NodeJson::default();
+    };
+    let ep = ep.connect_timeout(Duration::from_secs(2));
+    let answer = tokio::time::timeout(Duration::from_secs(3), async {
+        let ch = ep.connect().await.ok()?;
+        let r = crate::transport::peer_client(ch)
+            .status(proto::peer::v1::StatusRequest {})
+            .await
+            .ok()?;
+        Some(r.into_inner())
+    })
+    .await
+    .ok()
+    .flatten();
+    match answer {
+        Some(s) if s.peer_id == peer_id => NodeJson {
+            running: true,
+            addr: Some(s.addr),
+            pid: Some(node.pid),
+            files: Some(s.files),
+            active_uploads: Some(s.active_uploads),
+            bytes_sent: Some(s.bytes_sent),
+        },
+        _ => NodeJson::default(),
+    }
+}
+
+pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
+    let peer_id = cx.home.peer_id()?.to_string();
+    let session = cx.home.session()?;
+    let now = crate::now_ms();
+    let live = session
+        .as_ref()
+        .filter(|s| s.expires_at_ms <= 0 || s.expires_at_ms > now);
+    let mut trackers = Vec::new();
+    for url in &cx.trackers {
+        trackers.push(TrackerJson {
+            url: url.clone(),
+            reachable: TrackerClient::probe(url).await,
+        });
+    }
+    let node = node_status(cx, &peer_id).await;
+    let downloads: Vec<DownloadJson> = cx
+        .home
+        .records()?
+        .into_iter()
+        .filter(|r| r.kind == Kind::Downloaded && !r.complete)
+        .map(|r| DownloadJson {
+            id: r.file_id.to_string(),
+            name: r.name.clone(),
+            held_chunks: r.have_bits().count(),
+            chunks: r.chunk_count(),
+            path: r.path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let st = StatusJson {
+        home: cx.home.dir().to_string_lossy().into_owned(),
+        peer_id,
+        logged_in: live.is_some(),
+        user: session.as_ref().map(|s| s.user.clone()),
+        session_expires_at: session
+            .as_ref()
+            .and_then(|s| crate::rfc3339_ms(s.expires_at_ms)),
+        trackers,
+        node,
+        downloads,
+    };
+    if cx.json {
+        return output::json(&st);
+    }
+    let mut out = String::new();
+    out += &format!("home:      {}\n", safe(&st.home));
+    out += &format!("peer id:   {}\n", st.peer_id);
+    match (&session, live) {
+        (Some(s), Some(_)) => {
+            let until = st
+                .session_expires_at
+                .clone()
+                .unwrap_or_else(|| "no expiry".into());
+            out += &format!(
+                "session:   logged in as {} (until {until})\n",
+                safe(&s.user)
+            );
+        }
+        (Some(s), None) => {
+            out += &format!(
+                "session:   expired for {}: run `peer login --user {}`\n",
+                safe(&s.user),
+                safe(&s.user)
+            );
+        }
+        _ => {
+            out += "session:   not logged in: run `peer login --user NAME` (or `peer register --user NAME`)\n"
+        }
+    }
+    for t in &st.trackers {
+        let state = if t.reachable {
+            "reachable"
+        } else {
+            "unreachable"
+        };
+        out += &format!("tracker:   {} {state}\n", safe(&t.url));
+    }
+    if st.node.running {
+        out += &format!(
+            "node:      running on {} (pid {}, {} files, {} uploads, {} sent)\n",
+            safe(st.node.addr.as_deref().unwrap_or("?")),
+            st.node.pid.unwrap_or(0),
+            st.node.files.unwrap_or(0),
+            st.node.active_uploads.unwrap_or(0),
+            common::units::format_size(st.node.bytes_sent.unwrap_or(0)),
+        );
+    } else {
+        out += "node:      not running: run `peer serve` to share with other peers\n";
+    }
+    if st.downloads.is_empty() {
+        out += "downloads: none in progress\n";
+    }
+    for d in &st.downloads {
+        let pct = (d.held_chunks as u64 * 100)
+            .checked_div(d.chunks as u64)
+            .unwrap_or(100);
+        let dir = std::path::Path::new(&d.path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".".into());
+        out += &format!(
+            "downloads: {} {pct}% -> {} (resume: peer get {} --output {})\n",
+            safe(&d.name),
+            safe(&d.path),
+            &d.id[..12],
+            safe(&dir)
+        );
+    }
+    output::print(&out);
+    Ok(())
+}

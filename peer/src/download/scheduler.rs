@@ -1,0 +1,343 @@
+//! Which chunk each source fetches next. Pure bookkeeping (no I/O, no clock), so the rules
+//! of STATE.md are unit-tested here:
+//!
+//! - a source is only given chunks it holds;
+//! - rarest first: among the Missing chunks a source holds, the one the fewest sources hold,
+//!   ties broken at random (so getters spread over the file and can serve each other);
+//! - endgame: when a source is idle and nothing it holds is Missing, it may duplicate an
+//!   InFlight chunk (the one with the fewest copies in flight); the first verified copy wins;
+//! - a source that fails or is dropped releases its chunks; those in flight nowhere else go
+//!   back to Missing.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use common::Bitfield;
+use rand::RngExt;
+
+/// The state of one chunk (see STATE.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkState<S> {
+    Missing,
+    /// Requested from these sources (more than one only in the endgame).
+    InFlight(Vec<S>),
+    Verified,
+}
+
+/// Chunk states of one file and the chunk sets of its sources.
+#[derive(Debug)]
+pub struct Scheduler<S> {
+    states: Vec<ChunkState<S>>,
+    sources: HashMap<S, Bitfield>,
+    /// How many sources hold each chunk.
+    avail: Vec<u32>,
+    verified: u32,
+}
+
+impl<S: Clone + Eq + Hash> Scheduler<S> {
+    /// A file of `chunks` chunks, all Missing, with no sources.
+    pub fn new(chunks: u32) -> Self {
+        Self {
+            states: vec![ChunkState::Missing; chunks as usize],
+            sources: HashMap::new(),
+            avail: vec![0; chunks as usize],
+            verified: 0,
+        }
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.states.len() as u32
+    }
+
+    pub fn verified_count(&self) -> u32 {
+        self.verified
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.verified == self.chunk_count()
+    }
+
+    pub fn state(&self, i: u32) -> &ChunkState<S> {
+        &self.states[i as usize]
+    }
+
+    /// The Verified chunks as a bitfield.
+    pub fn verified_bits(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.chunk_count());
+        for (i, s) in self.states.iter().enumerate() {
+            if *s == ChunkState::Verified {
+                b.set(i as u32);
+            }
+        }
+        b
+    }
+
+    /// Number of chunks currently requested from some source.
+    pub fn in_flight_count(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| matches!(s, ChunkState::InFlight(_)))
+            .count()
+    }
+
+    pub fn has_source(&self, s: &S) -> bool {
+        self.sources.contains_key(s)
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Adds a source, or updates the chunk set of a known one.
+    pub fn add_source(&mut self, s: S, have: Bitfield) {
+        if have.len() != self.chunk_count() {
+            return;
+        }
+        if let Some(old) = self.sources.get(&s) {
+            for i in old.iter_ones() {
+                self.avail[i as usize] -= 1;
+            }
+        }
+        for i in have.iter_ones() {
+            self.avail[i as usize] += 1;
+        }
+        self.sources.insert(s, have);
+    }
+
+    /// Drops a source: its in-flight chunks are released (Missing again unless another
+    /// source is fetching them). Returns the chunks that went back to Missing.
+    pub fn remove_source(&mut self, s: &S) -> Vec<u32> {
+        if let Some(old) = self.sources.remove(s) {
+            for i in old.iter_ones() {
+                self.avail[i as usize] -= 1;
+            }
+        }
+        let mut requeued = Vec::new();
+        for i in 0..self.chunk_count() {
+            if self.release_one(i, s) {
+                requeued.push(i);
+            }
+        }
+        requeued
+    }
+
+    /// A request for chunk `i` from `s` ended without a verified chunk. True if the chunk
+    /// went back to Missing.
+    pub fn release(&mut self, i: u32, s: &S) -> bool {
+        self.release_one(i, s)
+    }
+
+    fn release_one(&mut self, i: u32, s: &S) -> bool {
+        let st = &mut self.states[i as usize];
+        if let ChunkState::InFlight(v) = st
+            && let Some(pos) = v.iter().position(|x| x == s)
+        {
+            v.swap_remove(pos);
+            if v.is_empty() {
+                *st = ChunkState::Missing;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Marks chunk `i` Verified (a resumed part file, or a checked chunk). True if this was
+    /// the first copy (false: a duplicate from the endgame, or already there).
+    pub fn mark_verified(&mut self, i: u32) -> bool {
+        let st = &mut self.states[i as usize];
+        if *st == ChunkState::Verified {
+            return false;
+        }
+        *st = ChunkState::Verified;
+        self.verified += 1;
+        true
+    }
+
+    /// The next chunk for source `s`, now InFlight from it. `idle` says `s` has nothing in
+    /// flight (only then may it duplicate an InFlight chunk in the endgame).
+    pub fn next_for(&mut self, s: &S, idle: bool, rng: &mut impl rand::Rng) -> Option<u32> {
+        let have = self.sources.get(s)?;
+        let mut best: Option<(u32, u32)> = None; // (availability, index)
+        let mut ties = 0u32;
+        for i in have.iter_ones() {
+            if self.states[i as usize] != ChunkState::Missing {
+                continue;
+            }
+            let a = self.avail[i as usize];
+            match best {
+                Some((ba, _)) if a > ba => {}
+                Some((ba, _)) if a == ba => {
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = Some((a, i));
+                    }
+                }
+                _ => {
+                    best = Some((a, i));
+                    ties = 1;
+                }
+            }
+        }
+        if let Some((_, i)) = best {
+            self.states[i as usize] = ChunkState::InFlight(vec![s.clone()]);
+            return Some(i);
+        }
+        if !idle {
+            return None;
+        }
+        // Endgame: duplicate the InFlight chunk with the fewest copies that `s` holds.
+        let mut dup: Option<(usize, u32)> = None;
+        for i in have.iter_ones() {
+            if let ChunkState::InFlight(v) = &self.states[i as usize]
+                && !v.contains(s)
+                && dup.is_none_or(|(n, _)| v.len() < n)
+            {
+                dup = Some((v.len(), i));
+            }
+        }
+        let (_, i) = dup?;
+        if let ChunkState::InFlight(v) = &mut self.states[i as usize] {
+            v.push(s.clone());
+        }
+        Some(i)
+    }
+
+    /// Chunks not yet Verified.
+    pub fn remaining(&self) -> u32 {
+        self.chunk_count() - self.verified
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(n: u32, ones: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in ones {
+            b.set(i);
+        }
+        b
+    }
+
+    #[test]
+    fn picks_rarest_first() {
+        let mut s = Scheduler::new(4);
+        s.add_source("a", Bitfield::full(4));
+        s.add_source("b", bits(4, &[0, 1, 3]));
+        s.add_source("c", bits(4, &[0, 1]));
+        let mut rng = rand::rng();
+        // Chunk 2 is held by a only; chunk 3 by a and b; 0 and 1 by all three.
+        assert_eq!(s.next_for(&"a", true, &mut rng), Some(2));
+        assert_eq!(s.next_for(&"a", false, &mut rng), Some(3));
+        let c = s.next_for(&"c", true, &mut rng).unwrap();
+        assert!(c == 0 || c == 1);
+        assert_eq!(s.state(2), &ChunkState::InFlight(vec!["a"]));
+    }
+
+    #[test]
+    fn ties_are_broken_at_random() {
+        let mut seen = std::collections::HashSet::new();
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let mut s = Scheduler::new(8);
+            s.add_source(1, Bitfield::full(8));
+            seen.insert(s.next_for(&1, true, &mut rng).unwrap());
+        }
+        assert!(seen.len() > 3, "{seen:?}");
+    }
+
+    #[test]
+    fn never_gives_a_source_a_chunk_it_lacks() {
+        let mut s = Scheduler::new(6);
+        s.add_source("a", bits(6, &[1, 4]));
+        let mut rng = rand::rng();
+        let mut got = vec![];
+        while let Some(i) = s.next_for(&"a", false, &mut rng) {
+            got.push(i);
+        }
+        got.sort();
+        assert_eq!(got, vec![1, 4]);
+        assert_eq!(s.next_for(&"unknown", true, &mut rng), None);
+    }
+
+    #[test]
+    fn failures_requeue_chunks() {
+        let mut s = Scheduler::new(3);
+        s.add_source("a", Bitfield::full(3));
+        s.add_source("b", Bitfield::full(3));
+        let mut rng = rand::rng();
+        let i = s.next_for(&"a", true, &mut rng).unwrap();
+        let j = s.next_for(&"a", false, &mut rng).unwrap();
+        assert!(s.release(i, &"a"));
+        assert_eq!(s.state(i), &ChunkState::Missing);
+        let mut back = s.remove_source(&"a");
+        back.sort();
+        assert_eq!(back, vec![j]);
+        assert!(!s.has_source(&"a"));
+        // b now gets everything, including the released chunks.
+        let mut got = vec![];
+        while let Some(k) = s.next_for(&"b", false, &mut rng) {
+            got.push(k);
+        }
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn endgame_duplicates_only_when_idle_and_first_copy_wins() {
+        let mut s = Scheduler::new(2);
+        s.add_source("slow", Bitfield::full(2));
+        s.add_source("fast", bits(2, &[0]));
+        let mut rng = rand::rng();
+        // slow takes both chunks (the rarer one first).
+        assert_eq!(s.next_for(&"slow", true, &mut rng), Some(1));
+        assert_eq!(s.next_for(&"slow", false, &mut rng), Some(0));
+        // fast is busy elsewhere: no duplicate.
+        assert_eq!(s.next_for(&"fast", false, &mut rng), None);
+        // fast is idle: it duplicates chunk 0 (the only one it holds), not chunk 1.
+        assert_eq!(s.next_for(&"fast", true, &mut rng), Some(0));
+        assert_eq!(s.state(0), &ChunkState::InFlight(vec!["slow", "fast"]));
+        // ... and not twice.
+        assert_eq!(s.next_for(&"fast", true, &mut rng), None);
+        assert!(s.mark_verified(0));
+        assert!(!s.mark_verified(0), "the second copy is a duplicate");
+        // The late copy's release does not undo the verification.
+        assert!(!s.release(0, &"slow"));
+        assert_eq!(s.state(0), &ChunkState::Verified);
+        // Dropping slow sends chunk 1 back to Missing; fast cannot take it.
+        assert_eq!(s.remove_source(&"slow"), vec![1]);
+        assert_eq!(s.next_for(&"fast", true, &mut rng), None);
+        assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn updating_a_source_adjusts_availability() {
+        let mut s = Scheduler::new(3);
+        s.add_source("a", bits(3, &[0]));
+        s.add_source("b", bits(3, &[0, 1, 2]));
+        s.add_source("a", bits(3, &[0, 1]));
+        let mut rng = rand::rng();
+        // Chunk 2 (held by b only) is rarest for b.
+        assert_eq!(s.next_for(&"b", true, &mut rng), Some(2));
+        assert_eq!(s.source_count(), 2);
+        // A bitfield of the wrong length is ignored.
+        s.add_source("c", Bitfield::new(5));
+        assert!(!s.has_source(&"c"));
+    }
+
+    #[test]
+    fn resumed_chunks_are_not_fetched() {
+        let mut s = Scheduler::new(3);
+        s.mark_verified(1);
+        s.add_source("a", Bitfield::full(3));
+        let mut rng = rand::rng();
+        let mut got = vec![];
+        while let Some(k) = s.next_for(&"a", false, &mut rng) {
+            got.push(k);
+        }
+        got.sort();
+        assert_eq!(got, vec![0, 2]);
+        assert_eq!(s.verified_bits().iter_ones().collect::<Vec<_>>(), vec![1]);
+    }
+}

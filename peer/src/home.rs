@@ -1,0 +1,443 @@
+//! The peer's home directory: everything this peer remembers between runs.
+//!
+//! ```text
+//! identity.json      {peer_id}                         made once
+//! session.json       {user, token, expires_at_ms}      mode 0600
+//! settings.json      {trackers: [..]}                  saved by register/login
+//! node.json          {pid, addr, local_addr, peer_id, started_at_ms}   while `serve` runs
+//! store/<id>.json    one StoreRecord per file this peer shares or holds
+//! ```
+//! Every write goes to a temporary file in the same directory and is renamed into place, so
+//! a reader (a `serve` next to a `get`) never sees half a file and a crash never leaves one.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest};
+use serde::{Deserialize, Serialize};
+
+/// A peer's home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    peer_id: PeerId,
+}
+
+/// A login session with the tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFile {
+    pub user: String,
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// Settings kept between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The tracker URLs register/login used; the default for later commands.
+    #[serde(default)]
+    pub trackers: Vec<String>,
+}
+
+/// Written by `serve` once it is bound, removed when it stops cleanly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeFile {
+    pub pid: u32,
+    /// The advertised address (what other peers dial).
+    pub addr: String,
+    /// An address this machine can dial to reach the node (loopback when it listens on all
+    /// interfaces), used by `peer status`.
+    #[serde(default)]
+    pub local_addr: String,
+    pub peer_id: PeerId,
+    pub started_at_ms: i64,
+}
+
+/// Whether this peer shares a file of its own or fetched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Shared,
+    Downloaded,
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Shared => "shared",
+            Kind::Downloaded => "downloaded",
+        }
+    }
+}
+
+/// One file this peer shares or holds: its manifest, where its bytes are, which chunks are
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    pub file_id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub chunk_size: u32,
+    /// Hex SHA-256 of every chunk, in order.
+    pub chunk_hashes: Vec<String>,
+    pub kind: Kind,
+    /// Absolute path of the file (for a download in progress: its final path; the bytes are
+    /// in [`StoreRecord::data_path`]).
+    pub path: PathBuf,
+    pub complete: bool,
+    /// Hex bitfield of the chunks held.
+    pub have: String,
+    /// For shared files: length and mtime (ns since the epoch) when indexed, so a changed
+    /// file is noticed (and re-hashed by `index`, refused by `serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
+    /// Set by `serve` when a shared file changed on disk: it is no longer served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed: bool,
+}
+
+/// Suffix of a download in progress.
+pub const PART_SUFFIX: &str = ".tessera-part";
+
+impl StoreRecord {
+    /// A record for `manifest`, holding the chunks in `have`.
+    pub fn new(manifest: &Manifest, kind: Kind, path: PathBuf, have: &Bitfield) -> Self {
+        Self {
+            file_id: manifest.id(),
+            name: manifest.name.clone(),
+            size: manifest.size,
+            sha256: manifest.sha256.to_hex(),
+            chunk_size: manifest.chunk_size,
+            chunk_hashes: manifest.chunk_hashes.iter().map(|h| h.to_hex()).collect(),
+            kind,
+            path,
+            complete: have.is_complete(),
+            have: hex::encode(have.as_bytes()),
+            file_len: None,
+            mtime_ns: None,
+            changed: false,
+        }
+    }
+
+    /// The manifest, checked against the record's id (a hand-edited record is refused).
+    pub fn manifest(&self) -> anyhow::Result<Manifest> {
+        let sha256: Sha256Digest = self.sha256.parse().context("bad sha256 in store record")?;
+        let mut packed = Vec::with_capacity(self.chunk_hashes.len() * 32);
+        for h in &self.chunk_hashes {
+            let d: Sha256Digest = h.parse().context("bad chunk hash in store record")?;
+            packed.extend_from_slice(&d.0);
+        }
+        let m = Manifest::from_parts(
+            self.name.clone(),
+            self.size,
+            sha256,
+            self.chunk_size,
+            &packed,
+        )?;
+        Ok(m.verified(&self.file_id)?)
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_hashes.len() as u32
+    }
+
+    /// The chunks held (none if the stored bitfield is malformed).
+    pub fn have_bits(&self) -> Bitfield {
+        let n = self.chunk_count();
+        hex::decode(&self.have)
+            .ok()
+            .and_then(|b| Bitfield::from_bytes(&b, n).ok())
+            .unwrap_or_else(|| Bitfield::new(n))
+    }
+
+    /// Where the bytes are now: the final path once complete, the part file before.
+    pub fn data_path(&self) -> PathBuf {
+        if self.complete || self.kind == Kind::Shared {
+            self.path.clone()
+        } else {
+            part_path(&self.path)
+        }
+    }
+}
+
+/// `<final>.tessera-part`.
+pub fn part_path(final_path: &Path) -> PathBuf {
+    let mut s = final_path.as_os_str().to_owned();
+    s.push(PART_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Length and mtime (ns since the epoch) of a file, as recorded for shared files.
+pub fn len_and_mtime(meta: &fs::Metadata) -> (u64, u64) {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (meta.len(), mtime)
+}
+
+impl Home {
+    /// The home at `dir`, or the platform default; created (mode 0700) if missing.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn open(dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let dir = match dir {
+            Some(d) => d,
+            None => default_dir().context("cannot find a home directory; pass --home DIR")?,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("store"))
+            .with_context(|| format!("cannot create home {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This peer's id, made (16 random bytes) on first use.
+    pub fn peer_id(&self) -> anyhow::Result<PeerId> {
+        let path = self.dir.join("identity.json");
+        if let Some(id) = read_json::<Identity>(&path)? {
+            return Ok(id.peer_id);
+        }
+        let peer_id = PeerId::from_random(rand::random::<[u8; 16]>());
+        write_json(&path, &Identity { peer_id }, 0o600)?;
+        // Re-read so two processes racing to create it agree on the id that won.
+        Ok(read_json::<Identity>(&path)?
+            .context("identity.json vanished")?
+            .peer_id)
+    }
+
+    pub fn session(&self) -> anyhow::Result<Option<SessionFile>> {
+        read_json(&self.dir.join("session.json"))
+    }
+
+    pub fn save_session(&self, s: &SessionFile) -> anyhow::Result<()> {
+        write_json(&self.dir.join("session.json"), s, 0o600)
+    }
+
+    /// Deletes the session; true if there was one.
+    pub fn delete_session(&self) -> anyhow::Result<bool> {
+        remove_if_exists(&self.dir.join("session.json"))
+    }
+
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        Ok(read_json(&self.dir.join("settings.json"))?.unwrap_or_default())
+    }
+
+    pub fn save_settings(&self, s: &Settings) -> anyhow::Result<()> {
+        write_json(&self.dir.join("settings.json"), s, 0o600)
+    }
+
+    pub fn node(&self) -> anyhow::Result<Option<NodeFile>> {
+        read_json(&self.dir.join("node.json"))
+    }
+
+    pub fn save_node(&self, n: &NodeFile) -> anyhow::Result<()> {
+        write_json(&self.dir.join("node.json"), n, 0o600)
+    }
+
+    pub fn delete_node(&self) -> anyhow::Result<bool> {
+        remove_if_exists(&self.dir.join("node.json"))
+    }
+
+    fn record_path(&self, id: &FileId) -> PathBuf {
+        self.dir.join("store").join(format!("{id}.json"))
+    }
+
+    pub fn record(&self, id: &FileId) -> anyhow::Result<Option<StoreRecord>> {
+        read_json(&self.record_path(id))
+    }
+
+    pub fn save_record(&self, r: &StoreRecord) -> anyhow::Result<()> {
+        write_json(&self.record_path(&r.file_id), r, 0o600)
+    }
+
+    pub fn delete_record(&self, id: &FileId) -> anyhow::Result<bool> {
+        remove_if_exists(&self.record_path(id))
+    }
+
+    /// Every store record, ordered by name. Unreadable records are skipped with a warning.
+    pub fn records(&self) -> anyhow::Result<Vec<StoreRecord>> {
+        let dir = self.dir.join("store");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match read_json::<StoreRecord>(&path) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(path = %path.display(), "skipping store record: {e:#}"),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_id.cmp(&b.file_id)));
+        Ok(out)
+    }
+}
+
+/// `$XDG_DATA_HOME/tessera`, else `~/.local/share/tessera`.
+pub fn default_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("tessera"));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".local/share/tessera"))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is corrupt", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file with `mode`, fsync, rename).
+pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)?;
+    write_atomic(path, &bytes, mode).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn manifest() -> Manifest {
+        let d = Sha256Digest::of(b"x");
+        Manifest::from_parts("a.txt".into(), 3, d, 1 << 20, &d.0).unwrap()
+    }
+
+    #[test]
+    fn session_is_private_and_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        let mode = fs::metadata(home.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(home.session().unwrap(), None);
+        let s = SessionFile {
+            user: "ann".into(),
+            token: "secret".into(),
+            expires_at_ms: 5,
+        };
+        home.save_session(&s).unwrap();
+        let mode = fs::metadata(home.dir().join("session.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(home.session().unwrap(), Some(s));
+        assert!(home.delete_session().unwrap());
+        assert!(!home.delete_session().unwrap());
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_no_temp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f.json");
+        write_atomic(&p, b"first version, longer", 0o600).unwrap();
+        write_atomic(&p, b"second", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temp files left behind");
+    }
+
+    #[test]
+    fn identity_is_made_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().to_path_buf())).unwrap();
+        let a = home.peer_id().unwrap();
+        assert_eq!(home.peer_id().unwrap(), a);
+    }
+
+    #[test]
+    fn records_round_trip_and_check_their_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().to_path_buf())).unwrap();
+        let m = manifest();
+        let mut r = StoreRecord::new(&m, Kind::Downloaded, "/x/a.txt".into(), &Bitfield::new(1));
+        home.save_record(&r).unwrap();
+        let back = home.record(&m.id()).unwrap().unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.manifest().unwrap(), m);
+        assert!(!back.complete);
+        assert_eq!(back.data_path(), PathBuf::from("/x/a.txt.tessera-part"));
+        assert_eq!(home.records().unwrap().len(), 1);
+        r.size = 4;
+        assert!(r.manifest().is_err());
+        assert!(home.delete_record(&m.id()).unwrap());
+        assert!(home.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn settings_default_to_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().to_path_buf())).unwrap();
+        assert_eq!(home.settings().unwrap(), Settings::default());
+        let s = Settings {
+            trackers: vec!["http://t:1".into()],
+        };
+        home.save_settings(&s).unwrap();
+        assert_eq!(home.settings().unwrap(), s);
+    }
+}

@@ -1,0 +1,52 @@
+//! The Tessera peer: it shares files (announces their manifests to the tracker), serves their
+//! chunks to other peers over gRPC, and fetches files from several peers at once, checking
+//! every chunk against its SHA-256 before it is written.
+//!
+//! # Layout
+//! - [`cli`]: the command line of CONTRACT.md (clap derive).
+//! - [`commands`]: one function per subcommand; the only place that prints to stdout.
+//! - [`home`]: the peer's home directory (identity, session, settings, store records,
+//!   node.json), written atomically.
+//! - [`tracker_client`]: the tracker's gRPC API with auth and fail-over; converts prost types
+//!   to domain types at the edge.
+//! - [`server`]: the node's Peer gRPC service (streams chunks), used by `serve`.
+//! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), and the
+//!   HTTP/2 tuning shared with the server.
+//! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
+//! - [`ratelimit`]: a token bucket shared by all transfers of one process.
+//! - [`progress`]: indicatif bars fed from atomics the downloader updates.
+//! - [`output`]: tables and JSON shapes of the commands.
+
+pub mod cli;
+pub mod commands;
+pub mod download;
+pub mod home;
+pub mod output;
+pub mod progress;
+pub mod ratelimit;
+pub mod server;
+pub mod tracker_client;
+pub mod transport;
+
+/// An error that has already been printed to stderr (one `error: ...` line per failed item);
+/// `main` exits 1 without printing anything more.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} item(s) failed")]
+pub struct AlreadyReported(pub usize);
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Formats Unix milliseconds as RFC 3339 (UTC, seconds), or `None` for 0 (never).
+pub fn rfc3339_ms(ms: i64) -> Option<String> {
+    if ms <= 0 {
+        return None;
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    Some(humantime::format_rfc3339_seconds(t).to_string())
+}

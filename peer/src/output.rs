@@ -1,0 +1,94 @@
+//! What commands print: aligned text tables for people, JSON for scripts. Untrusted text
+//! (names from the tracker or other peers) goes through `names::printable` before it
+//! reaches a terminal.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// Escapes control characters and caps the length of untrusted text for a terminal.
+pub fn safe(text: &str) -> String {
+    common::names::printable(text, 120)
+}
+
+/// Renders rows under headers, columns separated by two spaces; the last column is not
+/// padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = headers.len();
+    let mut width = headers
+        .iter()
+        .map(|h| h.chars().count())
+        .collect::<Vec<_>>();
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, c) in cells.enumerate() {
+            if i + 1 < cols {
+                s.push_str(c);
+                s.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
+            } else {
+                s.push_str(c);
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Prints to stdout; a closed pipe (`peer search | head`) is not an error.
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Prints one line to stdout.
+pub fn println(line: &str) {
+    print(&format!("{line}\n"));
+}
+
+/// Prints a value as pretty JSON (one document, newline-terminated).
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let s = serde_json::to_string_pretty(value)?;
+    println(&s);
+    Ok(())
+}
+
+/// Reports one failed item on stderr, in the same form `main` uses for a fatal error.
+pub fn report_error(err: &anyhow::Error) {
+    eprintln!(
+        "error: {}",
+        common::names::printable(&format!("{err:#}"), 2000)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_escape() {
+        let t = table(
+            &["ID", "NAME", "SIZE"],
+            &[
+                vec!["abc".into(), safe("evil\x1b[2Jname"), "1 B".into()],
+                vec!["abcdef".into(), "x".into(), "10 KiB".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "ID      NAME               SIZE");
+        assert_eq!(lines[1], "abc     evil\\u{1b}[2Jname  1 B");
+        assert_eq!(lines[2], "abcdef  x                  10 KiB");
+        assert!(!t.contains('\x1b'));
+    }
+}

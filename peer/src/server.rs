@@ -1,0 +1,355 @@
+//! The node's `peer.v1.Peer` service: it streams chunks of the files in this home's store to
+//! other peers, and answers `Status`.
+//!
+//! Records are cached by file id and re-read from disk when a file id is unknown or a
+//! requested chunk is not in the cached `have` (a `peer get` in the same home writes its
+//! record every half second, and this node serves those chunks while the download runs);
+//! re-reads of one record happen at most every [`RELOAD_EVERY`].
+//!
+//! A shared file is the user's own file: before serving it the node checks that its length
+//! and mtime still match the record. A changed or vanished file is refused, the record is
+//! marked `changed`, and the holding is withdrawn at the tracker, so nobody is handed bytes
+//! that no longer match the manifest.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Bitfield, FileId, PeerId};
+use proto::peer::v1 as pb;
+use proto::peer::v1::peer_server::{Peer, PeerServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::home::{Home, Kind, StoreRecord, len_and_mtime};
+use crate::ratelimit::RateLimiter;
+use crate::tracker_client::TrackerClient;
+use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
+
+/// How often one record may be re-read from disk.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(200);
+/// Most chunks one GetChunks may ask for.
+const MAX_INDICES: usize = 256;
+
+/// Test-only fault injection: `PEER_TEST_CORRUPT_CHUNKS=3,7` makes this node flip a byte of
+/// chunks 3 and 7 of every file it serves (so tests can check that getters catch it).
+pub const CORRUPT_ENV: &str = "PEER_TEST_CORRUPT_CHUNKS";
+
+struct Cached {
+    rec: Option<Arc<(StoreRecord, Bitfield)>>,
+    loaded_at: Instant,
+}
+
+/// Counters reported by `Status`.
+#[derive(Default)]
+pub struct NodeStats {
+    pub active_uploads: AtomicU32,
+    pub bytes_sent: AtomicU64,
+}
+
+/// The Peer service of one node.
+pub struct PeerService {
+    home: Home,
+    peer_id: PeerId,
+    addr: String,
+    started_at_ms: i64,
+    upload_limit: Option<Arc<RateLimiter>>,
+    tracker: Option<TrackerClient>,
+    stats: Arc<NodeStats>,
+    cache: Mutex<HashMap<FileId, Cached>>,
+    corrupt: HashSet<u32>,
+}
+
+impl PeerService {
+    /// A service serving `home`'s store. `tracker` (if any) is told when a shared file
+    /// changed on disk.
+    pub fn new(
+        home: Home,
+        peer_id: PeerId,
+        addr: String,
+        upload_limit: Option<Arc<RateLimiter>>,
+        tracker: Option<TrackerClient>,
+    ) -> Self {
+        let corrupt = std::env::var(CORRUPT_ENV)
+            .ok()
+            .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        Self {
+            home,
+            peer_id,
+            addr,
+            started_at_ms: crate::now_ms(),
+            upload_limit,
+            tracker,
+            stats: Arc::default(),
+            cache: Mutex::default(),
+            corrupt,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<NodeStats> {
+        self.stats.clone()
+    }
+
+    /// The record for `id`, re-read from disk if unknown or lacking one of `needed`
+    /// (at most every [`RELOAD_EVERY`]).
+    fn lookup(&self, id: &FileId, needed: &[u32]) -> Option<Arc<(StoreRecord, Bitfield)>> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(id) {
+                let fresh = c.loaded_at.elapsed() < RELOAD_EVERY;
+                let sufficient = c
+                    .rec
+                    .as_ref()
+                    .is_some_and(|r| needed.iter().all(|&i| r.1.get(i)));
+                if sufficient || fresh {
+                    return c.rec.clone();
+                }
+            }
+        }
+        self.reload(id)
+    }
+
+    fn reload(&self, id: &FileId) -> Option<Arc<(StoreRecord, Bitfield)>> {
+        let rec = match self.home.record(id) {
+            Ok(r) => r.map(|r| {
+                let have = if r.complete && !r.changed {
+                    Bitfield::full(r.chunk_count())
+                } else if r.changed {
+                    Bitfield::new(r.chunk_count())
+                } else {
+                    r.have_bits()
+                };
+                Arc::new((r, have))
+            }),
+            Err(e) => {
+                tracing::warn!(file = %id, "cannot read store record: {e:#}");
+                None
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(
+            *id,
+            Cached {
+                rec: rec.clone(),
+                loaded_at: Instant::now(),
+            },
+        );
+        rec
+    }
+
+    /// Marks a shared record as changed on disk (once), and withdraws it at the tracker.
+    fn shared_file_changed(&self, rec: &StoreRecord, why: &str) {
+        let mut cur = match self.home.record(&rec.file_id) {
+            Ok(Some(r)) if !r.changed && r.kind == Kind::Shared && r.path == rec.path => r,
+            _ => return,
+        };
+        tracing::warn!(
+            file = %rec.file_id,
+            path = %rec.path.display(),
+            "shared file {why}; no longer serving it (run `peer index` again to share the new content)"
+        );
+        cur.changed = true;
+        cur.complete = false;
+        if let Err(e) = self.home.save_record(&cur) {
+            tracing::warn!("cannot update store record: {e:#}");
+        }
+        self.reload(&rec.file_id);
+        if let Some(t) = self.tracker.clone() {
+            let (peer, id) = (self.peer_id.clone(), rec.file_id);
+            tokio::spawn(async move {
+                if let Err(e) = t.unindex(&peer, &id).await {
+                    tracing::warn!(file = %id, "cannot withdraw changed file at the tracker: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Opens the bytes of `rec`; for a shared file, checks it has not changed since indexing.
+fn open_data(rec: &StoreRecord) -> Result<File, OpenError> {
+    if rec.kind == Kind::Shared {
+        let meta = std::fs::metadata(&rec.path).map_err(|_| OpenError::Changed("vanished"))?;
+        if let (Some(len), Some(mtime)) = (rec.file_len, rec.mtime_ns)
+            && len_and_mtime(&meta) != (len, mtime)
+        {
+            return Err(OpenError::Changed("changed on disk"));
+        }
+        return File::open(&rec.path).map_err(|_| OpenError::Changed("cannot be opened"));
+    }
+    match File::open(rec.data_path()) {
+        Ok(f) => Ok(f),
+        // The download may have just finished and renamed its part file.
+        Err(_) if !rec.complete => File::open(&rec.path).map_err(OpenError::Io),
+        Err(e) => Err(OpenError::Io(e)),
+    }
+}
+
+enum OpenError {
+    Changed(&'static str),
+    Io(std::io::Error),
+}
+
+/// Decrements the active-upload count when an upload ends, however it ends.
+struct UploadGuard(Arc<NodeStats>);
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        self.0.active_uploads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type GetChunksStream = ReceiverStream<Result<pb::Chunk, Status>>;
+
+    async fn get_chunks(
+        &self,
+        request: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let req = request.into_inner();
+        let id: FileId = req
+            .file_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("bad file id"))?;
+        if req.indices.len() > MAX_INDICES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_INDICES} chunks per request"
+            )));
+        }
+        let Some(entry) = self.lookup(&id, &req.indices) else {
+            return Err(Status::not_found("this node holds nothing of that file"));
+        };
+        let (rec, have) = (&entry.0, &entry.1);
+        if let Some(&bad) = req.indices.iter().find(|&&i| i >= rec.chunk_count()) {
+            return Err(Status::invalid_argument(format!(
+                "chunk {bad} is past the end ({} chunks)",
+                rec.chunk_count()
+            )));
+        }
+        if rec.changed {
+            return Err(Status::failed_precondition(
+                "the shared file changed on disk",
+            ));
+        }
+        if let Some(&lack) = req.indices.iter().find(|&&i| !have.get(i)) {
+            return Err(Status::failed_precondition(format!(
+                "this node does not hold chunk {lack}"
+            )));
+        }
+        let rec_for_open = rec.clone();
+        let file = tokio::task::spawn_blocking(move || open_data(&rec_for_open))
+            .await
+            .map_err(|_| Status::internal("open task failed"))?;
+        let file = match file {
+            Ok(f) => Arc::new(f),
+            Err(OpenError::Changed(why)) => {
+                self.shared_file_changed(rec, why);
+                return Err(Status::failed_precondition(format!(
+                    "the shared file {why}"
+                )));
+            }
+            Err(OpenError::Io(e)) => {
+                tracing::warn!(file = %id, "cannot open data: {e}");
+                return Err(Status::failed_precondition("data not readable"));
+            }
+        };
+
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let stats = self.stats.clone();
+        stats.active_uploads.fetch_add(1, Ordering::Relaxed);
+        let guard = UploadGuard(stats.clone());
+        let limit = self.upload_limit.clone();
+        let (chunk_size, size) = (rec.chunk_size as u64, rec.size);
+        let corrupt: Vec<u32> = req
+            .indices
+            .iter()
+            .copied()
+            .filter(|i| self.corrupt.contains(i))
+            .collect();
+        tokio::spawn(async move {
+            let _guard = guard;
+            for index in req.indices {
+                let start = index as u64 * chunk_size;
+                let len = (size - start).min(chunk_size);
+                crate::ratelimit::acquire(limit.as_deref(), len).await;
+                let f = file.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    f.read_exact_at(&mut buf, start).map(|()| buf)
+                })
+                .await;
+                let msg = match read {
+                    Ok(Ok(mut data)) => {
+                        if corrupt.contains(&index)
+                            && let Some(b) = data.first_mut()
+                        {
+                            *b ^= 0xff;
+                        }
+                        stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                        Ok(pb::Chunk {
+                            index,
+                            data: Bytes::from(data),
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(file = %id, index, "read failed: {e}");
+                        Err(Status::failed_precondition("chunk not readable"))
+                    }
+                    Err(_) => Err(Status::internal("read task failed")),
+                };
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let files = self.home.records().map(|r| r.len()).unwrap_or(0) as u32;
+        Ok(Response::new(pb::StatusResponse {
+            peer_id: self.peer_id.to_string(),
+            addr: self.addr.clone(),
+            files,
+            active_uploads: self.stats.active_uploads.load(Ordering::Relaxed),
+            bytes_sent: self.stats.bytes_sent.load(Ordering::Relaxed),
+            started_at_ms: self.started_at_ms,
+        }))
+    }
+}
+
+/// Serves `service` on an already bound `listener` until `shutdown` is cancelled, with the
+/// HTTP/2 windows and message limits tuned for bulk transfer.
+///
+/// # Errors
+/// When the server fails (not when it is shut down).
+pub async fn run(
+    listener: TcpListener,
+    service: PeerService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let svc = PeerServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}

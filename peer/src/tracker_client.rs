@@ -1,0 +1,520 @@
+//! The tracker's gRPC API as the peer uses it: the session token on every call, fail-over
+//! across several tracker URLs, and conversion of prost types into domain types (prost types
+//! never leave this module and `server`).
+//!
+//! Fail-over: calls go to the URL that answered last; on UNAVAILABLE (connection refused,
+//! reset, timeout) the next URL is tried, and so on around the list once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest};
+use proto::tracker::v1 as pb;
+use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::home::Kind;
+
+/// The URL used when nothing else names a tracker.
+pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
+
+/// What went wrong talking to the tracker.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("cannot reach the tracker at {urls}: {detail}")]
+    Unreachable { urls: String, detail: String },
+    #[error("not logged in (or the session expired): run `peer login --user NAME`")]
+    NotLoggedIn,
+    #[error("tracker refused: {message}")]
+    Rejected { code: Code, message: String },
+    #[error("tracker sent a bad answer: {0}")]
+    BadAnswer(String),
+    #[error("invalid tracker URL '{0}'")]
+    BadUrl(String),
+}
+
+impl TrackerError {
+    /// The gRPC code of a refusal, if it was one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            TrackerError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A file as the tracker lists it; also the JSON `file` object of `index` and `search`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileView {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub chunks: u32,
+    pub chunk_size: u32,
+    pub holders: u32,
+}
+
+impl From<pb::FileInfo> for FileView {
+    fn from(f: pb::FileInfo) -> Self {
+        Self {
+            id: f.id,
+            name: f.name,
+            size: f.size,
+            sha256: f.sha256,
+            kind: f.r#type,
+            chunks: f.chunks,
+            chunk_size: f.chunk_size,
+            holders: f.holders,
+        }
+    }
+}
+
+/// A peer as the tracker lists it.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub id: String,
+    pub user: String,
+    pub addr: String,
+    pub state: String,
+    pub last_seen_ms: i64,
+}
+
+/// A live holder of a file.
+#[derive(Debug, Clone)]
+pub struct HolderView {
+    pub peer_id: PeerId,
+    pub addr: String,
+    /// The chunks it holds (every chunk when the tracker sent an empty set).
+    pub have: Bitfield,
+}
+
+/// A file's manifest (as the tracker sent it: check it against the id before use) and its
+/// live holders.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub file: FileView,
+    pub manifest: Manifest,
+    pub holders: Vec<HolderView>,
+}
+
+/// A holding reported by SyncHoldings.
+#[derive(Debug, Clone)]
+pub struct HoldingIn {
+    pub file_id: FileId,
+    pub kind: Kind,
+    /// `None` for every chunk.
+    pub have: Option<Bitfield>,
+}
+
+/// A session the tracker granted.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub user: String,
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// A client for one or more tracker URLs. Cheap to clone.
+#[derive(Clone)]
+pub struct TrackerClient {
+    urls: Arc<Vec<String>>,
+    channels: Arc<Vec<Channel>>,
+    current: Arc<AtomicUsize>,
+    token: Option<String>,
+}
+
+/// Normalises a tracker URL: `host:port` gets `http://`.
+pub fn normalize_url(url: &str) -> String {
+    let u = url.trim().trim_end_matches('/');
+    if u.contains("://") {
+        u.to_string()
+    } else {
+        format!("http://{u}")
+    }
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, TrackerError> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|_| TrackerError::BadUrl(common::names::printable(url, 200)))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true))
+}
+
+fn unreachable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Cancelled)
+        || (s.code() == Code::Unknown && s.message().contains("transport error"))
+}
+
+fn map_status(s: Status) -> TrackerError {
+    match s.code() {
+        Code::Unauthenticated => TrackerError::NotLoggedIn,
+        code => TrackerError::Rejected {
+            code,
+            message: common::names::printable(s.message(), 300),
+        },
+    }
+}
+
+fn kind_to_pb(k: Kind) -> pb::HoldingKind {
+    match k {
+        Kind::Shared => pb::HoldingKind::Shared,
+        Kind::Downloaded => pb::HoldingKind::Downloaded,
+    }
+}
+
+/// Builds a manifest from its wire form (not yet checked against an id).
+fn manifest_from_pb(m: pb::Manifest) -> Result<Manifest, TrackerError> {
+    let sha = Sha256Digest::from_slice(&m.sha256)
+        .ok_or_else(|| TrackerError::BadAnswer("manifest sha256 is not 32 bytes".into()))?;
+    Manifest::from_parts(m.name, m.size, sha, m.chunk_size, &m.chunk_hashes)
+        .map_err(|e| TrackerError::BadAnswer(format!("manifest: {e}")))
+}
+
+/// The wire form of a manifest.
+fn manifest_to_pb(m: &Manifest) -> pb::Manifest {
+    pb::Manifest {
+        name: m.name.clone(),
+        size: m.size,
+        sha256: m.sha256.0.to_vec().into(),
+        chunk_size: m.chunk_size,
+        chunk_hashes: m.packed_hashes().into(),
+    }
+}
+
+impl TrackerClient {
+    /// A client for `urls` (tried in order), sending `token` if given.
+    ///
+    /// # Errors
+    /// [`TrackerError::BadUrl`] for a URL that does not parse.
+    pub fn new(urls: &[String], token: Option<String>) -> Result<Self, TrackerError> {
+        let urls: Vec<String> = urls.iter().map(|u| normalize_url(u)).collect();
+        let channels = urls
+            .iter()
+            .map(|u| endpoint(u).map(|e| e.connect_lazy()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            urls: Arc::new(urls),
+            channels: Arc::new(channels),
+            current: Arc::new(AtomicUsize::new(0)),
+            token,
+        })
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Whether `url` accepts a connection within a couple of seconds.
+    pub async fn probe(url: &str) -> bool {
+        let Ok(ep) = endpoint(&normalize_url(url)) else {
+            return false;
+        };
+        let ep = ep.connect_timeout(Duration::from_secs(2));
+        tokio::time::timeout(Duration::from_secs(3), ep.connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends one call, failing over across URLs on connection errors.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        auth: bool,
+        f: F,
+    ) -> Result<Resp, TrackerError>
+    where
+        Req: Clone,
+        F: Fn(Grpc<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let token = match (&self.token, auth) {
+            (Some(t), true) => Some(
+                format!("Bearer {t}")
+                    .parse::<tonic::metadata::MetadataValue<_>>()
+                    .map_err(|_| TrackerError::NotLoggedIn)?,
+            ),
+            (None, true) => return Err(TrackerError::NotLoggedIn),
+            (_, false) => None,
+        };
+        let n = self.urls.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::from("no tracker URL");
+        for k in 0..n {
+            let i = (start + k) % n;
+            let client = Grpc::new(self.channels[i].clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            let mut r = Request::new(req.clone());
+            if let Some(t) = &token {
+                r.metadata_mut().insert("authorization", t.clone());
+            }
+            match f(client, r).await {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Err(s) if unreachable(&s) => {
+                    tracing::debug!(url = %self.urls[i], "tracker unreachable: {}", s.message());
+                    last = common::names::printable(s.message(), 200);
+                }
+                Err(s) => return Err(map_status(s)),
+            }
+        }
+        Err(TrackerError::Unreachable {
+            urls: self.urls.join(", "),
+            detail: last,
+        })
+    }
+
+    pub async fn register(&self, user: &str, password: &str) -> Result<Granted, TrackerError> {
+        let req = pb::Credentials {
+            user: user.into(),
+            password: password.into(),
+        };
+        let s = self
+            .call(req, false, |mut c, r| async move { c.register(r).await })
+            .await?;
+        Ok(Granted {
+            user: s.user,
+            token: s.token,
+            expires_at_ms: s.expires_at_ms,
+        })
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Result<Granted, TrackerError> {
+        let req = pb::Credentials {
+            user: user.into(),
+            password: password.into(),
+        };
+        let s = self
+            .call(req, false, |mut c, r| async move { c.login(r).await })
+            .await?;
+        Ok(Granted {
+            user: s.user,
+            token: s.token,
+            expires_at_ms: s.expires_at_ms,
+        })
+    }
+
+    pub async fn logout(&self) -> Result<(), TrackerError> {
+        self.call(pb::LogoutRequest {}, true, |mut c, r| async move {
+            c.logout(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Returns the heartbeat interval the tracker wants.
+    pub async fn heartbeat(
+        &self,
+        peer_id: &PeerId,
+        addr: &str,
+        quota: u64,
+        used: u64,
+    ) -> Result<Duration, TrackerError> {
+        let req = pb::HeartbeatRequest {
+            peer_id: peer_id.to_string(),
+            addr: addr.into(),
+            storage_quota: quota,
+            storage_used: used,
+        };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.heartbeat(r).await })
+            .await?;
+        Ok(Duration::from_millis(r.interval_ms as u64))
+    }
+
+    /// Returns the file ids the tracker does not know.
+    pub async fn sync_holdings(
+        &self,
+        peer_id: &PeerId,
+        holdings: &[HoldingIn],
+    ) -> Result<Vec<String>, TrackerError> {
+        let req = pb::SyncHoldingsRequest {
+            peer_id: peer_id.to_string(),
+            holdings: holdings
+                .iter()
+                .map(|h| pb::Holding {
+                    file_id: h.file_id.to_string(),
+                    kind: kind_to_pb(h.kind) as i32,
+                    have: h
+                        .have
+                        .as_ref()
+                        .map(|b| b.as_bytes().to_vec().into())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let r = self
+            .call(
+                req,
+                true,
+                |mut c, r| async move { c.sync_holdings(r).await },
+            )
+            .await?;
+        Ok(r.unknown_file_ids)
+    }
+
+    pub async fn announce(&self, peer_id: &PeerId, m: &Manifest) -> Result<FileView, TrackerError> {
+        let req = pb::AnnounceRequest {
+            peer_id: peer_id.to_string(),
+            manifest: Some(manifest_to_pb(m)),
+        };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.announce(r).await })
+            .await?;
+        r.file
+            .map(FileView::from)
+            .ok_or_else(|| TrackerError::BadAnswer("announce answered no file".into()))
+    }
+
+    pub async fn report_chunks(
+        &self,
+        peer_id: &PeerId,
+        file_id: &FileId,
+        chunks: Vec<u32>,
+    ) -> Result<(), TrackerError> {
+        let req = pb::ReportChunksRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+            kind: pb::HoldingKind::Downloaded as i32,
+            chunks,
+        };
+        self.call(
+            req,
+            true,
+            |mut c, r| async move { c.report_chunks(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unindex(&self, peer_id: &PeerId, file_id: &FileId) -> Result<(), TrackerError> {
+        let req = pb::UnindexRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+        };
+        self.call(req, true, |mut c, r| async move { c.unindex(r).await })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn search(&self, query: &str, kind: &str) -> Result<Vec<FileView>, TrackerError> {
+        let req = pb::SearchRequest {
+            query: query.into(),
+            r#type: kind.into(),
+            limit: 1000,
+            offset: 0,
+        };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.search(r).await })
+            .await?;
+        Ok(r.items.into_iter().map(FileView::from).collect())
+    }
+
+    pub async fn resolve(&self, term: &str) -> Result<Vec<FileView>, TrackerError> {
+        let req = pb::ResolveRequest { term: term.into() };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.resolve(r).await })
+            .await?;
+        Ok(r.files.into_iter().map(FileView::from).collect())
+    }
+
+    pub async fn locate(&self, file_id: &FileId) -> Result<Located, TrackerError> {
+        let req = pb::LocateRequest {
+            file_id: file_id.to_string(),
+        };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.locate(r).await })
+            .await?;
+        let file = r
+            .file
+            .map(FileView::from)
+            .ok_or_else(|| TrackerError::BadAnswer("locate answered no file".into()))?;
+        let manifest = manifest_from_pb(
+            r.manifest
+                .ok_or_else(|| TrackerError::BadAnswer("locate answered no manifest".into()))?,
+        )?;
+        let n = manifest.chunk_count();
+        let holders = r
+            .holders
+            .into_iter()
+            .filter_map(|h| {
+                let peer_id = h.peer_id.parse().ok()?;
+                let have = if h.have.is_empty() {
+                    Bitfield::full(n)
+                } else {
+                    Bitfield::from_bytes(&h.have, n).ok()?
+                };
+                Some(HolderView {
+                    peer_id,
+                    addr: h.addr,
+                    have,
+                })
+            })
+            .filter(|h| !h.addr.is_empty())
+            .collect();
+        Ok(Located {
+            file,
+            manifest,
+            holders,
+        })
+    }
+
+    pub async fn list_peers(&self) -> Result<Vec<PeerView>, TrackerError> {
+        let r = self
+            .call(pb::ListPeersRequest {}, true, |mut c, r| async move {
+                c.list_peers(r).await
+            })
+            .await?;
+        Ok(r.peers
+            .into_iter()
+            .map(|p| PeerView {
+                id: p.id,
+                user: p.user,
+                addr: p.addr,
+                state: p.state,
+                last_seen_ms: p.last_seen_ms,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_scheme() {
+        assert_eq!(normalize_url("127.0.0.1:7070"), "http://127.0.0.1:7070");
+        assert_eq!(normalize_url("https://t.example/"), "https://t.example");
+    }
+
+    #[tokio::test]
+    async fn unreachable_trackers_fail_over_and_then_say_so() {
+        // Two closed ports: both are tried, and the error names them.
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let urls = vec![
+            a.local_addr().unwrap().to_string(),
+            b.local_addr().unwrap().to_string(),
+        ];
+        drop((a, b));
+        let c = TrackerClient::new(&urls, Some("t".into())).unwrap();
+        let err = c.search("", "").await.unwrap_err();
+        assert!(matches!(err, TrackerError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&urls[1]), "{err}");
+        let no_token = TrackerClient::new(&urls, None).unwrap();
+        assert!(matches!(
+            no_token.search("", "").await,
+            Err(TrackerError::NotLoggedIn)
+        ));
+    }
+}
