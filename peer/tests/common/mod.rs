@@ -1,0 +1,390 @@
+//! The end-to-end harness: a real tracker (in-process, on a real socket, with a real SQLite
+//! file) and real `peer` processes with their own temp homes, talking over 127.0.0.1 on
+//! ephemeral ports. Every process is killed when its handle drops, so a failing test leaves
+//! nothing running.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::Sha256Digest;
+use rand::RngExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Bound on every end-to-end test.
+pub const E2E_TIMEOUT: Duration = Duration::from_secs(150);
+/// The tracker's peer timeout in tests: short, so a killed peer is soon `down`.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+pub const PASSWORD: &str = "correct horse battery staple";
+
+static INIT: Once = Once::new();
+
+fn init_logging() {
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .try_init();
+    });
+}
+
+/// Runs a test body with the e2e time bound.
+pub async fn bounded<F: std::future::Future<Output = anyhow::Result<()>>>(
+    f: F,
+) -> anyhow::Result<()> {
+    init_logging();
+    tokio::time::timeout(E2E_TIMEOUT, f)
+        .await
+        .context("test timed out")?
+}
+
+/// An in-process tracker on a real socket with a SQLite file in its own temp dir.
+pub struct TestTracker {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    handle: Option<JoinHandle<Result<(), tracker::Error>>>,
+}
+
+impl TestTracker {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut t = Self {
+            dir,
+            addr,
+            token: CancellationToken::new(),
+            handle: None,
+        };
+        t.spawn(listener);
+        Ok(t)
+    }
+
+    fn config(&self) -> tracker::Config {
+        let mut cfg = tracker::Config::ephemeral(self.dir.path());
+        cfg.peer_timeout = PEER_TIMEOUT;
+        cfg
+    }
+
+    fn spawn(&mut self, listener: TcpListener) {
+        self.token = CancellationToken::new();
+        let cfg = self.config();
+        self.handle = Some(tokio::spawn(tracker::run(
+            cfg,
+            listener,
+            self.token.clone(),
+        )));
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the tracker and waits until it has flushed and closed its port.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await?
+                .map_err(|e| anyhow::anyhow!("tracker failed: {e:#}"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same address and database file.
+    pub async fn restart_after_stop(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.spawn(listener);
+        Ok(())
+    }
+
+    /// GET a REST route and parse its JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = reqwest::get(format!("{}{}", self.url(), path)).await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for TestTracker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// What a finished `peer` command left behind.
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(self) -> anyhow::Result<Self> {
+        if !self.status.success() {
+            bail!(
+                "peer failed ({}): {}{}",
+                self.status,
+                self.stderr,
+                self.stdout
+            );
+        }
+        Ok(self)
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("not JSON: {}", self.stdout))
+    }
+}
+
+/// A peer home and the commands that run the real `peer` binary on it.
+pub struct TestPeer {
+    pub name: String,
+    pub home: tempfile::TempDir,
+    pub tracker_url: String,
+    pub peer_id: Option<String>,
+    pub addr: Option<String>,
+    node: Option<Child>,
+}
+
+pub fn peer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_peer")
+}
+
+impl TestPeer {
+    /// A new home, registered as user `name` on `tracker`.
+    pub async fn register(tracker: &TestTracker, name: &str) -> anyhow::Result<Self> {
+        let p = Self::new(tracker, name)?;
+        p.run_stdin(&["register", "--user", name, "--password-stdin"], PASSWORD)
+            .await?
+            .ok()?;
+        Ok(p)
+    }
+
+    pub fn new(tracker: &TestTracker, name: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_string(),
+            home: tempfile::tempdir()?,
+            tracker_url: tracker.url(),
+            peer_id: None,
+            addr: None,
+            node: None,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(peer_bin());
+        c.arg("--home")
+            .arg(self.home.path())
+            .arg("--tracker")
+            .arg(&self.tracker_url)
+            .args(args)
+            .env("PEER_STALL_TIMEOUT", "3s")
+            .env("PEER_GIVE_UP_AFTER", "60s")
+            .env_remove("PEER_HOME")
+            .env_remove("PEER_TRACKER")
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs `peer ARGS` to completion.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<Out> {
+        self.run_stdin(args, "").await
+    }
+
+    /// Runs `peer ARGS` with `input` on stdin.
+    pub async fn run_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<Out> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        // A command that needs no input may exit before it is written: not an error.
+        match stdin.write_all(format!("{input}\n").as_bytes()).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        }
+        drop(stdin);
+        let out = child.wait_with_output().await?;
+        Ok(Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Starts `peer serve` on 127.0.0.1 with an ephemeral port and waits for its ready line.
+    pub async fn serve(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("peer serve did not get ready")??
+            .context("peer serve exited before it was ready")?;
+        // "peer PEER_ID serving on ADDR"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() != 5 || words[0] != "peer" || words[2] != "serving" {
+            bail!("unexpected ready line from peer serve: {line:?}");
+        }
+        self.peer_id = Some(words[1].to_string());
+        self.addr = Some(words[4].to_string());
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.node = Some(child);
+        Ok(())
+    }
+
+    /// Kills the node with SIGKILL, as a crash or a pulled cable would.
+    pub async fn kill_node(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.node.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Indexes one path and returns the file objects printed with `--json`.
+    pub async fn index(&self, path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self
+            .run(&["--json", "index", path.to_str().context("utf-8 path")?])
+            .await?
+            .ok()?;
+        Ok(out
+            .json()?
+            .as_array()
+            .context("index --json prints an array")?
+            .clone())
+    }
+
+    /// `peer get --json ID --output DIR`, returning the one result object.
+    pub async fn get(
+        &self,
+        id: &str,
+        output: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut args = vec![
+            "--json",
+            "get",
+            id,
+            "--output",
+            output.to_str().context("utf-8")?,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.run(&args).await?.ok()?;
+        let v = out.json()?;
+        v.as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .context("get --json prints an array")
+    }
+
+    /// Starts `peer --json get ID --output DIR` without waiting for it.
+    pub fn spawn_get(&self, id: &str, output: &Path) -> anyhow::Result<Child> {
+        let out = output.to_str().context("utf-8")?;
+        Ok(self
+            .command(&["--json", "get", id, "--output", out])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// The chunks this home's store says it has verified of `file_id` (0 if no record yet).
+    pub fn held_chunks(&self, file_id: &str) -> u32 {
+        let path = self
+            .home
+            .path()
+            .join("store")
+            .join(format!("{file_id}.json"));
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return 0;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return 0;
+        };
+        match &v["have"] {
+            serde_json::Value::String(hex) => hex
+                .chars()
+                .filter_map(|c| c.to_digit(16))
+                .map(|d| d.count_ones())
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Writes `size` random bytes to `dir/name` and returns the path and its SHA-256.
+pub fn random_file(dir: &Path, name: &str, size: usize) -> anyhow::Result<(PathBuf, Sha256Digest)> {
+    let mut data = vec![0u8; size];
+    rand::rng().fill(&mut data[..]);
+    let path = dir.join(name);
+    std::fs::write(&path, &data)?;
+    Ok((path, Sha256Digest::of(&data)))
+}
+
+/// SHA-256 of a whole file.
+pub fn sha256_of(path: &Path) -> anyhow::Result<Sha256Digest> {
+    Ok(Sha256Digest::of(
+        &std::fs::read(path).with_context(|| path.display().to_string())?,
+    ))
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub async fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Every regular file below `dir`, relative to it.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap_or(&p).to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
