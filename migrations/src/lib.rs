@@ -14,6 +14,7 @@ mod m20261121_000002_create_sessions;
 mod m20261121_000003_create_peers;
 mod m20261121_000004_create_files;
 mod m20261121_000005_create_holdings;
+mod m20261122_000006_create_tasks;
 
 /// Every migration of the tracker's schema, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_create_peers::Migration),
             Box::new(m20261121_000004_create_files::Migration),
             Box::new(m20261121_000005_create_holdings::Migration),
+            Box::new(m20261122_000006_create_tasks::Migration),
         ]
     }
 }

@@ -102,7 +102,8 @@ pub struct ServeArgs {
     /// route to the tracker, with the bound port].
     #[arg(long, env = "PEER_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
-    /// Bytes of storage offered for replicas (500M, 2G).
+    /// Bytes of storage offered for replicas of other peers' chunks, which the tracker
+    /// places here (500M, 2G; 1G = 1,000,000,000 bytes; 0 = host no replicas).
     #[arg(long, env = "PEER_STORAGE_QUOTA", default_value = "1G", value_parser = parse_size, value_name = "SIZE")]
     pub storage_quota: u64,
     /// Upload cap in bytes per second, shared by all uploads (50M = 50 MB/s).
@@ -191,6 +192,16 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(s.storage_quota, 500_000_000);
+        let cli = Cli::try_parse_from(["peer", "serve"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.storage_quota, 1_000_000_000, "the default quota is 1G");
+        let cli = Cli::try_parse_from(["peer", "serve", "--storage-quota", "0"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.storage_quota, 0);
         assert_eq!(s.listen.to_string(), "0.0.0.0:0");
 
         let err = Cli::try_parse_from(["peer", "serve", "--max-upload-rate", "x"]).unwrap_err();

@@ -4,8 +4,10 @@
 //! identity.json      {peer_id}                         made once
 //! session.json       {user, token, expires_at_ms}      mode 0600
 //! settings.json      {trackers: [..]}                  saved by register/login
-//! node.json          {pid, addr, local_addr, peer_id, started_at_ms}   while `serve` runs
+//! node.json          {pid, addr, local_addr, peer_id, started_at_ms,
+//!                     storage_quota, storage_used, tasks_connected}   while `serve` runs
 //! store/<id>.json    one StoreRecord per file this peer shares or holds
+//! replicas/<id>/<chunk>.chunk   replica chunks the tracker placed here (kind `replica`)
 //! ```
 //! Every write goes to a temporary file in the same directory and is renamed into place, so
 //! a reader (a `serve` next to a `get`) never sees half a file and a crash never leaves one.
@@ -59,14 +61,26 @@ pub struct NodeFile {
     pub local_addr: String,
     pub peer_id: PeerId,
     pub started_at_ms: i64,
+    /// Replica storage offered (`--storage-quota`) and in use, refreshed while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_used: Option<u64>,
+    /// Whether the tracker's task stream is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_connected: Option<bool>,
 }
 
-/// Whether this peer shares a file of its own or fetched it.
+/// Whether this peer shares a file of its own, fetched it, or keeps copies of some of its
+/// chunks for the tracker's replication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Shared,
     Downloaded,
+    /// Chunks placed here by replication, one file per chunk under `replicas/<id>/`. Only
+    /// `serve` creates and deletes these; the user's own files are never this kind.
+    Replica,
 }
 
 impl Kind {
@@ -74,24 +88,30 @@ impl Kind {
         match self {
             Kind::Shared => "shared",
             Kind::Downloaded => "downloaded",
+            Kind::Replica => "replica",
         }
     }
 }
 
 /// One file this peer shares or holds: its manifest, where its bytes are, which chunks are
 /// there.
+///
+/// A replica record knows only what a replication task carries (name, size, chunk size):
+/// `sha256` is empty, `chunk_hashes` is empty, and [`StoreRecord::manifest`] fails for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreRecord {
     pub file_id: FileId,
     pub name: String,
     pub size: u64,
+    #[serde(default)]
     pub sha256: String,
     pub chunk_size: u32,
-    /// Hex SHA-256 of every chunk, in order.
+    /// Hex SHA-256 of every chunk, in order (empty for a replica).
+    #[serde(default)]
     pub chunk_hashes: Vec<String>,
     pub kind: Kind,
     /// Absolute path of the file (for a download in progress: its final path; the bytes are
-    /// in [`StoreRecord::data_path`]).
+    /// in [`StoreRecord::data_path`]; for a replica: its directory of chunk files).
     pub path: PathBuf,
     pub complete: bool,
     /// Hex bitfield of the chunks held.
@@ -149,7 +169,11 @@ impl StoreRecord {
     }
 
     pub fn chunk_count(&self) -> u32 {
-        self.chunk_hashes.len() as u32
+        if self.kind == Kind::Replica {
+            common::manifest::chunk_count(self.size, self.chunk_size).min(u32::MAX as u64) as u32
+        } else {
+            self.chunk_hashes.len() as u32
+        }
     }
 
     /// The chunks held (none if the stored bitfield is malformed).
@@ -161,9 +185,10 @@ impl StoreRecord {
             .unwrap_or_else(|| Bitfield::new(n))
     }
 
-    /// Where the bytes are now: the final path once complete, the part file before.
+    /// Where the bytes are now: the final path once complete, the part file before (for a
+    /// replica: its directory).
     pub fn data_path(&self) -> PathBuf {
-        if self.complete || self.kind == Kind::Shared {
+        if self.complete || matches!(self.kind, Kind::Shared | Kind::Replica) {
             self.path.clone()
         } else {
             part_path(&self.path)
@@ -258,6 +283,21 @@ impl Home {
         remove_if_exists(&self.dir.join("node.json"))
     }
 
+    /// `replicas/`: one directory per file this node keeps replica chunks of.
+    pub fn replicas_dir(&self) -> PathBuf {
+        self.dir.join("replicas")
+    }
+
+    /// `replicas/<id>/`.
+    pub fn replica_dir(&self, id: &FileId) -> PathBuf {
+        self.replicas_dir().join(id.to_string())
+    }
+
+    /// `replicas/<id>/<chunk>.chunk`: the bytes of one replica chunk, exactly.
+    pub fn replica_chunk_path(&self, id: &FileId, chunk: u32) -> PathBuf {
+        self.replica_dir(id).join(format!("{chunk}.chunk"))
+    }
+
     fn record_path(&self, id: &FileId) -> PathBuf {
         self.dir.join("store").join(format!("{id}.json"))
     }
@@ -326,6 +366,18 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> anyhow::Re
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = write_temp_beside(path, bytes, mode)?;
+    let renamed = fs::rename(&tmp, path);
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed
+}
+
+/// Writes `bytes` to a new, synced temporary file in `path`'s directory (`.NAME.PID.SEQ.tmp`,
+/// unique per process and call) and returns its path, for the caller to rename over `path`.
+/// Nothing is left behind on error.
+pub fn write_temp_beside(path: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -341,16 +393,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
-fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
+/// Removes a file; whether it was there.
+pub(crate) fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

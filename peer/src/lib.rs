@@ -10,6 +10,7 @@
 //! - [`tracker_client`]: the tracker's gRPC API with auth and fail-over; converts prost types
 //!   to domain types at the edge.
 //! - [`server`]: the node's Peer gRPC service (streams chunks), used by `serve`.
+//! - [`replica`]: the node's replica store and the replication tasks the tracker assigns.
 //! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), and the
 //!   HTTP/2 tuning shared with the server.
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
@@ -24,6 +25,7 @@ pub mod home;
 pub mod output;
 pub mod progress;
 pub mod ratelimit;
+pub mod replica;
 pub mod server;
 pub mod tracker_client;
 pub mod transport;

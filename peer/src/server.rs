@@ -9,11 +9,16 @@
 //! A shared file is the user's own file: before serving it the node checks that its length
 //! and mtime still match the record. A changed or vanished file is refused, the record is
 //! marked `changed`, and the holding is withdrawn at the tracker, so nobody is handed bytes
-//! that no longer match the manifest.
+//! that no longer match the manifest. The same check runs over every shared file
+//! periodically ([`PeerService::check_shared_files`], called by `serve`), one code path.
+//!
+//! Replica chunks (kind `replica`) are served from their chunk files
+//! (`HOME/replicas/<id>/<chunk>.chunk`), only the chunks the record lists.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -145,6 +150,30 @@ impl PeerService {
         rec
     }
 
+    /// Checks every shared file against its record (length and mtime, as when serving it)
+    /// and withdraws those that changed or vanished. Blocking: call it off the async
+    /// threads. Returns how many were withdrawn.
+    pub fn check_shared_files(&self) -> usize {
+        let records = match self.home.records() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot read the store: {e:#}");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for rec in records
+            .iter()
+            .filter(|r| r.kind == Kind::Shared && !r.changed)
+        {
+            if let Err(why) = check_shared(rec) {
+                self.shared_file_changed(rec, why);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Marks a shared record as changed on disk (once), and withdraws it at the tracker.
     fn shared_file_changed(&self, rec: &StoreRecord, why: &str) {
         let mut cur = match self.home.record(&rec.file_id) {
@@ -173,15 +202,51 @@ impl PeerService {
     }
 }
 
+/// Whether a shared file still has the length and mtime it was indexed with; `Err` says
+/// what happened to it.
+fn check_shared(rec: &StoreRecord) -> Result<(), &'static str> {
+    let meta = std::fs::metadata(&rec.path).map_err(|_| "vanished")?;
+    if let (Some(len), Some(mtime)) = (rec.file_len, rec.mtime_ns)
+        && len_and_mtime(&meta) != (len, mtime)
+    {
+        return Err("changed on disk");
+    }
+    Ok(())
+}
+
+/// Where the chunks of a record are read from.
+enum Data {
+    /// One file holding the whole content (shared or downloaded).
+    File(Arc<File>),
+    /// A directory of replica chunk files.
+    Chunks(PathBuf),
+}
+
+impl Data {
+    /// Reads exactly `len` bytes of chunk `index`, which starts at `start` in the file.
+    fn read(&self, index: u32, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len as usize];
+        match self {
+            Data::File(f) => f.read_exact_at(&mut buf, start)?,
+            Data::Chunks(dir) => {
+                let f = File::open(dir.join(format!("{index}.chunk")))?;
+                if f.metadata()?.len() != len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "replica chunk has the wrong length",
+                    ));
+                }
+                f.read_exact_at(&mut buf, 0)?;
+            }
+        }
+        Ok(buf)
+    }
+}
+
 /// Opens the bytes of `rec`; for a shared file, checks it has not changed since indexing.
 fn open_data(rec: &StoreRecord) -> Result<File, OpenError> {
     if rec.kind == Kind::Shared {
-        let meta = std::fs::metadata(&rec.path).map_err(|_| OpenError::Changed("vanished"))?;
-        if let (Some(len), Some(mtime)) = (rec.file_len, rec.mtime_ns)
-            && len_and_mtime(&meta) != (len, mtime)
-        {
-            return Err(OpenError::Changed("changed on disk"));
-        }
+        check_shared(rec).map_err(OpenError::Changed)?;
         return File::open(&rec.path).map_err(|_| OpenError::Changed("cannot be opened"));
     }
     match File::open(rec.data_path()) {
@@ -203,6 +268,30 @@ struct UploadGuard(Arc<NodeStats>);
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         self.0.active_uploads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PeerService {
+    /// The opened data file, or the refusal to send (a changed shared file is withdrawn).
+    fn opened(
+        &self,
+        rec: &StoreRecord,
+        id: &FileId,
+        file: Result<File, OpenError>,
+    ) -> Result<Arc<File>, Status> {
+        match file {
+            Ok(f) => Ok(Arc::new(f)),
+            Err(OpenError::Changed(why)) => {
+                self.shared_file_changed(rec, why);
+                Err(Status::failed_precondition(format!(
+                    "the shared file {why}"
+                )))
+            }
+            Err(OpenError::Io(e)) => {
+                tracing::warn!(file = %id, "cannot open data: {e}");
+                Err(Status::failed_precondition("data not readable"))
+            }
+        }
     }
 }
 
@@ -244,23 +333,16 @@ impl Peer for PeerService {
                 "this node does not hold chunk {lack}"
             )));
         }
-        let rec_for_open = rec.clone();
-        let file = tokio::task::spawn_blocking(move || open_data(&rec_for_open))
-            .await
-            .map_err(|_| Status::internal("open task failed"))?;
-        let file = match file {
-            Ok(f) => Arc::new(f),
-            Err(OpenError::Changed(why)) => {
-                self.shared_file_changed(rec, why);
-                return Err(Status::failed_precondition(format!(
-                    "the shared file {why}"
-                )));
-            }
-            Err(OpenError::Io(e)) => {
-                tracing::warn!(file = %id, "cannot open data: {e}");
-                return Err(Status::failed_precondition("data not readable"));
-            }
+        let data = if rec.kind == Kind::Replica {
+            Data::Chunks(self.home.replica_dir(&id))
+        } else {
+            let rec_for_open = rec.clone();
+            let file = tokio::task::spawn_blocking(move || open_data(&rec_for_open))
+                .await
+                .map_err(|_| Status::internal("open task failed"))?;
+            Data::File(self.opened(rec, &id, file)?)
         };
+        let data = Arc::new(data);
 
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let stats = self.stats.clone();
@@ -280,12 +362,8 @@ impl Peer for PeerService {
                 let start = index as u64 * chunk_size;
                 let len = (size - start).min(chunk_size);
                 crate::ratelimit::acquire(limit.as_deref(), len).await;
-                let f = file.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len as usize];
-                    f.read_exact_at(&mut buf, start).map(|()| buf)
-                })
-                .await;
+                let d = data.clone();
+                let read = tokio::task::spawn_blocking(move || d.read(index, start, len)).await;
                 let msg = match read {
                     Ok(Ok(mut data)) => {
                         if corrupt.contains(&index)
@@ -300,7 +378,12 @@ impl Peer for PeerService {
                         })
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(file = %id, index, "read failed: {e}");
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            // A replica chunk dropped since the record was cached.
+                            tracing::debug!(file = %id, index, "chunk gone: {e}");
+                        } else {
+                            tracing::warn!(file = %id, index, "read failed: {e}");
+                        }
                         Err(Status::failed_precondition("chunk not readable"))
                     }
                     Err(_) => Err(Status::internal("read task failed")),
@@ -337,10 +420,10 @@ impl Peer for PeerService {
 /// When the server fails (not when it is shut down).
 pub async fn run(
     listener: TcpListener,
-    service: PeerService,
+    service: Arc<PeerService>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = PeerServer::new(service)
+    let svc = PeerServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -352,4 +435,93 @@ pub async fn run(
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{FileMeta, ReplicaStore};
+    use common::{Manifest, Sha256Digest};
+    use futures::StreamExt;
+
+    const MIB: u64 = 1 << 20;
+
+    fn service(home: &Home) -> PeerService {
+        PeerService::new(
+            home.clone(),
+            PeerId::from_random([1; 16]),
+            "127.0.0.1:1".into(),
+            None,
+            None,
+        )
+    }
+
+    async fn fetch(
+        svc: &PeerService,
+        id: &FileId,
+        indices: Vec<u32>,
+    ) -> Result<Vec<Bytes>, Status> {
+        let req = pb::GetChunksRequest {
+            file_id: id.to_string(),
+            indices,
+        };
+        let mut stream = svc.get_chunks(Request::new(req)).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(c) = stream.next().await {
+            out.push(c?.data);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn should_serve_only_the_replica_chunks_it_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        let store = ReplicaStore::open(home.clone(), 10 * MIB).unwrap();
+        let m = FileMeta {
+            file_id: FileId(Sha256Digest::of(b"r")),
+            name: "r.bin".into(),
+            size: 2 * MIB + 5,
+            chunk_size: MIB as u32,
+        };
+        let last = vec![9u8; 5];
+        let res = store.reserve(5).unwrap();
+        store.store_chunk(&m, 2, &last, res).unwrap();
+        let svc = service(&home);
+        let got = fetch(&svc, &m.file_id, vec![2]).await.unwrap();
+        assert_eq!(got, [Bytes::from(last)]);
+        let err = fetch(&svc, &m.file_id, vec![0]).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+        // Dropped meanwhile: refused (not a crash), whatever the cache says.
+        store.drop_chunks(&m.file_id, &[2]).unwrap();
+        let err = fetch(&svc, &m.file_id, vec![2]).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn should_withdraw_shared_files_that_changed_on_the_periodic_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        let path = tmp.path().join("a.txt");
+        std::fs::write(&path, b"abc").unwrap();
+        let d = Sha256Digest::of(b"abc");
+        let m = Manifest::from_parts("a.txt".into(), 3, d, MIB as u32, &d.0).unwrap();
+        let mut rec = StoreRecord::new(&m, Kind::Shared, path.clone(), &Bitfield::full(1));
+        let (len, mtime) = len_and_mtime(&std::fs::metadata(&path).unwrap());
+        (rec.file_len, rec.mtime_ns) = (Some(len), Some(mtime));
+        home.save_record(&rec).unwrap();
+        let svc = service(&home);
+        assert_eq!(svc.check_shared_files(), 0);
+        assert!(!home.record(&m.id()).unwrap().unwrap().changed);
+        std::fs::write(&path, b"abcd").unwrap();
+        assert_eq!(svc.check_shared_files(), 1);
+        assert!(home.record(&m.id()).unwrap().unwrap().changed);
+        assert_eq!(svc.check_shared_files(), 0, "once");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"abcd",
+            "the user's file stays"
+        );
+    }
 }

@@ -5,11 +5,13 @@
 //! Fail-over: calls go to the URL that answered last; on UNAVAILABLE (connection refused,
 //! reset, timeout) the next URL is tried, and so on around the list once.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest};
+use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
 use serde::Serialize;
@@ -17,6 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::home::Kind;
+use crate::replica::tasks::{DropTask, FetchTask, Source, Task, Work};
+use crate::replica::{FileMeta, MAX_REPLICA_CHUNKS};
 
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
@@ -144,7 +148,11 @@ fn endpoint(url: &str) -> Result<Endpoint, TrackerError> {
         .map_err(|_| TrackerError::BadUrl(common::names::printable(url, 200)))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        // Pings while a call is open, so a task stream to a tracker that vanished without
+        // closing the connection fails instead of waiting forever.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10)))
 }
 
 fn unreachable(s: &Status) -> bool {
@@ -166,7 +174,83 @@ fn kind_to_pb(k: Kind) -> pb::HoldingKind {
     match k {
         Kind::Shared => pb::HoldingKind::Shared,
         Kind::Downloaded => pb::HoldingKind::Downloaded,
+        Kind::Replica => pb::HoldingKind::Replica,
     }
+}
+
+/// The tasks the tracker pushes, converted (a task that does not add up arrives as
+/// [`Work::Invalid`], so it can still be answered).
+pub type TaskStream = Pin<Box<dyn Stream<Item = Result<Task, TrackerError>> + Send>>;
+
+fn task_from_pb(t: pb::Task) -> Task {
+    let work = match t.work {
+        Some(pb::task::Work::Fetch(f)) => fetch_from_pb(f).map(Work::Fetch),
+        Some(pb::task::Work::Drop(d)) => match d.file_id.parse::<FileId>() {
+            Ok(file_id) => Ok(Work::Drop(DropTask {
+                file_id,
+                chunks: d.chunks,
+            })),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err("the task carries no work".into()),
+    };
+    Task {
+        id: t.id,
+        work: work.unwrap_or_else(Work::Invalid),
+    }
+}
+
+/// Checks a fetch task: a known layout, a chunk inside it with the length it must have.
+fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
+    use common::manifest::{MAX_CHUNK_SIZE, MAX_NAME_LEN, MIN_CHUNK_SIZE};
+    let file_id: FileId = f
+        .file_id
+        .parse()
+        .map_err(|e: common::ids::FileIdParseError| e.to_string())?;
+    let sha256 = Sha256Digest::from_slice(&f.chunk_sha256)
+        .ok_or_else(|| "chunk_sha256 is not 32 bytes".to_string())?;
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size) || !f.chunk_size.is_power_of_two()
+    {
+        return Err(format!("bad chunk size {}", f.chunk_size));
+    }
+    if f.name.is_empty() || f.name.len() > MAX_NAME_LEN || f.name.contains('\0') {
+        return Err("bad file name".into());
+    }
+    let file = FileMeta {
+        file_id,
+        name: f.name,
+        size: f.file_size,
+        chunk_size: f.chunk_size,
+    };
+    if file.chunk_count() > MAX_REPLICA_CHUNKS {
+        return Err(format!(
+            "file too large to replicate ({} chunks)",
+            file.chunk_count()
+        ));
+    }
+    let len = file
+        .chunk_len(f.chunk)
+        .ok_or_else(|| format!("chunk {} of {}", f.chunk, file.chunk_count()))?;
+    if len != f.chunk_len as u64 {
+        return Err(format!(
+            "chunk {} is {len} bytes long, not {}",
+            f.chunk, f.chunk_len
+        ));
+    }
+    Ok(FetchTask {
+        file,
+        chunk: f.chunk,
+        sha256,
+        len,
+        sources: f
+            .sources
+            .into_iter()
+            .map(|h| Source {
+                peer_id: h.peer_id,
+                addr: h.addr,
+            })
+            .collect(),
+    })
 }
 
 /// Builds a manifest from its wire form (not yet checked against an id).
@@ -466,6 +550,42 @@ impl TrackerClient {
             manifest,
             holders,
         })
+    }
+
+    /// Opens this node's task stream.
+    pub async fn tasks(&self, peer_id: &PeerId) -> Result<TaskStream, TrackerError> {
+        let req = pb::TasksRequest {
+            peer_id: peer_id.to_string(),
+        };
+        let stream = self
+            .call(req, true, |mut c, r| async move { c.tasks(r).await })
+            .await?;
+        Ok(Box::pin(
+            stream.map(|item| item.map(task_from_pb).map_err(map_status)),
+        ))
+    }
+
+    /// Reports a task's outcome (`error` is sent only when `!ok`).
+    pub async fn complete_task(
+        &self,
+        peer_id: &PeerId,
+        task_id: u64,
+        ok: bool,
+        error: &str,
+    ) -> Result<(), TrackerError> {
+        let req = pb::CompleteTaskRequest {
+            peer_id: peer_id.to_string(),
+            task_id,
+            ok,
+            error: if ok { String::new() } else { error.to_string() },
+        };
+        self.call(
+            req,
+            true,
+            |mut c, r| async move { c.complete_task(r).await },
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn list_peers(&self) -> Result<Vec<PeerView>, TrackerError> {

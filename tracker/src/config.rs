@@ -21,6 +21,11 @@ pub struct Config {
     pub replication: u32,
     /// A peer with no heartbeat for this long is `down`.
     pub peer_timeout: Duration,
+    /// How much longer than `peer_timeout` a down holder still counts as a copy; after
+    /// that its chunks are placed on other peers.
+    pub repair_grace: Duration,
+    /// How long a node has to complete a pushed task before it is pushed again.
+    pub task_lease: Duration,
     /// Whether `Register` may create accounts.
     pub open_registration: bool,
     /// How long a session token stays valid.
@@ -34,6 +39,8 @@ impl Default for Config {
             database_url: "sqlite://tracker.db?mode=rwc".to_string(),
             replication: 3,
             peer_timeout: Duration::from_secs(30),
+            repair_grace: Duration::from_secs(60),
+            task_lease: Duration::from_secs(60),
             open_registration: true,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
         }
@@ -100,6 +107,30 @@ impl Config {
         )? {
             cfg.peer_timeout = v;
         }
+        let file_grace = file
+            .repair_grace
+            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("repair_grace: {e}"))))
+            .transpose()?;
+        if let Some(v) = pick(
+            args.repair_grace,
+            env("TRACKER_REPAIR_GRACE"),
+            file_grace,
+            |s| parse_duration(&s).map_err(|e| format!("TRACKER_REPAIR_GRACE: {e}")),
+        )? {
+            cfg.repair_grace = v;
+        }
+        let file_lease = file
+            .task_lease
+            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("task_lease: {e}"))))
+            .transpose()?;
+        if let Some(v) = pick(
+            args.task_lease,
+            env("TRACKER_TASK_LEASE"),
+            file_lease,
+            |s| parse_duration(&s).map_err(|e| format!("TRACKER_TASK_LEASE: {e}")),
+        )? {
+            cfg.task_lease = v;
+        }
         if let Some(v) = pick(
             args.open_registration,
             env("TRACKER_OPEN_REGISTRATION"),
@@ -113,6 +144,9 @@ impl Config {
         }
         if cfg.peer_timeout.is_zero() {
             return Err(Error::Config("peer timeout must be positive".into()));
+        }
+        if cfg.task_lease.is_zero() {
+            return Err(Error::Config("task lease must be positive".into()));
         }
         Ok(cfg)
     }
@@ -163,6 +197,12 @@ pub struct ConfigArgs {
     /// A peer with no heartbeat for this long is down, e.g. 30s, 2m [env: TRACKER_PEER_TIMEOUT] [default: 30s]
     #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
     pub peer_timeout: Option<Duration>,
+    /// How much longer than the peer timeout a down holder still counts as a copy before its chunks are re-placed [env: TRACKER_REPAIR_GRACE] [default: 60s]
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub repair_grace: Option<Duration>,
+    /// How long a node has to complete a replication task before it is pushed again [env: TRACKER_TASK_LEASE] [default: 60s]
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub task_lease: Option<Duration>,
     /// Whether peers may create accounts [env: TRACKER_OPEN_REGISTRATION] [default: true]
     #[arg(long, global = true, value_name = "BOOL", value_parser = parse_bool)]
     pub open_registration: Option<bool>,
@@ -176,6 +216,8 @@ struct FileConfig {
     database_url: Option<String>,
     replication: Option<u32>,
     peer_timeout: Option<String>,
+    repair_grace: Option<String>,
+    task_lease: Option<String>,
     open_registration: Option<bool>,
 }
 
@@ -199,6 +241,8 @@ mod tests {
         assert_eq!(cfg.database_url, "sqlite://tracker.db?mode=rwc");
         assert_eq!(cfg.replication, 3);
         assert_eq!(cfg.peer_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.repair_grace, Duration::from_secs(60));
+        assert_eq!(cfg.task_lease, Duration::from_secs(60));
         assert!(cfg.open_registration);
     }
 
@@ -209,6 +253,8 @@ mod tests {
             database_url = "sqlite://file.db"
             replication = 5
             peer_timeout = "2m"
+            repair_grace = "5m"
+            task_lease = "90s"
             open_registration = false
         "#;
         let from_file = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
@@ -216,12 +262,15 @@ mod tests {
         assert_eq!(from_file.database_url, "sqlite://file.db");
         assert_eq!(from_file.replication, 5);
         assert_eq!(from_file.peer_timeout, Duration::from_secs(120));
+        assert_eq!(from_file.repair_grace, Duration::from_secs(300));
+        assert_eq!(from_file.task_lease, Duration::from_secs(90));
         assert!(!from_file.open_registration);
 
         let e = env(&[
             ("TRACKER_LISTEN", "0.0.0.0:2"),
             ("TRACKER_REPLICATION", "4"),
             ("TRACKER_PEER_TIMEOUT", "45s"),
+            ("TRACKER_REPAIR_GRACE", "200ms"),
             ("TRACKER_OPEN_REGISTRATION", "true"),
         ]);
         let from_env = Config::resolve(&ConfigArgs::default(), &e, Some(file)).unwrap();
@@ -229,15 +278,19 @@ mod tests {
         assert_eq!(from_env.database_url, "sqlite://file.db");
         assert_eq!(from_env.replication, 4);
         assert_eq!(from_env.peer_timeout, Duration::from_secs(45));
+        assert_eq!(from_env.repair_grace, Duration::from_millis(200));
+        assert_eq!(from_env.task_lease, Duration::from_secs(90));
         assert!(from_env.open_registration);
 
         let args = ConfigArgs {
             listen: Some("0.0.0.0:3".into()),
             replication: Some(2),
             open_registration: Some(false),
+            repair_grace: Some(Duration::from_secs(1)),
             ..ConfigArgs::default()
         };
         let from_flags = Config::resolve(&args, &e, Some(file)).unwrap();
+        assert_eq!(from_flags.repair_grace, Duration::from_secs(1));
         assert_eq!(from_flags.listen, "0.0.0.0:3");
         assert_eq!(from_flags.replication, 2);
         assert_eq!(from_flags.peer_timeout, Duration::from_secs(45));
@@ -253,6 +306,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(bad_env.to_string().contains("TRACKER_PEER_TIMEOUT"));
+        let bad_grace = Config::resolve(
+            &ConfigArgs::default(),
+            env(&[("TRACKER_REPAIR_GRACE", "later")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(bad_grace.to_string().contains("TRACKER_REPAIR_GRACE"));
         let bad_key = Config::resolve(&ConfigArgs::default(), env(&[]), Some("lisen = \"x\""));
         assert!(bad_key.is_err());
         let zero = ConfigArgs {

@@ -4,16 +4,21 @@
 //! never leave this module, and [`Error`] becomes a `tonic::Status` only here.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use common::{FileId, Manifest, PeerId, Sha256Digest};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_server::{Tracker, TrackerServer};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::app::{FileView, HoldingInput, SearchQuery, SessionView, TrackerService};
+use crate::app::{
+    Assignment, FileView, HolderView, HoldingInput, SearchQuery, SessionView, TrackerService,
+};
 use crate::model::HoldingKind;
 
 /// Largest message accepted or sent (a manifest of a huge file is the biggest).
@@ -97,6 +102,45 @@ fn file_info(f: FileView) -> pb::FileInfo {
         created_at_ms: f.created_at_ms,
     }
 }
+
+fn holder(h: HolderView) -> pb::Holder {
+    pb::Holder {
+        peer_id: h.peer_id.to_string(),
+        addr: h.addr,
+        have: h
+            .have
+            .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+            .unwrap_or_default(),
+    }
+}
+
+fn task(a: Assignment) -> pb::Task {
+    match a {
+        Assignment::Fetch(f) => pb::Task {
+            id: f.id,
+            work: Some(pb::task::Work::Fetch(pb::FetchReplica {
+                file_id: f.file.to_string(),
+                chunk: f.chunk,
+                chunk_sha256: Bytes::copy_from_slice(&f.sha256.0),
+                chunk_len: f.len,
+                name: f.name,
+                file_size: f.file_size,
+                chunk_size: f.chunk_size,
+                sources: f.sources.into_iter().map(holder).collect(),
+            })),
+        },
+        Assignment::Drop { id, file, chunks } => pb::Task {
+            id,
+            work: Some(pb::task::Work::Drop(pb::DropReplica {
+                file_id: file.to_string(),
+                chunks,
+            })),
+        },
+    }
+}
+
+/// The stream of a node's tasks.
+pub type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send + 'static>>;
 
 fn session(s: SessionView) -> pb::Session {
     pb::Session {
@@ -269,18 +313,7 @@ impl Tracker for Grpc {
                 chunk_size: m.chunk_size,
                 chunk_hashes: Bytes::from(m.packed_hashes()),
             }),
-            holders: l
-                .holders
-                .into_iter()
-                .map(|h| pb::Holder {
-                    peer_id: h.peer_id.to_string(),
-                    addr: h.addr,
-                    have: h
-                        .have
-                        .map(|b| Bytes::copy_from_slice(b.as_bytes()))
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            holders: l.holders.into_iter().map(holder).collect(),
         }))
     }
 
@@ -304,5 +337,31 @@ impl Tracker for Grpc {
             })
             .collect();
         Ok(Response::new(pb::ListPeersResponse { peers }))
+    }
+
+    type TasksStream = TaskStream;
+
+    async fn tasks(
+        &self,
+        req: Request<pb::TasksRequest>,
+    ) -> Result<Response<Self::TasksStream>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let peer = peer_id(&req.into_inner().peer_id)?;
+        let rx = self.svc.open_tasks(&caller, &peer).await?;
+        let stream = ReceiverStream::new(rx).map(|a| Ok(task(a)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn complete_task(
+        &self,
+        req: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        self.svc
+            .complete_task(&caller, &peer, r.task_id, r.ok, &r.error)
+            .await?;
+        Ok(Response::new(pb::CompleteTaskResponse {}))
     }
 }

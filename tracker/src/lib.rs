@@ -7,6 +7,7 @@
 //! - [`error`]: the one error type, mapped to the wire in `grpc` and `rest::error`.
 //! - `app`: `TrackerService`, the domain logic, with the in-memory index and sessions.
 //! - `db`: SeaORM entities, the `Store` and the batch writer; nothing else sees SQL.
+//! - `replication`: the placement policy and the task table (the planner is in `app`).
 //! - `grpc`: the `tracker.v1.Tracker` adapter.
 //! - `rest`: the REST adapter (route table, handlers per noun, JSON errors).
 //! - [`admin`]: what the `tracker migrate` and `tracker user …` commands do.
@@ -19,6 +20,7 @@ mod db;
 pub mod error;
 mod grpc;
 mod model;
+mod replication;
 mod rest;
 pub mod shutdown;
 
@@ -36,8 +38,9 @@ pub use error::Error;
 /// How long open connections may finish after shutdown starts before they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves gRPC (peers) and HTTP (REST) on the given, already bound listener until
-/// `shutdown` is cancelled; flushes pending DB writes before returning.
+/// Serves gRPC (peers) and HTTP (REST) on the given, already bound listener and runs the
+/// replication planner until `shutdown` is cancelled; flushes pending DB writes before
+/// returning.
 ///
 /// Connects to the database and applies migrations first.
 ///
@@ -52,6 +55,9 @@ pub async fn run(
     let store = db::Store::connect(&cfg.database_url).await?;
     store.migrate().await?;
     let (svc, writer) = TrackerService::start(cfg, store.clone()).await?;
+    // Its own token, so it also stops when serving fails.
+    let stop_planner = shutdown.child_token();
+    let planner = tokio::spawn(svc.clone().replicate(stop_planner.clone()));
     let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
     let app = rest::router(svc.clone())
         .merge(grpc_routes)
@@ -77,6 +83,10 @@ pub async fn run(
             Ok(())
         }
     };
+    stop_planner.cancel();
+    if let Err(e) = planner.await {
+        tracing::error!(cause = %e, "the replication planner failed");
+    }
     tracing::info!("shutting down: writing pending updates");
     let flushed = svc.flush().await;
     drop(svc);

@@ -15,7 +15,7 @@ use tracker::{Config, admin};
 #[command(name = "tracker", version)]
 struct Cli {
     /// TOML file with any of: listen, database_url, replication, peer_timeout,
-    /// open_registration [env: TRACKER_CONFIG]
+    /// repair_grace, task_lease, open_registration [env: TRACKER_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]

@@ -19,6 +19,15 @@ impl HoldingKind {
         self as i16
     }
 
+    /// How the REST API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldingKind::Shared => "shared",
+            HoldingKind::Downloaded => "downloaded",
+            HoldingKind::Replica => "replica",
+        }
+    }
+
     pub fn from_code(code: i32) -> Option<Self> {
         match code {
             1 => Some(HoldingKind::Shared),
@@ -86,4 +95,67 @@ pub struct HoldingRecord {
 /// Milliseconds since the Unix epoch, the unit of every stored timestamp.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// What a replication task asks its node to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum TaskKind {
+    /// Copy one chunk from a holder into the node's replica store.
+    Fetch = 1,
+    /// Delete replica copies of some chunks.
+    Drop = 2,
+}
+
+impl TaskKind {
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            1 => Some(TaskKind::Fetch),
+            2 => Some(TaskKind::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum TaskState {
+    /// Waiting to be pushed (when its node's stream is open and its back-off has passed).
+    Queued = 1,
+    /// Pushed on the node's stream; queued again when its lease runs out.
+    Delivered = 2,
+}
+
+impl TaskState {
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            1 => Some(TaskState::Queued),
+            2 => Some(TaskState::Delivered),
+            _ => None,
+        }
+    }
+}
+
+/// A replication task as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub id: u64,
+    pub peer_id: PeerId,
+    pub kind: TaskKind,
+    pub file_id: FileId,
+    /// One chunk for a fetch; one or more for a drop.
+    pub chunks: Vec<u32>,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub lease_until_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
 }

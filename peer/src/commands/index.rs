@@ -1,7 +1,8 @@
 //! `index` and `unindex`: start and stop sharing files. Hashing runs on a pool of blocking
 //! threads sized by the machine's parallelism, one file per thread, streaming (never a
 //! whole file in memory); a file whose length and mtime match its store record is not
-//! hashed again. `unindex` never touches the user's file.
+//! hashed again. `unindex` never touches the user's file, and refuses replicas (the node
+//! keeps those for the tracker).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -178,20 +179,6 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let view = match client.announce(&peer_id, &h.manifest).await {
-            Ok(v) => v,
-            Err(e @ (TrackerError::NotLoggedIn | TrackerError::Unreachable { .. })) => {
-                tasks.abort_all();
-                return Err(e.into());
-            }
-            Err(e) => {
-                output::report_error(
-                    &anyhow!(e).context(format!("cannot share {}", h.path.display())),
-                );
-                failed += 1;
-                continue;
-            }
-        };
         let id = h.manifest.id();
         let mut rec = StoreRecord::new(
             &h.manifest,
@@ -202,7 +189,30 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
         rec.complete = true;
         rec.file_len = Some(h.len);
         rec.mtime_ns = Some(h.mtime);
+        // The record is written first, so this home's node can serve the file as soon as the
+        // tracker hands it out (replication starts at once).
+        let existed = cx.home.record(&id).ok().flatten().is_some();
         cx.home.save_record(&rec)?;
+        let view = match client.announce(&peer_id, &h.manifest).await {
+            Ok(v) => v,
+            Err(e @ (TrackerError::NotLoggedIn | TrackerError::Unreachable { .. })) => {
+                if !existed {
+                    cx.home.delete_record(&id)?;
+                }
+                tasks.abort_all();
+                return Err(e.into());
+            }
+            Err(e) => {
+                if !existed {
+                    cx.home.delete_record(&id)?;
+                }
+                output::report_error(
+                    &anyhow!(e).context(format!("cannot share {}", h.path.display())),
+                );
+                failed += 1;
+                continue;
+            }
+        };
         // An older record for the same path (the file changed since) is withdrawn.
         for old in by_path.get(&h.path).into_iter().flatten() {
             if old.file_id != id {
@@ -273,6 +283,17 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if records
+            .iter()
+            .any(|r| r.file_id == id && r.kind == Kind::Replica)
+        {
+            output::report_error(&anyhow!(
+                "{} is a replica kept for the tracker's replication, not a share of this peer; `peer serve` manages it",
+                id.short()
+            ));
+            failed += 1;
+            continue;
+        }
         let tracker_note = match client.unindex(&peer_id, &id).await {
             Ok(()) => None,
             Err(TrackerError::Rejected {

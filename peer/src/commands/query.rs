@@ -5,6 +5,7 @@ use common::units::format_size;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::home::{Kind, StoreRecord};
 use crate::output::{self, safe};
 
 pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> anyhow::Result<()> {
@@ -110,18 +111,32 @@ struct FileJson {
     id: String,
     name: String,
     size: u64,
-    sha256: String,
+    /// Unknown (null) for a replica: a replication task carries no whole-file hash.
+    sha256: Option<String>,
     #[serde(rename = "type")]
     kind_of_content: &'static str,
     chunks: u32,
     kind: &'static str,
     held_chunks: u32,
+    /// Bytes of the chunks held (replicas only: what they take of the storage quota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_bytes: Option<u64>,
     complete: bool,
     path: String,
 }
 
+/// Bytes of the chunks in `have` of a file of `size` bytes.
+fn held_bytes(r: &StoreRecord) -> u64 {
+    r.have_bits()
+        .iter_ones()
+        .map(|c| crate::replica::chunk_len(r.size, r.chunk_size, c).unwrap_or(0))
+        .sum()
+}
+
 pub fn files(cx: &Ctx) -> anyhow::Result<()> {
-    let records = cx.home.records()?;
+    let mut records = cx.home.records()?;
+    // The user's own files first, then the replicas kept for the tracker.
+    records.sort_by_key(|r| r.kind == Kind::Replica);
     let items: Vec<FileJson> = records
         .iter()
         .map(|r| {
@@ -132,15 +147,17 @@ pub fn files(cx: &Ctx) -> anyhow::Result<()> {
             } else {
                 r.have_bits().count()
             };
+            let replica = r.kind == Kind::Replica;
             FileJson {
                 id: r.file_id.to_string(),
                 name: r.name.clone(),
                 size: r.size,
-                sha256: r.sha256.clone(),
+                sha256: (!replica).then(|| r.sha256.clone()),
                 kind_of_content: FileType::from_name(&r.name).as_str(),
                 chunks: r.chunk_count(),
                 kind: r.kind.as_str(),
                 held_chunks: held,
+                held_bytes: replica.then(|| held_bytes(r)),
                 complete: r.complete && !r.changed,
                 path: r.path.to_string_lossy().into_owned(),
             }
@@ -176,9 +193,21 @@ pub fn files(cx: &Ctx) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::print(&output::table(
-        &["ID", "NAME", "SIZE", "KIND", "HAVE", "PATH"],
-        &rows,
-    ));
+    let mut out = output::table(&["ID", "NAME", "SIZE", "KIND", "HAVE", "PATH"], &rows);
+    let replicas: Vec<&FileJson> = items.iter().filter(|f| f.held_bytes.is_some()).collect();
+    if !replicas.is_empty() {
+        let bytes: u64 = replicas.iter().filter_map(|f| f.held_bytes).sum();
+        let chunks: u32 = replicas.iter().map(|f| f.held_chunks).sum();
+        let quota = match cx.home.node().ok().flatten().and_then(|n| n.storage_quota) {
+            Some(q) => format!(" of a {} quota", format_size(q)),
+            None => String::new(),
+        };
+        out += &format!(
+            "\nreplicas: {} in {chunks} chunk(s) of {} file(s){quota}\n",
+            format_size(bytes),
+            replicas.len()
+        );
+    }
+    output::print(&out);
     Ok(())
 }

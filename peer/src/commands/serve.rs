@@ -4,16 +4,23 @@
 //! after an outage (so a restarted tracker relearns what this peer holds). Tracker failures
 //! are logged once per outage and never stop the node.
 //!
-//! Replication (storing copies the tracker assigns within `--storage-quota`) will run as
-//! one more task under the same cancellation token, next to the heartbeat loop.
+//! Next to the heartbeat loop, under the same cancellation token:
+//! - the replication task stream (`replica::tasks::task_stream`), opened once the first
+//!   heartbeat succeeds and reopened at once whenever the tracker answers again;
+//! - a periodic check (every 30 s, env `PEER_RESCAN_EVERY`) that withdraws shared files
+//!   that changed or vanished and reconciles the replica store with the disk;
+//! - node.json refreshes with the replica storage in use and the task stream state, read
+//!   by `peer status` and `peer files`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::PeerId;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
@@ -21,8 +28,33 @@ use crate::cli::ServeArgs;
 use crate::home::{Home, Kind, NodeFile};
 use crate::output;
 use crate::ratelimit::RateLimiter;
+use crate::replica::ReplicaStore;
+use crate::replica::tasks::{Runner, task_stream};
 use crate::server::{self, PeerService};
 use crate::tracker_client::{HoldingIn, TrackerClient, TrackerError};
+use crate::transport::GrpcTransport;
+
+/// How often shared files and the replica store are checked against the disk.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// Env override of [`RESCAN_EVERY`] (humantime: `10s`, `2m`).
+pub const RESCAN_ENV: &str = "PEER_RESCAN_EVERY";
+/// How often node.json is refreshed (when something in it changed).
+const NODE_FILE_EVERY: Duration = Duration::from_secs(2);
+
+/// The rescan period: `PEER_RESCAN_EVERY` if set, else [`RESCAN_EVERY`].
+///
+/// # Errors
+/// When the variable is set but is not a duration.
+pub fn rescan_every() -> anyhow::Result<Duration> {
+    match std::env::var(RESCAN_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let d = humantime::parse_duration(v.trim())
+                .with_context(|| format!("{RESCAN_ENV}={v:?} is not a duration (e.g. 30s)"))?;
+            Ok(d.max(Duration::from_millis(100)))
+        }
+        _ => Ok(RESCAN_EVERY),
+    }
+}
 
 /// The advertised address when none is given: the listen IP if it is a specific one, else
 /// the IP of the interface that routes to the tracker, else loopback.
@@ -81,6 +113,12 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     }
     let client = cx.client()?;
     let advertise = a.advertise.as_deref().map(check_advertise).transpose()?;
+    let rescan = rescan_every()?;
+    let home = cx.home.clone();
+    let quota = a.storage_quota;
+    let replicas = tokio::task::spawn_blocking(move || ReplicaStore::open(home, quota))
+        .await
+        .context("replica store task failed")??;
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -107,31 +145,68 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     };
 
     let limiter = a.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r)));
-    let svc = PeerService::new(
+    let svc = Arc::new(PeerService::new(
         cx.home.clone(),
         peer_id.clone(),
         advertise.clone(),
         limiter,
         Some(client.clone()),
-    );
+    ));
     let token = CancellationToken::new();
-    let mut server = tokio::spawn(server::run(listener, svc, token.clone()));
-    cx.home.save_node(&NodeFile {
+    let mut server = tokio::spawn(server::run(listener, svc.clone(), token.clone()));
+    let node = NodeFile {
         pid: std::process::id(),
         addr: advertise.clone(),
         local_addr: local.to_string(),
         peer_id: peer_id.clone(),
         started_at_ms: crate::now_ms(),
-    })?;
+        storage_quota: Some(quota),
+        storage_used: Some(replicas.used()),
+        tasks_connected: Some(false),
+    };
+    cx.home.save_node(&node)?;
     output::println(&format!("peer {peer_id} serving on {advertise}"));
-    tracing::info!(peer = %peer_id, addr = %advertise, listen = %bound, "node up");
+    tracing::info!(
+        peer = %peer_id,
+        addr = %advertise,
+        listen = %bound,
+        storage_quota = quota,
+        storage_used = replicas.used(),
+        "node up"
+    );
 
-    let hb = tokio::spawn(heartbeats(
-        client,
+    let (tracker_up, tracker_up_rx) = watch::channel(0u64);
+    let connected = Arc::new(AtomicBool::new(false));
+    let runner = Arc::new(Runner::new(
+        replicas.clone(),
+        Arc::new(GrpcTransport::default()),
+        peer_id.clone(),
+        advertise.clone(),
+    ));
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(heartbeats(
+        client.clone(),
         cx.home.clone(),
-        peer_id,
+        peer_id.clone(),
         advertise,
-        a.storage_quota,
+        replicas.clone(),
+        tracker_up,
+        token.clone(),
+    ));
+    background.spawn(task_stream(
+        client,
+        peer_id,
+        runner,
+        tracker_up_rx,
+        connected.clone(),
+        token.clone(),
+    ));
+    background.spawn(rescans(svc, replicas.clone(), rescan, token.clone()));
+    background.spawn(node_file(
+        cx.home.clone(),
+        node,
+        replicas,
+        connected,
         token.clone(),
     ));
 
@@ -152,7 +227,7 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    let _ = hb.await;
+    while background.join_next().await.is_some() {}
     if result.is_none() {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
@@ -179,19 +254,23 @@ async fn shutdown_signal() {
 }
 
 /// Heartbeats forever (until cancelled); SyncHoldings at start and after each outage.
+/// `tracker_up` is bumped on the first answer and each time the tracker answers again
+/// after an outage (the task stream reopens then).
 async fn heartbeats(
     client: TrackerClient,
     home: Home,
     peer_id: PeerId,
     addr: String,
-    quota: u64,
+    replicas: Arc<ReplicaStore>,
+    tracker_up: watch::Sender<u64>,
     token: CancellationToken,
 ) {
     let mut healthy: Option<bool> = None;
     let mut need_sync = true;
     let mut interval = Duration::from_secs(10);
     loop {
-        match client.heartbeat(&peer_id, &addr, quota, 0).await {
+        let (quota, used) = (replicas.quota(), replicas.used());
+        match client.heartbeat(&peer_id, &addr, quota, used).await {
             Ok(iv) => {
                 if !iv.is_zero() {
                     interval = iv.clamp(Duration::from_millis(200), Duration::from_secs(60));
@@ -200,9 +279,12 @@ async fn heartbeats(
                     tracing::info!("tracker answers again");
                     need_sync = true;
                 }
+                if healthy != Some(true) {
+                    tracker_up.send_modify(|e| *e += 1);
+                }
                 healthy = Some(true);
                 if need_sync {
-                    match sync(&client, &home, &peer_id).await {
+                    match sync(&client, &home, &peer_id, &replicas).await {
                         Ok(n) => {
                             need_sync = false;
                             tracing::info!(holdings = n, "holdings synced with the tracker");
@@ -230,8 +312,14 @@ async fn heartbeats(
     }
 }
 
-/// Sends every store record to the tracker; re-announces shared files it has forgotten.
-async fn sync(client: &TrackerClient, home: &Home, peer_id: &PeerId) -> anyhow::Result<usize> {
+/// Sends every store record to the tracker (replicas as REPLICA); re-announces shared files
+/// it has forgotten and deletes replicas of files it does not know.
+async fn sync(
+    client: &TrackerClient,
+    home: &Home,
+    peer_id: &PeerId,
+    replicas: &Arc<ReplicaStore>,
+) -> anyhow::Result<usize> {
     let records: Vec<_> = home.records()?.into_iter().filter(|r| !r.changed).collect();
     let holdings: Vec<HoldingIn> = records
         .iter()
@@ -246,6 +334,17 @@ async fn sync(client: &TrackerClient, home: &Home, peer_id: &PeerId) -> anyhow::
         let Some(r) = records.iter().find(|r| r.file_id.to_string() == id) else {
             continue;
         };
+        if r.kind == Kind::Replica {
+            let (store, file) = (replicas.clone(), r.file_id);
+            match tokio::task::spawn_blocking(move || store.forget(&file)).await {
+                Ok(Ok(freed)) => {
+                    tracing::info!(file = %file, freed_bytes = freed, "the tracker no longer knows a replicated file; its replica is deleted");
+                }
+                Ok(Err(e)) => tracing::warn!(file = %file, "cannot delete replica: {e:#}"),
+                Err(e) => tracing::warn!(file = %file, "replica task failed: {e}"),
+            }
+            continue;
+        }
         if r.kind != Kind::Shared || !r.complete {
             continue;
         }
@@ -259,6 +358,66 @@ async fn sync(client: &TrackerClient, home: &Home, peer_id: &PeerId) -> anyhow::
         }
     }
     Ok(holdings.len())
+}
+
+/// Every `every`: withdraws shared files that changed or vanished (the node's own on-read
+/// check, run over all of them) and reconciles the replica store with the disk.
+async fn rescans(
+    svc: Arc<PeerService>,
+    replicas: Arc<ReplicaStore>,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = token.cancelled() => return,
+        }
+        let (svc, store) = (svc.clone(), replicas.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let withdrawn = svc.check_shared_files();
+            (withdrawn, store.rescan())
+        })
+        .await;
+        match checked {
+            Ok((_, Err(e))) => tracing::warn!("cannot check the replica store: {e:#}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("rescan task failed: {e}"),
+        }
+    }
+}
+
+/// Keeps node.json's storage and task stream fields current (written only on change).
+async fn node_file(
+    home: Home,
+    mut node: NodeFile,
+    replicas: Arc<ReplicaStore>,
+    connected: Arc<AtomicBool>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(NODE_FILE_EVERY) => {}
+            _ = token.cancelled() => return,
+        }
+        let now = (
+            Some(replicas.used()),
+            Some(connected.load(Ordering::Relaxed)),
+        );
+        if now == (node.storage_used, node.tasks_connected) {
+            continue;
+        }
+        (node.storage_used, node.tasks_connected) = now;
+        let (h, n) = (home.clone(), node.clone());
+        match tokio::task::spawn_blocking(move || h.save_node(&n)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("cannot update node.json: {e:#}"),
+            Err(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

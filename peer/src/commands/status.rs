@@ -23,6 +23,11 @@ struct NodeJson {
     files: Option<u32>,
     active_uploads: Option<u32>,
     bytes_sent: Option<u64>,
+    /// Replica storage in use and offered, and whether the tracker's task stream is open,
+    /// as the node last wrote them to node.json (every few seconds while it runs).
+    storage_used: Option<u64>,
+    storage_quota: Option<u64>,
+    tasks_connected: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +84,9 @@ async fn node_status(cx: &Ctx, peer_id: &str) -> NodeJson {
             files: Some(s.files),
             active_uploads: Some(s.active_uploads),
             bytes_sent: Some(s.bytes_sent),
+            storage_used: node.storage_used,
+            storage_quota: node.storage_quota,
+            tasks_connected: node.tasks_connected,
         },
         _ => NodeJson::default(),
     }
@@ -169,6 +177,17 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
             st.node.active_uploads.unwrap_or(0),
             common::units::format_size(st.node.bytes_sent.unwrap_or(0)),
         );
+        if let (Some(used), Some(quota)) = (st.node.storage_used, st.node.storage_quota) {
+            out += &format!(
+                "storage:   {} of {} used by replicas\n",
+                common::units::format_size(used),
+                common::units::format_size(quota),
+            );
+        }
+        if let Some(c) = st.node.tasks_connected {
+            let state = if c { "connected" } else { "not connected" };
+            out += &format!("tasks:     replication task stream {state}\n");
+        }
     } else {
         out += "node:      not running: run `peer serve` to share with other peers\n";
     }

@@ -54,18 +54,26 @@ pub async fn bounded<F: std::future::Future<Output = anyhow::Result<()>>>(
 pub struct TestTracker {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// Applied to the test config at every (re)start.
+    tweak: fn(&mut tracker::Config),
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), tracker::Error>>>,
 }
 
 impl TestTracker {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a tracker whose test config is changed by `tweak` (at every restart too).
+    pub async fn start_with(tweak: fn(&mut tracker::Config)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut t = Self {
             dir,
             addr,
+            tweak,
             token: CancellationToken::new(),
             handle: None,
         };
@@ -76,6 +84,7 @@ impl TestTracker {
     fn config(&self) -> tracker::Config {
         let mut cfg = tracker::Config::ephemeral(self.dir.path());
         cfg.peer_timeout = PEER_TIMEOUT;
+        (self.tweak)(&mut cfg);
         cfg
     }
 

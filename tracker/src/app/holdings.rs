@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{Bitfield, FileId, Manifest, PeerId};
 
 use super::index::{FileEntry, Holding, Index, PeerEntry};
+use super::replication::{Outcome, withdraw_if_unheld};
 use super::{Caller, FileView, HoldingInput, MAX_ADDR_LEN, TrackerService, file_view};
 use crate::Error;
 use crate::db::writer::WriteOp;
@@ -81,24 +82,23 @@ impl TrackerService {
             }
             ops.extend(claim_peer(&mut ix, caller, peer, now)?);
             ops.push(WriteOp::ClearHoldings(peer.clone()));
-            for f in ix.files.values_mut() {
-                f.holdings.remove(peer);
+            for id in ix.files_of(peer) {
+                ix.take_holding(&id, peer);
             }
             for (id, (kind, have)) in parsed {
-                if let Some(f) = ix.files.get_mut(&id) {
-                    let h = Holding {
-                        kind,
-                        have,
-                        updated_at_ms: now,
-                    };
-                    ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
-                    f.holdings.insert(peer.clone(), h);
-                }
+                let h = Holding {
+                    kind,
+                    have,
+                    updated_at_ms: now,
+                };
+                ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
+                ix.set_holding(id, peer, h);
             }
         }
         for op in ops {
             self.inner.writer.send(op).await?;
         }
+        self.wake_planner();
         Ok(unknown)
     }
 
@@ -128,7 +128,7 @@ impl TrackerService {
                 ix.insert_file(FileEntry::new(rec));
                 tracing::debug!(file = %id, user = %caller.user, "new file announced");
             }
-            let Some(f) = ix.files.get_mut(&id) else {
+            let Some(f) = ix.files.get(&id) else {
                 return Err(Error::Internal("announced file vanished".into()));
             };
             let h = Holding {
@@ -137,13 +137,14 @@ impl TrackerService {
                 updated_at_ms: now,
             };
             ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
-            f.holdings.insert(peer.clone(), h);
+            ix.set_holding(id, peer, h);
             file_view(&ix, &ix.files[&id], now)
         };
         for op in ops {
             self.inner.writer.send(op).await?;
         }
         self.inner.writer.flush().await?;
+        self.wake_planner();
         Ok(view)
     }
 
@@ -176,10 +177,10 @@ impl TrackerService {
                 )));
             }
             ops.extend(claim_peer(&mut ix, caller, peer, now)?);
-            let Some(f) = ix.files.get_mut(file) else {
+            let Some(f) = ix.files.get(file) else {
                 return Err(Error::not_found(format!("unknown file {file}")));
             };
-            let h = f.holdings.entry(peer.clone()).or_insert_with(|| Holding {
+            let mut h = f.holdings.get(peer).cloned().unwrap_or_else(|| Holding {
                 kind,
                 have: Bitfield::new(count),
                 updated_at_ms: now,
@@ -190,16 +191,19 @@ impl TrackerService {
                 h.have.set(c);
             }
             h.updated_at_ms = now;
-            ops.push(WriteOp::Holding(holding_record(peer, *file, h)));
+            ops.push(WriteOp::Holding(holding_record(peer, *file, &h)));
+            ix.set_holding(*file, peer, h);
         }
         for op in ops {
             self.inner.writer.send(op).await?;
         }
+        self.wake_planner();
         Ok(())
     }
 
-    /// Removes `peer`'s holding of a file; forgets the file when nobody holds it any more.
-    /// Durable when it returns.
+    /// Removes `peer`'s holding of a file. When no user holds it any more (only replicas
+    /// are left, or nothing), the file is withdrawn: its fetches are cancelled, every
+    /// replica holder gets a drop task, and the file is forgotten. Durable when it returns.
     ///
     /// # Errors
     /// `NotFound` when the peer held nothing of it, `PermissionDenied` for another user's
@@ -210,7 +214,8 @@ impl TrackerService {
         peer: &PeerId,
         file: &FileId,
     ) -> Result<(), Error> {
-        let mut ops = Vec::new();
+        let now = now_ms();
+        let mut out = Outcome::default();
         {
             let mut ix = self.index_mut();
             let not_held = || Error::not_found(format!("peer {peer} holds nothing of file {file}"));
@@ -219,24 +224,18 @@ impl TrackerService {
                 Some(p) if p.rec.user_id != caller.user_id => return Err(not_yours(peer)),
                 Some(_) => {}
             }
-            let f = ix.files.get_mut(file).ok_or_else(not_held)?;
-            f.holdings.remove(peer).ok_or_else(not_held)?;
-            ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
-            if f.holdings.is_empty() {
-                ix.remove_file(file);
-                ops.push(WriteOp::FileDelete(*file));
-                tracing::debug!(file = %file, "file forgotten: no holder left");
-            }
+            ix.take_holding(file, peer).ok_or_else(not_held)?;
+            out.ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
+            withdraw_if_unheld(&mut ix, file, now, &mut out);
         }
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
-        self.inner.writer.flush().await
+        self.apply_outcome(out).await?;
+        self.wake_planner();
+        Ok(())
     }
 }
 
 /// Makes `caller` the owner of `peer` if nobody is; returns the op that persists a new peer.
-fn claim_peer(
+pub(super) fn claim_peer(
     ix: &mut Index,
     caller: &Caller,
     peer: &PeerId,
@@ -277,7 +276,7 @@ fn bitfield(have: &[u8], f: &FileEntry) -> Result<Bitfield, Error> {
         .map_err(|e| Error::invalid(format!("holding of file {}: {e}", f.id)))
 }
 
-fn holding_record(peer: &PeerId, file: FileId, h: &Holding) -> HoldingRecord {
+pub(super) fn holding_record(peer: &PeerId, file: FileId, h: &Holding) -> HoldingRecord {
     HoldingRecord {
         peer_id: peer.clone(),
         file_id: file,
@@ -287,6 +286,6 @@ fn holding_record(peer: &PeerId, file: FileId, h: &Holding) -> HoldingRecord {
     }
 }
 
-fn not_yours(peer: &PeerId) -> Error {
+pub(super) fn not_yours(peer: &PeerId) -> Error {
     Error::PermissionDenied(format!("peer {peer} belongs to another user"))
 }

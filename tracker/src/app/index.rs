@@ -5,12 +5,13 @@
 //!
 //! Time is passed in (`now_ms`) rather than read, so liveness is testable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
 
 use crate::model::{FileRecord, HoldingKind, PeerRecord};
+use crate::replication::TaskTable;
 
 /// What one peer holds of one file.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,13 +59,23 @@ pub fn is_up(last_seen_ms: Option<i64>, now_ms: i64, timeout_ms: i64) -> bool {
     last_seen_ms.is_some_and(|t| now_ms.saturating_sub(t) <= timeout_ms)
 }
 
-/// Files, peers and holdings.
+/// Files, peers, holdings and replication tasks.
+///
+/// Holdings are changed only through [`Index::set_holding`] and [`Index::take_holding`], which
+/// keep the per-peer index of held files (so a peer's liveness change finds its files
+/// without a scan) and mark the file dirty for the replication planner.
 #[derive(Debug, Default)]
 pub struct Index {
     pub files: BTreeMap<FileId, FileEntry>,
     /// (name, id) in order, for searches ordered by name then id and exact-name lookups.
     by_name: BTreeSet<(String, FileId)>,
     pub peers: HashMap<PeerId, PeerEntry>,
+    /// peer → the files it holds something of.
+    peer_files: HashMap<PeerId, HashSet<FileId>>,
+    /// The replication tasks not yet completed.
+    pub tasks: TaskTable,
+    /// Files whose copies changed since the planner last looked at them.
+    pub dirty: HashSet<FileId>,
     /// The peer timeout in milliseconds.
     pub timeout_ms: i64,
 }
@@ -95,7 +106,51 @@ impl Index {
         let entry = self.files.remove(id)?;
         self.by_name
             .remove(&(entry.manifest.name.clone(), entry.id));
+        for peer in entry.holdings.keys() {
+            self.unlink(peer, id);
+        }
+        self.dirty.remove(id);
         Some(entry)
+    }
+
+    /// Records what `peer` holds of a known file (replacing what it held); false for an
+    /// unknown file.
+    pub fn set_holding(&mut self, file: FileId, peer: &PeerId, h: Holding) -> bool {
+        let Some(f) = self.files.get_mut(&file) else {
+            return false;
+        };
+        f.holdings.insert(peer.clone(), h);
+        self.peer_files
+            .entry(peer.clone())
+            .or_default()
+            .insert(file);
+        self.dirty.insert(file);
+        true
+    }
+
+    /// Removes `peer`'s holding of a file.
+    pub fn take_holding(&mut self, file: &FileId, peer: &PeerId) -> Option<Holding> {
+        let h = self.files.get_mut(file)?.holdings.remove(peer)?;
+        self.unlink(peer, file);
+        self.dirty.insert(*file);
+        Some(h)
+    }
+
+    /// The files `peer` holds something of.
+    pub fn files_of(&self, peer: &PeerId) -> Vec<FileId> {
+        self.peer_files
+            .get(peer)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn unlink(&mut self, peer: &PeerId, file: &FileId) {
+        if let Some(s) = self.peer_files.get_mut(peer) {
+            s.remove(file);
+            if s.is_empty() {
+                self.peer_files.remove(peer);
+            }
+        }
     }
 
     pub fn is_up(&self, peer: &PeerId, now_ms: i64) -> bool {
@@ -261,13 +316,13 @@ mod tests {
     }
 
     fn hold(ix: &mut Index, file: FileId, peer: &PeerId, chunks: &[u32]) {
-        let f = ix.files.get_mut(&file).unwrap();
-        let mut have = Bitfield::new(f.manifest.chunk_count());
+        let mut have = Bitfield::new(ix.files[&file].manifest.chunk_count());
         for &c in chunks {
             have.set(c);
         }
-        f.holdings.insert(
-            peer.clone(),
+        ix.set_holding(
+            file,
+            peer,
             Holding {
                 kind: HoldingKind::Shared,
                 have,
@@ -361,5 +416,25 @@ mod tests {
         assert!(ix.resolve("").is_empty());
         assert!(ix.remove_file(&a).is_some());
         assert_eq!(ix.resolve("same.txt").len(), 1);
+    }
+
+    #[test]
+    fn should_index_the_files_each_peer_holds() {
+        let mut ix = Index::new(1000);
+        let f = add_file(&mut ix, "a", 2, 1);
+        let g = add_file(&mut ix, "b", 2, 2);
+        let p = add_peer(&mut ix, 1, Some(0), "h:1");
+        hold(&mut ix, f, &p, &[0]);
+        hold(&mut ix, g, &p, &[1]);
+        let mut held = ix.files_of(&p);
+        held.sort();
+        let mut want = vec![f, g];
+        want.sort();
+        assert_eq!(held, want);
+        assert!(ix.dirty.contains(&f));
+        assert!(ix.take_holding(&f, &p).is_some());
+        assert_eq!(ix.files_of(&p), vec![g]);
+        ix.remove_file(&g);
+        assert!(ix.files_of(&p).is_empty());
     }
 }

@@ -10,18 +10,23 @@ pub mod auth;
 mod holdings;
 pub mod index;
 mod queries;
+mod replication;
 pub mod views;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use common::Bitfield;
+use common::{Bitfield, PeerId};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::db::Store;
+use crate::db::writer::WriteOp;
 use crate::db::writer::Writer;
-use crate::model::now_ms;
+use crate::model::{TaskKind, now_ms};
+use crate::replication::TaskTable;
 use crate::{Config, Error};
 use auth::Throttle;
 use index::{FileEntry, Holding, Index, PeerEntry};
@@ -48,6 +53,18 @@ struct Inner {
     /// login takes as long whether or not the user exists. Made on first use, so starting
     /// the tracker does not pay for it.
     dummy_hash: tokio::sync::OnceCell<String>,
+    /// The open `Tasks` stream of each node. Lock order: `index`, then this.
+    streams: Mutex<HashMap<PeerId, TaskStream>>,
+    /// Numbers streams, so a closed one is not mistaken for its replacement.
+    next_conn: AtomicU64,
+    /// Wakes the replication planner when files become dirty.
+    wake: Notify,
+}
+
+/// A node's open task stream.
+struct TaskStream {
+    conn: u64,
+    tx: mpsc::Sender<Assignment>,
 }
 
 #[derive(Clone, Debug)]
@@ -75,21 +92,38 @@ impl TrackerService {
             index.insert_file(FileEntry::new(rec));
         }
         for h in store.load_holdings().await? {
-            let Some(f) = index.files.get_mut(&h.file_id) else {
+            let Some(f) = index.files.get(&h.file_id) else {
                 continue;
             };
             match Bitfield::from_bytes(&h.have, f.manifest.chunk_count()) {
                 Ok(have) => {
-                    f.holdings.insert(
-                        h.peer_id,
-                        Holding {
-                            kind: h.kind,
-                            have,
-                            updated_at_ms: h.updated_at_ms,
-                        },
-                    );
+                    let holding = Holding {
+                        kind: h.kind,
+                        have,
+                        updated_at_ms: h.updated_at_ms,
+                    };
+                    index.set_holding(h.file_id, &h.peer_id, holding);
                 }
                 Err(e) => tracing::warn!(file = %h.file_id, cause = %e, "skipping a bad holding"),
+            }
+        }
+        index.tasks = TaskTable::new(store.max_task_id().await?);
+        let mut stale_tasks = Vec::new();
+        for t in store.load_tasks().await? {
+            let bytes = match t.kind {
+                TaskKind::Drop => Some(0),
+                TaskKind::Fetch => index.files.get(&t.file_id).and_then(|f| {
+                    let c = *t.chunks.first()?;
+                    (c < f.manifest.chunk_count()).then(|| {
+                        let r = f.manifest.chunk_range(c);
+                        r.end - r.start
+                    })
+                }),
+            };
+            match bytes {
+                Some(bytes) => index.tasks.insert(t, bytes, true),
+                // A fetch for a file forgotten meanwhile is moot.
+                None => stale_tasks.push(t.id),
             }
         }
         let mut sessions = HashMap::new();
@@ -109,9 +143,13 @@ impl TrackerService {
             files = index.files.len(),
             peers = index.peers.len(),
             sessions = sessions.len(),
+            tasks = index.tasks.len(),
             "loaded state from the database"
         );
         let (writer, handle) = Writer::spawn(store.clone());
+        for id in stale_tasks {
+            writer.send(WriteOp::TaskDelete(id)).await?;
+        }
         let svc = TrackerService {
             inner: Arc::new(Inner {
                 cfg,
@@ -121,6 +159,9 @@ impl TrackerService {
                 sessions: RwLock::new(sessions),
                 throttle: Mutex::new(Throttle::default()),
                 dummy_hash: tokio::sync::OnceCell::new(),
+                streams: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(0),
+                wake: Notify::new(),
             }),
         };
         Ok((svc, handle))
@@ -158,6 +199,11 @@ impl TrackerService {
             .index
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the replication planner that files became dirty.
+    fn wake_planner(&self) {
+        self.inner.wake.notify_one();
     }
 }
 

@@ -156,7 +156,7 @@ impl TrackerService {
                     peers: holders
                         .iter()
                         .filter(|(_, h, _)| h.have.get(i))
-                        .map(|(p, _, up)| ((*p).clone(), *up))
+                        .map(|(p, h, up)| ((*p).clone(), *up, h.kind))
                         .collect(),
                 }
             })
@@ -180,6 +180,8 @@ impl TrackerService {
             users,
             replication,
             files: ix.files.len() as u64,
+            pending_tasks: ix.tasks.len() as u64,
+            delivered_tasks: ix.tasks.delivered() as u64,
             ..Stats::default()
         };
         for p in ix.peers.values() {

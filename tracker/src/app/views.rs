@@ -77,8 +77,8 @@ pub struct ChunkView {
     pub sha256: Sha256Digest,
     /// Serving peers holding it.
     pub copies: u32,
-    /// Every peer holding it, with whether it is up.
-    pub peers: Vec<(PeerId, bool)>,
+    /// Every peer holding it, with whether it is up and why it holds it.
+    pub peers: Vec<(PeerId, bool, HoldingKind)>,
 }
 
 /// A file with its chunk map.
@@ -97,7 +97,10 @@ pub struct Stats {
     pub files: u64,
     pub chunks: u64,
     pub under_replicated_chunks: u64,
+    /// Task rows queued or delivered.
     pub pending_tasks: u64,
+    /// Of those, delivered and not yet completed.
+    pub delivered_tasks: u64,
     pub replication: u32,
 }
 
@@ -125,4 +128,30 @@ pub struct HoldingInput {
     pub kind: HoldingKind,
     /// Bitfield bytes; empty means every chunk.
     pub have: Vec<u8>,
+}
+
+/// One replication task as pushed to its node.
+#[derive(Clone, Debug)]
+pub enum Assignment {
+    Fetch(FetchAssignment),
+    Drop {
+        id: u64,
+        file: FileId,
+        chunks: Vec<u32>,
+    },
+}
+
+/// Fetch one chunk into the node's replica store.
+#[derive(Clone, Debug)]
+pub struct FetchAssignment {
+    pub id: u64,
+    pub file: FileId,
+    pub chunk: u32,
+    pub sha256: Sha256Digest,
+    pub len: u32,
+    pub name: String,
+    pub file_size: u64,
+    pub chunk_size: u32,
+    /// Up peers that hold the chunk now (`have` is `None`).
+    pub sources: Vec<HolderView>,
 }

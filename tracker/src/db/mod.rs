@@ -21,8 +21,11 @@ use sea_orm::{
 };
 
 use crate::Error;
-use crate::model::{FileRecord, HoldingKind, HoldingRecord, PeerRecord, SessionRecord, UserRecord};
-use entities::{files, holdings, peers, sessions, users};
+use crate::model::{
+    FileRecord, HoldingKind, HoldingRecord, PeerRecord, SessionRecord, TaskKind, TaskRecord,
+    TaskState, UserRecord,
+};
+use entities::{files, holdings, peers, sessions, tasks, users};
 use writer::Batch;
 
 /// Rows per multi-row INSERT, well under SQLite's bound-parameter limit.
@@ -159,6 +162,10 @@ impl Store {
                 .filter(holdings::Column::PeerId.is_in(ids.iter().cloned()))
                 .exec(&txn)
                 .await?;
+            tasks::Entity::delete_many()
+                .filter(tasks::Column::PeerId.is_in(ids.iter().cloned()))
+                .exec(&txn)
+                .await?;
         }
         peers::Entity::delete_many()
             .filter(peers::Column::UserId.eq(user.id))
@@ -289,6 +296,57 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored replication task, by id.
+    pub async fn load_tasks(&self) -> Result<Vec<TaskRecord>, Error> {
+        let rows = tasks::Entity::find()
+            .order_by_asc(tasks::Column::Id)
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for m in rows {
+            let chunks: Result<Vec<u32>, _> = m
+                .chunks
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::parse)
+                .collect();
+            let (Ok(peer_id), Ok(file_id), Some(kind), Some(state), Ok(chunks), Ok(id)) = (
+                m.peer_id.parse(),
+                m.file_id.parse(),
+                TaskKind::from_code(m.kind),
+                TaskState::from_code(m.state),
+                chunks,
+                u64::try_from(m.id),
+            ) else {
+                tracing::warn!(task = m.id, "skipping a bad task");
+                continue;
+            };
+            out.push(TaskRecord {
+                id,
+                peer_id,
+                kind,
+                file_id,
+                chunks,
+                state,
+                attempts: u32::try_from(m.attempts).unwrap_or(0),
+                next_attempt_at_ms: m.next_attempt_at,
+                lease_until_ms: m.lease_until,
+                last_error: m.last_error,
+                created_at_ms: m.created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The largest task id ever stored (0 if none), so new ids never reuse a stored one.
+    pub async fn max_task_id(&self) -> Result<u64, Error> {
+        let last = tasks::Entity::find()
+            .order_by_desc(tasks::Column::Id)
+            .one(&self.db)
+            .await?;
+        Ok(last.map_or(0, |m| u64::try_from(m.id).unwrap_or(0)))
+    }
+
     /// Writes one coalesced batch in one transaction.
     ///
     /// # Errors
@@ -365,6 +423,37 @@ impl Store {
                     .await?;
             }
         }
+        let mut task_rows = Vec::new();
+        let mut task_deletes = Vec::new();
+        for (id, t) in &batch.tasks {
+            match t {
+                Some(t) => task_rows.push(task_model(t)),
+                None => task_deletes.push(i64::try_from(*id).unwrap_or(i64::MAX)),
+            }
+        }
+        for chunk in task_rows.chunks(INSERT_CHUNK) {
+            tasks::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::column(tasks::Column::Id)
+                        .update_columns([
+                            tasks::Column::Chunks,
+                            tasks::Column::State,
+                            tasks::Column::Attempts,
+                            tasks::Column::NextAttemptAt,
+                            tasks::Column::LeaseUntil,
+                            tasks::Column::LastError,
+                        ])
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for ids in task_deletes.chunks(INSERT_CHUNK) {
+            tasks::Entity::delete_many()
+                .filter(tasks::Column::Id.is_in(ids.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -435,5 +524,22 @@ fn holding_model(h: &HoldingRecord) -> holdings::ActiveModel {
         kind: Set(h.kind.code()),
         have: Set(h.have.clone()),
         updated_at: Set(h.updated_at_ms),
+    }
+}
+
+fn task_model(t: &TaskRecord) -> tasks::ActiveModel {
+    let chunks: Vec<String> = t.chunks.iter().map(u32::to_string).collect();
+    tasks::ActiveModel {
+        id: Set(i64::try_from(t.id).unwrap_or(i64::MAX)),
+        peer_id: Set(t.peer_id.to_string()),
+        kind: Set(t.kind.code()),
+        file_id: Set(t.file_id.to_string()),
+        chunks: Set(chunks.join(",")),
+        state: Set(t.state.code()),
+        attempts: Set(i32::try_from(t.attempts).unwrap_or(i32::MAX)),
+        next_attempt_at: Set(t.next_attempt_at_ms),
+        lease_until: Set(t.lease_until_ms),
+        last_error: Set(t.last_error.clone()),
+        created_at: Set(t.created_at_ms),
     }
 }

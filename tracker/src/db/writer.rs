@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::Store;
 use crate::Error;
-use crate::model::{FileRecord, HoldingRecord, PeerRecord};
+use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 
 /// How long an update may wait before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -39,10 +39,13 @@ pub enum WriteOp {
     HoldingDelete(PeerId, FileId),
     /// Delete every holding of a peer (the start of a full sync).
     ClearHoldings(PeerId),
+    /// Insert or update a replication task.
+    Task(TaskRecord),
+    TaskDelete(u64),
 }
 
 /// Coalesced changes, written in one transaction in this order: peers, new files, cleared
-/// peers' holdings, holding upserts and deletes, deleted files.
+/// peers' holdings, holding upserts and deletes, deleted files, task upserts and deletes.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub peers: HashMap<PeerId, PeerRecord>,
@@ -51,6 +54,8 @@ pub struct Batch {
     pub cleared: HashSet<PeerId>,
     /// `None` deletes the holding.
     pub holdings: HashMap<(PeerId, FileId), Option<HoldingRecord>>,
+    /// `None` deletes the task.
+    pub tasks: HashMap<u64, Option<TaskRecord>>,
     ops: usize,
 }
 
@@ -80,6 +85,12 @@ impl Batch {
                 // runs before the holding changes that follow it.
                 self.holdings.retain(|(peer, _), _| *peer != p);
                 self.cleared.insert(p);
+            }
+            WriteOp::Task(t) => {
+                self.tasks.insert(t.id, Some(t));
+            }
+            WriteOp::TaskDelete(id) => {
+                self.tasks.insert(id, None);
             }
         }
     }

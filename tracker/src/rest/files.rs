@@ -103,6 +103,8 @@ pub async fn h_files_search(
 pub struct ChunkPeerJson {
     id: String,
     state: &'static str,
+    /// `shared`, `downloaded` or `replica`.
+    kind: &'static str,
 }
 
 #[derive(Serialize)]
@@ -138,9 +140,10 @@ impl From<FileDetail> for FileDetailJson {
                     peers: c
                         .peers
                         .into_iter()
-                        .map(|(id, up)| ChunkPeerJson {
+                        .map(|(id, up, kind)| ChunkPeerJson {
                             id: id.to_string(),
                             state: if up { "up" } else { "down" },
+                            kind: kind.as_str(),
                         })
                         .collect(),
                 })

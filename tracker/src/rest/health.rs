@@ -34,6 +34,7 @@ pub struct StatsJson {
     chunks: u64,
     under_replicated_chunks: u64,
     pending_tasks: u64,
+    delivered_tasks: u64,
     replication: u32,
 }
 
@@ -47,6 +48,7 @@ pub async fn h_stats(State(svc): State<TrackerService>) -> Result<Json<StatsJson
         chunks: s.chunks,
         under_replicated_chunks: s.under_replicated_chunks,
         pending_tasks: s.pending_tasks,
+        delivered_tasks: s.delivered_tasks,
         replication: s.replication,
     }))
 }

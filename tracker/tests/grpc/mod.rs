@@ -8,6 +8,7 @@ use tonic::Code;
 use tracker::Config;
 
 mod persistence;
+mod replication;
 
 use crate::common::{
     TestTracker, announce, authed, heartbeat, manifest, peer_id, register, within,

@@ -216,8 +216,8 @@ async fn should_list_files_peers_and_chunk_maps() {
         assert_eq!(map[0]["copies"], 1);
         let peers0 = map[0]["peers"].as_array().unwrap();
         assert_eq!(peers0.len(), 2);
-        assert!(peers0.contains(&json!({"id": p2, "state": "down"})));
-        assert!(peers0.contains(&json!({"id": p1, "state": "up"})));
+        assert!(peers0.contains(&json!({"id": p2, "state": "down", "kind": "downloaded"})));
+        assert!(peers0.contains(&json!({"id": p1, "state": "up", "kind": "shared"})));
         assert_eq!(map[1]["peers"].as_array().unwrap().len(), 1);
 
         assert_eq!(

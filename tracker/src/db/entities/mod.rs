@@ -4,4 +4,5 @@ pub mod files;
 pub mod holdings;
 pub mod peers;
 pub mod sessions;
+pub mod tasks;
 pub mod users;

@@ -1,0 +1,671 @@
+//! The node's replica store: chunks the tracker asked this node to keep for other people's
+//! files, within `--storage-quota`.
+//!
+//! Each chunk is one file, `HOME/replicas/<file_id>/<chunk>.chunk`, holding exactly that
+//! chunk's bytes (verified before it was written). A `replica` store record per file
+//! (`HOME/store/<file_id>.json`) says which chunks are there, so the node serves them like
+//! any other holding and reports them in SyncHoldings.
+//!
+//! Accounting: `used` counts the bytes of the chunks the records list (each at the chunk's
+//! exact length), recomputed from disk at start and by [`ReplicaStore::rescan`]; a fetch
+//! first [`ReplicaStore::reserve`]s its bytes, so concurrent fetches can never together pass
+//! the quota, and a failed fetch gives them back when its [`Reservation`] is dropped.
+//!
+//! Every change to the chunk files and replica records happens under one lock, so a drop
+//! never races a fetch of the same file. The user's shared and downloaded files and their
+//! records are never touched: a record that is not a replica is left as it is.
+//!
+//! - [`tasks`]: carrying out the tracker's fetch and drop tasks, and the task stream.
+
+pub mod tasks;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use common::{Bitfield, FileId};
+
+use crate::home::{Home, Kind, StoreRecord};
+
+/// Most chunks a replica record may have (a 16 TiB file at the largest chunk size); a task
+/// for a bigger file is refused rather than allocating a huge bitfield.
+pub const MAX_REPLICA_CHUNKS: u64 = 1 << 20;
+
+/// What a task says about the file a replica chunk belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub file_id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u32,
+}
+
+impl FileMeta {
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u64 {
+        common::manifest::chunk_count(self.size, self.chunk_size)
+    }
+
+    /// Exact length of chunk `i`, or `None` if the file has no such chunk.
+    pub fn chunk_len(&self, i: u32) -> Option<u64> {
+        chunk_len(self.size, self.chunk_size, i)
+    }
+}
+
+/// Exact length of chunk `i` of a file of `size` bytes cut into `chunk_size` chunks.
+pub fn chunk_len(size: u64, chunk_size: u32, i: u32) -> Option<u64> {
+    let start = i as u64 * chunk_size as u64;
+    (chunk_size > 0 && start < size).then(|| (size - start).min(chunk_size as u64))
+}
+
+/// What this node holds of a chunk, as a fetch task sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing: the chunk may be fetched.
+    Nothing,
+    /// A replica of this chunk is already here.
+    Replica,
+    /// The file is one of the user's own (shared or downloaded): never replicated here.
+    OwnFile,
+}
+
+/// How [`ReplicaStore::store_chunk`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The chunk is now kept here.
+    New,
+    /// Another task stored it meanwhile.
+    AlreadyHeld,
+    /// The file became one of the user's own meanwhile (a `peer get`); nothing was kept.
+    OwnFile,
+}
+
+#[derive(Debug, Default)]
+struct Acct {
+    /// Bytes of the chunks on disk that replica records list.
+    used: u64,
+    /// Bytes promised to fetches in progress.
+    reserved: u64,
+}
+
+/// The replica store of one home. Its methods do blocking I/O: call them off the async
+/// threads (`spawn_blocking`).
+#[derive(Debug)]
+pub struct ReplicaStore {
+    home: Home,
+    quota: u64,
+    acct: Mutex<Acct>,
+    /// Held while chunk files or replica records change (lock order: `disk`, then `acct`).
+    disk: Mutex<()>,
+}
+
+/// Bytes reserved for one fetch; given back on drop unless the chunk was stored.
+#[derive(Debug)]
+pub struct Reservation {
+    store: Arc<ReplicaStore>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut a = self.store.acct();
+            a.reserved = a.reserved.saturating_sub(self.bytes);
+        }
+    }
+}
+
+impl ReplicaStore {
+    /// Opens the store of `home` offering `quota` bytes, and counts what is on disk (see
+    /// [`ReplicaStore::rescan`]).
+    ///
+    /// # Errors
+    /// When the home's store cannot be read.
+    pub fn open(home: Home, quota: u64) -> anyhow::Result<Arc<Self>> {
+        let store = Arc::new(Self {
+            home,
+            quota,
+            acct: Mutex::default(),
+            disk: Mutex::default(),
+        });
+        store.reconcile(true)?;
+        Ok(store)
+    }
+
+    fn acct(&self) -> MutexGuard<'_, Acct> {
+        self.acct.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn disk(&self) -> MutexGuard<'_, ()> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    /// Bytes of replica chunks held on disk.
+    pub fn used(&self) -> u64 {
+        self.acct().used
+    }
+
+    /// Bytes promised to fetches in progress.
+    pub fn reserved(&self) -> u64 {
+        self.acct().reserved
+    }
+
+    /// Reserves `bytes` for a fetch, or `None` if held plus reserved bytes would pass the
+    /// quota.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let mut a = self.acct();
+        let total = a.used.checked_add(a.reserved)?.checked_add(bytes)?;
+        if total > self.quota {
+            return None;
+        }
+        a.reserved += bytes;
+        Some(Reservation {
+            store: self.clone(),
+            bytes,
+        })
+    }
+
+    /// What this node holds of chunk `chunk` of `id`.
+    ///
+    /// # Errors
+    /// When the record cannot be read.
+    pub fn holding(&self, id: &FileId, chunk: u32) -> anyhow::Result<Holding> {
+        Ok(match self.home.record(id)? {
+            None => Holding::Nothing,
+            Some(r) if r.kind != Kind::Replica => Holding::OwnFile,
+            Some(r) if chunk < r.chunk_count() && r.have_bits().get(chunk) => Holding::Replica,
+            Some(_) => Holding::Nothing,
+        })
+    }
+
+    /// Keeps `data` (already verified as chunk `chunk` of `meta`) as a replica: written to
+    /// a temporary file, synced, renamed into place, then recorded. The reservation becomes
+    /// used bytes if the chunk is new, and is given back otherwise.
+    ///
+    /// # Errors
+    /// On I/O errors (nothing is then kept and the reservation is given back), or when
+    /// `data` is not the chunk's exact length.
+    pub fn store_chunk(
+        &self,
+        meta: &FileMeta,
+        chunk: u32,
+        data: &[u8],
+        mut res: Reservation,
+    ) -> anyhow::Result<Stored> {
+        let len = meta
+            .chunk_len(chunk)
+            .with_context(|| format!("chunk {chunk} is past the end of the file"))?;
+        anyhow::ensure!(
+            data.len() as u64 == len && res.bytes >= len,
+            "chunk {chunk} has {} bytes, expected {len}",
+            data.len()
+        );
+        let dir = self.home.replica_dir(&meta.file_id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = crate::home::write_temp_beside(&dir.join(format!("{chunk}.chunk")), data, 0o600)
+            .with_context(|| format!("cannot write a chunk into {}", dir.display()))?;
+        let result = self.commit_chunk(meta, chunk, len, &tmp, &mut res);
+        if !matches!(result, Ok(Stored::New)) {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Renames the temp file into place and records the chunk, under the disk lock.
+    fn commit_chunk(
+        &self,
+        meta: &FileMeta,
+        chunk: u32,
+        len: u64,
+        tmp: &Path,
+        res: &mut Reservation,
+    ) -> anyhow::Result<Stored> {
+        let _disk = self.disk();
+        let mut rec = match self.home.record(&meta.file_id)? {
+            Some(r) if r.kind != Kind::Replica => return Ok(Stored::OwnFile),
+            Some(r) => {
+                anyhow::ensure!(
+                    r.size == meta.size && r.chunk_size == meta.chunk_size,
+                    "the replica record of {} has another layout",
+                    meta.file_id
+                );
+                r
+            }
+            None => new_record(&self.home, meta),
+        };
+        let mut have = rec.have_bits();
+        if have.get(chunk) {
+            return Ok(Stored::AlreadyHeld);
+        }
+        let path = self.home.replica_chunk_path(&meta.file_id, chunk);
+        fs::rename(tmp, &path).with_context(|| format!("cannot create {}", path.display()))?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")));
+        have.set(chunk);
+        set_have(&mut rec, &have);
+        if let Err(e) = self.home.save_record(&rec) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let mut a = self.acct();
+        a.reserved = a.reserved.saturating_sub(res.bytes);
+        a.used += len;
+        res.bytes = 0;
+        Ok(Stored::New)
+    }
+
+    /// Deletes the replica copies of `chunks` of `id` and returns the bytes freed. The
+    /// record and the directory go when no chunk is left. A file that is not a replica here
+    /// (the user's own, or unknown) is left alone and frees nothing.
+    ///
+    /// # Errors
+    /// When the record cannot be read or written, or a chunk file cannot be deleted.
+    pub fn drop_chunks(&self, id: &FileId, chunks: &[u32]) -> anyhow::Result<u64> {
+        let _disk = self.disk();
+        let mut rec = match self.home.record(id)? {
+            Some(r) if r.kind == Kind::Replica => r,
+            _ => return Ok(0),
+        };
+        let mut have = rec.have_bits();
+        let mut freed = 0;
+        for &c in chunks {
+            if c >= have.len() || !have.get(c) {
+                continue;
+            }
+            remove_file_if_exists(&self.home.replica_chunk_path(id, c))?;
+            have.clear(c);
+            freed += chunk_len(rec.size, rec.chunk_size, c).unwrap_or(0);
+        }
+        let result = if have.count() == 0 {
+            self.home.delete_record(id).map(|_| ())
+        } else {
+            set_have(&mut rec, &have);
+            self.home.save_record(&rec)
+        };
+        {
+            let mut a = self.acct();
+            a.used = a.used.saturating_sub(freed);
+        }
+        result?;
+        if have.count() == 0 {
+            // Fails (and is left) while a fetch of another chunk still has a temp file in it.
+            let _ = fs::remove_dir(self.home.replica_dir(id));
+        }
+        Ok(freed)
+    }
+
+    /// Deletes every replica chunk of `id` (the tracker no longer knows the file).
+    ///
+    /// # Errors
+    /// As [`ReplicaStore::drop_chunks`].
+    pub fn forget(&self, id: &FileId) -> anyhow::Result<u64> {
+        let all: Vec<u32> = match self.home.record(id)? {
+            Some(r) if r.kind == Kind::Replica => (0..r.chunk_count()).collect(),
+            _ => return Ok(0),
+        };
+        self.drop_chunks(id, &all)
+    }
+
+    /// Makes the disk and the records agree, and recounts `used`: a listed chunk whose file
+    /// is missing or has the wrong length is unlisted; chunk files no record lists, leftover
+    /// temp files, and directories of files that are no longer replicas (a `peer get` took
+    /// the file over) are deleted; temp files only at start, when no fetch is running.
+    /// Returns the bytes held.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn rescan(&self) -> anyhow::Result<u64> {
+        self.reconcile(false)
+    }
+
+    fn reconcile(&self, at_start: bool) -> anyhow::Result<u64> {
+        let _disk = self.disk();
+        let mut used = 0u64;
+        let records = self.home.records()?;
+        let mut kept: HashMap<FileId, Bitfield> = HashMap::new();
+        for mut rec in records.into_iter().filter(|r| r.kind == Kind::Replica) {
+            let id = &rec.file_id.clone();
+            let mut have = rec.have_bits();
+            let before = have.count();
+            for c in have.clone().iter_ones() {
+                let want = chunk_len(rec.size, rec.chunk_size, c);
+                let got = fs::metadata(self.home.replica_chunk_path(id, c)).map(|m| m.len());
+                match (want, got) {
+                    (Some(w), Ok(g)) if w == g => used += w,
+                    _ => {
+                        tracing::warn!(file = %id, chunk = c, "replica chunk missing or damaged; forgetting it");
+                        let _ = fs::remove_file(self.home.replica_chunk_path(id, c));
+                        have.clear(c);
+                    }
+                }
+            }
+            if have.count() == 0 {
+                self.home.delete_record(id)?;
+            } else if have.count() != before {
+                set_have(&mut rec, &have);
+                self.home.save_record(&rec)?;
+            }
+            kept.insert(*id, have);
+        }
+        self.sweep(&kept, at_start)?;
+        self.acct().used = used;
+        Ok(used)
+    }
+
+    /// Deletes what no replica record accounts for under `replicas/`: chunk files not
+    /// listed (all of them for a file that is not a replica), stray entries, and, when
+    /// `temps` (at start, when no fetch can be running), leftover temp files.
+    fn sweep(&self, kept: &HashMap<FileId, Bitfield>, temps: bool) -> io::Result<()> {
+        let root = self.home.replicas_dir();
+        let entries = match fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if !entry.file_type()?.is_dir() {
+                fs::remove_file(&path)?;
+                continue;
+            }
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<FileId>().ok());
+            let empty = Bitfield::new(0);
+            let have = id.and_then(|id| kept.get(&id)).unwrap_or(&empty);
+            for f in fs::read_dir(&path)? {
+                let f = f?;
+                let name = f.file_name();
+                let name = name.to_str().unwrap_or("");
+                if name.ends_with(".tmp") && !temps {
+                    continue;
+                }
+                let listed = name
+                    .strip_suffix(".chunk")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|c| c < have.len() && have.get(c));
+                if listed {
+                    continue;
+                }
+                if f.file_type()?.is_dir() {
+                    fs::remove_dir_all(f.path())?;
+                } else {
+                    fs::remove_file(f.path())?;
+                }
+            }
+            if have.count() == 0 {
+                // Fails (and is left) while a fetch still has a temp file in it.
+                let _ = fs::remove_dir(&path);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new, empty replica record for `meta`.
+fn new_record(home: &Home, meta: &FileMeta) -> StoreRecord {
+    StoreRecord {
+        file_id: meta.file_id,
+        name: meta.name.clone(),
+        size: meta.size,
+        sha256: String::new(),
+        chunk_size: meta.chunk_size,
+        chunk_hashes: Vec::new(),
+        kind: Kind::Replica,
+        path: home.replica_dir(&meta.file_id),
+        complete: false,
+        have: hex::encode(Bitfield::new(meta.chunk_count() as u32).as_bytes()),
+        file_len: None,
+        mtime_ns: None,
+        changed: false,
+    }
+}
+
+fn set_have(rec: &mut StoreRecord, have: &Bitfield) {
+    rec.have = hex::encode(have.as_bytes());
+    rec.complete = have.is_complete();
+}
+
+/// Makes a rename in `dir` durable (best effort).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
+    crate::home::remove_if_exists(path).map(|_| ())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use common::Sha256Digest;
+    use std::sync::atomic::Ordering;
+
+    pub(crate) const MIB: u32 = 1 << 20;
+
+    /// A file of 2.5 MiB: chunks of 1 MiB, 1 MiB and 0.5 MiB.
+    pub(crate) fn meta(tag: &[u8]) -> FileMeta {
+        FileMeta {
+            file_id: FileId(Sha256Digest::of(tag)),
+            name: "movie.mkv".into(),
+            size: 2 * MIB as u64 + MIB as u64 / 2,
+            chunk_size: MIB,
+        }
+    }
+
+    pub(crate) fn chunk(m: &FileMeta, i: u32) -> Vec<u8> {
+        vec![i as u8 + 1; m.chunk_len(i).unwrap() as usize]
+    }
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        (tmp, home)
+    }
+
+    fn put(s: &Arc<ReplicaStore>, m: &FileMeta, i: u32) -> Stored {
+        let data = chunk(m, i);
+        let res = s.reserve(data.len() as u64).unwrap();
+        s.store_chunk(m, i, &data, res).unwrap()
+    }
+
+    #[test]
+    fn chunk_lengths_follow_the_layout() {
+        let m = meta(b"a");
+        assert_eq!(m.chunk_count(), 3);
+        assert_eq!(m.chunk_len(0), Some(MIB as u64));
+        assert_eq!(m.chunk_len(2), Some(MIB as u64 / 2));
+        assert_eq!(m.chunk_len(3), None);
+        assert_eq!(chunk_len(0, MIB, 0), None);
+    }
+
+    #[test]
+    fn should_write_read_and_drop_replica_chunks() {
+        let (_t, home) = home();
+        let s = ReplicaStore::open(home.clone(), 10 * MIB as u64).unwrap();
+        let m = meta(b"a");
+        assert_eq!(s.holding(&m.file_id, 2).unwrap(), Holding::Nothing);
+        assert_eq!(put(&s, &m, 2), Stored::New);
+        assert_eq!(put(&s, &m, 0), Stored::New);
+        assert_eq!(put(&s, &m, 0), Stored::AlreadyHeld);
+        assert_eq!(s.used(), MIB as u64 + MIB as u64 / 2);
+        assert_eq!(s.reserved(), 0);
+        assert_eq!(s.holding(&m.file_id, 2).unwrap(), Holding::Replica);
+        assert_eq!(s.holding(&m.file_id, 1).unwrap(), Holding::Nothing);
+
+        let rec = home.record(&m.file_id).unwrap().unwrap();
+        assert_eq!(rec.kind, Kind::Replica);
+        assert_eq!(rec.chunk_count(), 3);
+        assert_eq!(rec.have_bits().iter_ones().collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(rec.path, home.replica_dir(&m.file_id));
+        assert!(!rec.complete);
+        assert!(rec.manifest().is_err(), "a replica has no manifest");
+        let bytes = fs::read(home.replica_chunk_path(&m.file_id, 2)).unwrap();
+        assert_eq!(bytes, chunk(&m, 2));
+        let names: Vec<_> = fs::read_dir(home.replica_dir(&m.file_id))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "no temp files left: {names:?}");
+
+        assert_eq!(
+            s.drop_chunks(&m.file_id, &[2, 1, 99]).unwrap(),
+            MIB as u64 / 2
+        );
+        assert_eq!(s.used(), MIB as u64);
+        assert!(!home.replica_chunk_path(&m.file_id, 2).exists());
+        assert_eq!(s.drop_chunks(&m.file_id, &[0]).unwrap(), MIB as u64);
+        assert_eq!(s.used(), 0);
+        assert!(home.record(&m.file_id).unwrap().is_none());
+        assert!(!home.replica_dir(&m.file_id).exists());
+    }
+
+    #[test]
+    fn should_refuse_chunks_of_the_wrong_length() {
+        let (_t, home) = home();
+        let s = ReplicaStore::open(home, 10 * MIB as u64).unwrap();
+        let m = meta(b"a");
+        let res = s.reserve(MIB as u64).unwrap();
+        assert!(s.store_chunk(&m, 2, &chunk(&m, 0), res).is_err());
+        assert_eq!((s.used(), s.reserved()), (0, 0));
+    }
+
+    #[test]
+    fn should_never_pass_the_quota_under_concurrent_reservations() {
+        let (_t, home) = home();
+        let quota = 5 * MIB as u64;
+        let s = ReplicaStore::open(home, quota).unwrap();
+        let granted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..16 {
+                sc.spawn(|| {
+                    if let Some(r) = s.reserve(MIB as u64) {
+                        granted.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        std::mem::forget(r);
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::SeqCst), 5);
+        assert_eq!(s.reserved(), quota);
+        assert!(s.reserve(1).is_none());
+    }
+
+    #[test]
+    fn should_give_reserved_bytes_back_when_a_fetch_fails() {
+        let (_t, home) = home();
+        let s = ReplicaStore::open(home, 2 * MIB as u64).unwrap();
+        let m = meta(b"a");
+        let a = s.reserve(MIB as u64).unwrap();
+        let b = s.reserve(MIB as u64).unwrap();
+        assert!(s.reserve(1).is_none());
+        drop(a);
+        assert_eq!(s.reserved(), MIB as u64);
+        s.store_chunk(&m, 0, &chunk(&m, 0), b).unwrap();
+        assert_eq!((s.used(), s.reserved()), (MIB as u64, 0));
+        assert!(s.reserve(MIB as u64).is_some());
+        assert!(s.reserve(MIB as u64 + 1).is_none());
+        let zero = ReplicaStore::open(Home::open(Some(_t.path().join("z"))).unwrap(), 0).unwrap();
+        assert!(zero.reserve(1).is_none());
+    }
+
+    #[test]
+    fn should_count_used_bytes_at_startup_and_clean_up_leftovers() {
+        let (_t, home) = home();
+        let (a, b) = (meta(b"a"), meta(b"b"));
+        {
+            let s = ReplicaStore::open(home.clone(), 100 * MIB as u64).unwrap();
+            for i in 0..3 {
+                put(&s, &a, i);
+            }
+            put(&s, &b, 1);
+            put(&s, &b, 2);
+        }
+        // A chunk vanished, one was truncated, a temp file and a stray directory remain.
+        fs::remove_file(home.replica_chunk_path(&a.file_id, 1)).unwrap();
+        fs::write(home.replica_chunk_path(&b.file_id, 1), b"short").unwrap();
+        fs::write(home.replica_dir(&a.file_id).join(".0.chunk.1.2.tmp"), b"x").unwrap();
+        let stray = home.replica_dir(&FileId(Sha256Digest::of(b"stray")));
+        fs::create_dir_all(&stray).unwrap();
+        fs::write(stray.join("0.chunk"), b"x").unwrap();
+
+        let s = ReplicaStore::open(home.clone(), 100 * MIB as u64).unwrap();
+        assert_eq!(s.used(), 2 * MIB as u64);
+        let ra = home.record(&a.file_id).unwrap().unwrap();
+        assert_eq!(ra.have_bits().iter_ones().collect::<Vec<_>>(), [0, 2]);
+        let rb = home.record(&b.file_id).unwrap().unwrap();
+        assert_eq!(rb.have_bits().iter_ones().collect::<Vec<_>>(), [2]);
+        assert!(!stray.exists());
+        assert_eq!(
+            fs::read_dir(home.replica_dir(&a.file_id)).unwrap().count(),
+            2
+        );
+    }
+
+    #[test]
+    fn should_reconcile_while_running_without_breaking_fetches() {
+        let (_t, home) = home();
+        let s = ReplicaStore::open(home.clone(), 100 * MIB as u64).unwrap();
+        let m = meta(b"a");
+        put(&s, &m, 0);
+        put(&s, &m, 2);
+        // A fetch in progress has its temp file written; the periodic rescan leaves it.
+        let tmp = home.replica_dir(&m.file_id).join(".1.chunk.9.9.tmp");
+        fs::write(&tmp, b"partial").unwrap();
+        let fresh = meta(b"new");
+        fs::create_dir_all(home.replica_dir(&fresh.file_id)).unwrap();
+        let fresh_tmp = home.replica_dir(&fresh.file_id).join(".0.chunk.9.9.tmp");
+        fs::write(&fresh_tmp, b"partial").unwrap();
+        assert_eq!(s.rescan().unwrap(), MIB as u64 + MIB as u64 / 2);
+        assert!(tmp.exists() && fresh_tmp.exists());
+
+        // A `peer get` took the file over: its replica chunks go, and so do their bytes.
+        let mut rec = home.record(&m.file_id).unwrap().unwrap();
+        rec.kind = Kind::Downloaded;
+        rec.path = _t.path().join("movie.mkv");
+        home.save_record(&rec).unwrap();
+        assert_eq!(s.rescan().unwrap(), 0);
+        assert_eq!(s.used(), 0);
+        assert!(!home.replica_chunk_path(&m.file_id, 0).exists());
+        assert_eq!(home.record(&m.file_id).unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn should_never_touch_a_users_own_file() {
+        let (_t, home) = home();
+        let s = ReplicaStore::open(home.clone(), 100 * MIB as u64).unwrap();
+        let m = meta(b"own");
+        let mut rec = new_record(&home, &m);
+        rec.kind = Kind::Shared;
+        rec.path = _t.path().join("mine.mkv");
+        rec.have = hex::encode(Bitfield::full(3).as_bytes());
+        rec.complete = true;
+        fs::write(&rec.path, b"mine").unwrap();
+        home.save_record(&rec).unwrap();
+
+        assert_eq!(s.holding(&m.file_id, 0).unwrap(), Holding::OwnFile);
+        assert_eq!(put(&s, &m, 0), Stored::OwnFile);
+        assert_eq!(s.used(), 0);
+        assert_eq!(s.drop_chunks(&m.file_id, &[0, 1, 2]).unwrap(), 0);
+        assert_eq!(s.forget(&m.file_id).unwrap(), 0);
+        assert_eq!(s.rescan().unwrap(), 0);
+        assert_eq!(home.record(&m.file_id).unwrap(), Some(rec.clone()));
+        assert_eq!(fs::read(&rec.path).unwrap(), b"mine");
+    }
+}
