@@ -10,6 +10,7 @@
 //! - [`manifest`]: chunk layout, the content id, and streaming file hashing.
 //! - [`bitfield`]: which chunks a holder has.
 //! - [`filetype`]: the `type` of a file, from its extension.
+//! - [`ticket`]: the tracker's signed, short-lived permission to fetch chunks of a file.
 //! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
 //! - [`names`]: sanitising hostile file names and escaping text for terminals.
 
@@ -19,6 +20,7 @@ pub mod hash;
 pub mod ids;
 pub mod manifest;
 pub mod names;
+pub mod ticket;
 pub mod units;
 
 pub use bitfield::Bitfield;
@@ -26,3 +28,4 @@ pub use filetype::FileType;
 pub use hash::Sha256Digest;
 pub use ids::{FileId, PeerId};
 pub use manifest::{Manifest, ManifestError};
+pub use ticket::{Ticket, TicketClaims, TicketError, TicketSigner, TicketVerifier};

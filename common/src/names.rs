@@ -32,7 +32,9 @@ pub fn safe_file_name(untrusted: &str) -> String {
     if reserved {
         s.insert(0, '_');
     }
-    truncate_keeping_extension(s, MAX_COMPONENT)
+    let s = truncate_keeping_extension(s, MAX_COMPONENT);
+    // A cut can end on a dot or a space, which the trimming above exists to prevent.
+    s.trim_end_matches(['.', ' ']).to_string()
 }
 
 fn truncate_keeping_extension(s: String, max: usize) -> String {
@@ -91,6 +93,14 @@ mod tests {
             let safe = safe_file_name(s);
             assert!(!safe.contains('/') && safe != "." && safe != "..");
         }
+    }
+
+    #[test]
+    fn a_cut_never_leaves_a_trailing_dot() {
+        let long = format!("{}.{}", "a".repeat(254), "b".repeat(300));
+        let safe = safe_file_name(&long);
+        assert_eq!(safe, "a".repeat(254));
+        assert_eq!(safe_file_name(&safe), safe);
     }
 
     #[test]

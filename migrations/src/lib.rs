@@ -15,6 +15,7 @@ mod m20261121_000003_create_peers;
 mod m20261121_000004_create_files;
 mod m20261121_000005_create_holdings;
 mod m20261122_000006_create_tasks;
+mod m20261124_000007_create_tracker_keys;
 
 /// Every migration of the tracker's schema, in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000004_create_files::Migration),
             Box::new(m20261121_000005_create_holdings::Migration),
             Box::new(m20261122_000006_create_tasks::Migration),
+            Box::new(m20261124_000007_create_tracker_keys::Migration),
         ]
     }
 }

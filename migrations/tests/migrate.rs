@@ -10,7 +10,15 @@ async fn should_apply_roll_back_and_reapply_every_migration() {
     let db = Database::connect(&url).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     let manager = migrations::SchemaManager::new(&db);
-    for table in ["users", "sessions", "peers", "files", "holdings", "tasks"] {
+    for table in [
+        "users",
+        "sessions",
+        "peers",
+        "files",
+        "holdings",
+        "tasks",
+        "tracker_keys",
+    ] {
         assert!(manager.has_table(table).await.unwrap(), "{table}");
     }
     Migrator::down(&db, None).await.unwrap();

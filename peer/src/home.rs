@@ -4,6 +4,8 @@
 //! identity.json      {peer_id}                         made once
 //! session.json       {user, token, expires_at_ms}      mode 0600
 //! settings.json      {trackers: [..]}                  saved by register/login
+//! tracker_key.json   {public_key}                      the tracker's ticket key (hex), saved
+//!                                                      by register/login and by `serve`
 //! node.json          {pid, addr, local_addr, peer_id, started_at_ms,
 //!                     storage_quota, storage_used, tasks_connected}   while `serve` runs
 //! store/<id>.json    one StoreRecord per file this peer shares or holds
@@ -39,6 +41,14 @@ pub struct SessionFile {
     pub user: String,
     pub token: String,
     pub expires_at_ms: i64,
+}
+
+/// The tracker's public ticket key, so a restarted node can check tickets before the
+/// tracker answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TrackerKeyFile {
+    /// 32 bytes as 64 hex digits.
+    public_key: String,
 }
 
 /// Settings kept between runs.
@@ -269,6 +279,19 @@ impl Home {
 
     pub fn save_settings(&self, s: &Settings) -> anyhow::Result<()> {
         write_json(&self.dir.join("settings.json"), s, 0o600)
+    }
+
+    /// The tracker's ticket key as last learnt (`None` if never, or unreadable).
+    pub fn tracker_key(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let f: Option<TrackerKeyFile> = read_json(&self.dir.join("tracker_key.json"))?;
+        Ok(f.and_then(|f| hex::decode(f.public_key).ok()))
+    }
+
+    pub fn save_tracker_key(&self, key: &[u8]) -> anyhow::Result<()> {
+        let f = TrackerKeyFile {
+            public_key: hex::encode(key),
+        };
+        write_json(&self.dir.join("tracker_key.json"), &f, 0o600)
     }
 
     pub fn node(&self) -> anyhow::Result<Option<NodeFile>> {

@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(peer::commands::run(cli));
+    let result = runtime.block_on(async {
+        survive_file_size_limit();
+        peer::commands::run(cli).await
+    });
     // Don't wait for lingering blocking tasks (hashing threads of a failed command).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
@@ -40,5 +43,16 @@ fn main() -> ExitCode {
             peer::output::report_error(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`) raises SIGXFSZ, whose default action kills
+/// the process without a word, leaving no error line. With a handler installed the write
+/// fails with `EFBIG` instead, so the download reports it and keeps its part file. (Tokio
+/// keeps its handler installed for the life of the process, so dropping the stream is fine.)
+fn survive_file_size_limit() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+        tracing::debug!("cannot handle SIGXFSZ: {e}");
     }
 }

@@ -14,17 +14,23 @@
 //!
 //! Replica chunks (kind `replica`) are served from their chunk files
 //! (`HOME/replicas/<id>/<chunk>.chunk`), only the chunks the record lists.
+//!
+//! Every `GetChunks` must carry a ticket the tracker signed for the requested file; it is
+//! checked against the tracker's public key ([`TrackerKey`], learnt from heartbeats and
+//! kept in the home) before anything else is looked at, with no call to the tracker. A
+//! missing, forged, altered or expired ticket is UNAUTHENTICATED, one for another file is
+//! PERMISSION_DENIED, and until the key is known every request is UNAVAILABLE "not ready".
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Bitfield, FileId, PeerId};
+use common::{Bitfield, FileId, PeerId, TicketError, TicketVerifier};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_server::{Peer, PeerServer};
 use tokio::net::TcpListener;
@@ -36,7 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::home::{Home, Kind, StoreRecord, len_and_mtime};
 use crate::ratelimit::RateLimiter;
 use crate::tracker_client::TrackerClient;
-use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
+use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW, ticket_from_pb};
 
 /// How often one record may be re-read from disk.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(200);
@@ -59,6 +65,31 @@ pub struct NodeStats {
     pub bytes_sent: AtomicU64,
 }
 
+/// The tracker's ticket key as this node knows it: none until learnt, then replaced when
+/// the tracker sends another. Cheap to clone; the clones share it.
+#[derive(Clone, Default)]
+pub struct TrackerKey(Arc<RwLock<Option<TicketVerifier>>>);
+
+impl TrackerKey {
+    pub fn get(&self) -> Option<TicketVerifier> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes `key` (32 bytes); returns whether it differs from the one held.
+    ///
+    /// # Errors
+    /// When the bytes are not an Ed25519 public key (the held key stays).
+    pub fn set(&self, key: &[u8]) -> Result<bool, TicketError> {
+        let v = TicketVerifier::from_public(key)?;
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref() == Some(&v) {
+            return Ok(false);
+        }
+        *cur = Some(v);
+        Ok(true)
+    }
+}
+
 /// The Peer service of one node.
 pub struct PeerService {
     home: Home,
@@ -70,17 +101,20 @@ pub struct PeerService {
     stats: Arc<NodeStats>,
     cache: Mutex<HashMap<FileId, Cached>>,
     corrupt: HashSet<u32>,
+    /// Checks the tickets that requests carry.
+    key: TrackerKey,
 }
 
 impl PeerService {
-    /// A service serving `home`'s store. `tracker` (if any) is told when a shared file
-    /// changed on disk.
+    /// A service serving `home`'s store to requests whose ticket verifies under `key`.
+    /// `tracker` (if any) is told when a shared file changed on disk.
     pub fn new(
         home: Home,
         peer_id: PeerId,
         addr: String,
         upload_limit: Option<Arc<RateLimiter>>,
         tracker: Option<TrackerClient>,
+        key: TrackerKey,
     ) -> Self {
         let corrupt = std::env::var(CORRUPT_ENV)
             .ok()
@@ -96,6 +130,36 @@ impl PeerService {
             stats: Arc::default(),
             cache: Mutex::default(),
             corrupt,
+            key,
+        }
+    }
+
+    /// Checks that `ticket` lets its holder fetch chunks of `file` now.
+    fn check_ticket(&self, ticket: Option<&pb::Ticket>, file: &FileId) -> Result<(), Status> {
+        let Some(key) = self.key.get() else {
+            return Err(Status::unavailable(
+                "not ready: this node does not know the tracker's ticket key yet",
+            ));
+        };
+        let Some(ticket) = ticket else {
+            return Err(Status::unauthenticated(
+                "a ticket from the tracker is required (Locate the file first)",
+            ));
+        };
+        let ticket = ticket_from_pb(ticket).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        match key.verify(&ticket, file, crate::now_ms()) {
+            Ok(c) => {
+                tracing::trace!(file = %file, user = %c.user, "ticket accepted");
+                Ok(())
+            }
+            Err(e @ TicketError::WrongFile { .. }) => Err(Status::permission_denied(e.to_string())),
+            Err(TicketError::BadSignature) => Err(Status::unauthenticated(
+                "ticket signature is not valid (forged, altered or from another tracker)",
+            )),
+            Err(e @ TicketError::Expired { .. }) => Err(Status::unauthenticated(format!(
+                "{e}; Locate the file again for a fresh one"
+            ))),
+            Err(e) => Err(Status::unauthenticated(e.to_string())),
         }
     }
 
@@ -313,6 +377,8 @@ impl Peer for PeerService {
                 "at most {MAX_INDICES} chunks per request"
             )));
         }
+        // Before anything about the file is looked at, so an unticketed caller learns nothing.
+        self.check_ticket(req.ticket.as_ref(), &id)?;
         let Some(entry) = self.lookup(&id, &req.indices) else {
             return Err(Status::not_found("this node holds nothing of that file"));
         };
@@ -441,19 +507,36 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::replica::{FileMeta, ReplicaStore};
-    use common::{Manifest, Sha256Digest};
+    use crate::transport::ticket_to_pb;
+    use common::{Manifest, Sha256Digest, TicketClaims, TicketSigner};
     use futures::StreamExt;
 
     const MIB: u64 = 1 << 20;
 
+    fn tracker_signer() -> TicketSigner {
+        TicketSigner::from_secret(&[5; 32])
+    }
+
     fn service(home: &Home) -> PeerService {
+        let key = TrackerKey::default();
+        key.set(&tracker_signer().public_key()).unwrap();
         PeerService::new(
             home.clone(),
             PeerId::from_random([1; 16]),
             "127.0.0.1:1".into(),
             None,
             None,
+            key,
         )
+    }
+
+    fn ticket(signer: &TicketSigner, id: &FileId, expires_at_ms: i64) -> pb::Ticket {
+        ticket_to_pb(&signer.sign(TicketClaims {
+            file_id: *id,
+            peer_id: None,
+            user: "alice".into(),
+            expires_at_ms,
+        }))
     }
 
     async fn fetch(
@@ -461,9 +544,20 @@ mod tests {
         id: &FileId,
         indices: Vec<u32>,
     ) -> Result<Vec<Bytes>, Status> {
+        let t = ticket(&tracker_signer(), id, crate::now_ms() + 60_000);
+        fetch_with(svc, id, indices, Some(t)).await
+    }
+
+    async fn fetch_with(
+        svc: &PeerService,
+        id: &FileId,
+        indices: Vec<u32>,
+        ticket: Option<pb::Ticket>,
+    ) -> Result<Vec<Bytes>, Status> {
         let req = pb::GetChunksRequest {
             file_id: id.to_string(),
             indices,
+            ticket,
         };
         let mut stream = svc.get_chunks(Request::new(req)).await?.into_inner();
         let mut out = Vec::new();
@@ -497,6 +591,76 @@ mod tests {
         store.drop_chunks(&m.file_id, &[2]).unwrap();
         let err = fetch(&svc, &m.file_id, vec![2]).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn should_refuse_requests_without_a_valid_ticket_for_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        let store = ReplicaStore::open(home.clone(), 10 * MIB).unwrap();
+        let m = FileMeta {
+            file_id: FileId(Sha256Digest::of(b"t")),
+            name: "t.bin".into(),
+            size: 5,
+            chunk_size: MIB as u32,
+        };
+        let res = store.reserve(5).unwrap();
+        store.store_chunk(&m, 0, &[1; 5], res).unwrap();
+        let id = m.file_id;
+        let other = FileId(Sha256Digest::of(b"other"));
+        let now = crate::now_ms();
+        let good = tracker_signer();
+        let forger = TicketSigner::from_secret(&[6; 32]);
+        let mut altered = ticket(&good, &id, now + 60_000);
+        altered.user = "mallory".into();
+        let cases = [
+            ("none", None, tonic::Code::Unauthenticated),
+            (
+                "expired",
+                Some(ticket(&good, &id, now - 60_000)),
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                "forged",
+                Some(ticket(&forger, &id, now + 60_000)),
+                tonic::Code::Unauthenticated,
+            ),
+            ("altered", Some(altered), tonic::Code::Unauthenticated),
+            (
+                "another file",
+                Some(ticket(&good, &other, now + 60_000)),
+                tonic::Code::PermissionDenied,
+            ),
+        ];
+        let svc = service(&home);
+        for (what, t, code) in cases {
+            let err = fetch_with(&svc, &id, vec![0], t).await.unwrap_err();
+            assert_eq!(err.code(), code, "{what}: {err:?}");
+        }
+        // Within the clock skew an expired ticket still passes.
+        let late = ticket(&good, &id, now - 10_000);
+        assert_eq!(
+            fetch_with(&svc, &id, vec![0], Some(late))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // A node that does not know the key yet is not ready.
+        let keyless = PeerService::new(
+            home.clone(),
+            PeerId::from_random([1; 16]),
+            "127.0.0.1:1".into(),
+            None,
+            None,
+            TrackerKey::default(),
+        );
+        let t = ticket(&good, &id, now + 60_000);
+        let err = fetch_with(&keyless, &id, vec![0], Some(t))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest};
+use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest, Ticket};
 use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::home::Kind;
 use crate::replica::tasks::{DropTask, FetchTask, Source, Task, Work};
 use crate::replica::{FileMeta, MAX_REPLICA_CHUNKS};
+use crate::transport::ticket_from_pb;
 
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
@@ -105,6 +106,9 @@ pub struct Located {
     pub file: FileView,
     pub manifest: Manifest,
     pub holders: Vec<HolderView>,
+    /// The tracker's permission to fetch chunks of the file from the holders (`None` when
+    /// the tracker sent none or a malformed one: holders will refuse).
+    pub ticket: Option<Arc<Ticket>>,
 }
 
 /// A holding reported by SyncHoldings.
@@ -122,6 +126,28 @@ pub struct Granted {
     pub user: String,
     pub token: String,
     pub expires_at_ms: i64,
+    /// The tracker's ticket key (empty if it sent none).
+    pub ticket_public_key: Vec<u8>,
+}
+
+/// What a heartbeat answered.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    /// How often the tracker wants heartbeats.
+    pub interval: Duration,
+    /// The tracker's ticket key (empty if it sent none).
+    pub ticket_public_key: Vec<u8>,
+}
+
+/// A ticket from the tracker, or `None` (logged) when it is absent or malformed.
+fn ticket_in(t: Option<&proto::peer::v1::Ticket>, what: &str) -> Option<Arc<Ticket>> {
+    match ticket_from_pb(t?) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            tracing::warn!("the tracker sent a bad ticket with {what}: {e}");
+            None
+        }
+    }
 }
 
 /// A client for one or more tracker URLs. Cheap to clone.
@@ -238,6 +264,7 @@ fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
         ));
     }
     Ok(FetchTask {
+        ticket: ticket_in(f.ticket.as_ref(), "a fetch task"),
         file,
         chunk: f.chunk,
         sha256,
@@ -369,6 +396,7 @@ impl TrackerClient {
             user: s.user,
             token: s.token,
             expires_at_ms: s.expires_at_ms,
+            ticket_public_key: s.ticket_public_key.to_vec(),
         })
     }
 
@@ -384,6 +412,7 @@ impl TrackerClient {
             user: s.user,
             token: s.token,
             expires_at_ms: s.expires_at_ms,
+            ticket_public_key: s.ticket_public_key.to_vec(),
         })
     }
 
@@ -395,14 +424,14 @@ impl TrackerClient {
         Ok(())
     }
 
-    /// Returns the heartbeat interval the tracker wants.
+    /// Returns the heartbeat interval the tracker wants and its ticket key.
     pub async fn heartbeat(
         &self,
         peer_id: &PeerId,
         addr: &str,
         quota: u64,
         used: u64,
-    ) -> Result<Duration, TrackerError> {
+    ) -> Result<Beat, TrackerError> {
         let req = pb::HeartbeatRequest {
             peer_id: peer_id.to_string(),
             addr: addr.into(),
@@ -412,7 +441,10 @@ impl TrackerClient {
         let r = self
             .call(req, true, |mut c, r| async move { c.heartbeat(r).await })
             .await?;
-        Ok(Duration::from_millis(r.interval_ms as u64))
+        Ok(Beat {
+            interval: Duration::from_millis(r.interval_ms as u64),
+            ticket_public_key: r.ticket_public_key.to_vec(),
+        })
     }
 
     /// Returns the file ids the tracker does not know.
@@ -549,6 +581,7 @@ impl TrackerClient {
             file,
             manifest,
             holders,
+            ticket: ticket_in(r.ticket.as_ref(), "a located file"),
         })
     }
 

@@ -4,6 +4,9 @@
 //!
 //! HTTP/2's default 64 KiB windows and tonic's 4 MiB message limit throttle bulk transfer,
 //! so both sides (this client and `server`) use the settings below.
+//!
+//! Every request carries the ticket the tracker signed for the file (from Locate or from a
+//! replication task); a node refuses requests without a valid one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::FileId;
+use common::{FileId, Ticket, TicketError};
 use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
@@ -47,13 +50,15 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<(u32, Bytes), FetchError
 
 /// Fetches chunks of a file from the peer at `addr`.
 pub trait ChunkTransport: Send + Sync + 'static {
-    /// Asks `addr` for chunks `indices` of `file_id`; the stream yields them one by one so
-    /// the caller can notice a stall between chunks.
+    /// Asks `addr` for chunks `indices` of `file_id`, presenting `ticket` (the tracker's
+    /// permission; a node refuses a request without a valid one); the stream yields them
+    /// one by one so the caller can notice a stall between chunks.
     fn fetch(
         &self,
         addr: &str,
         file_id: &FileId,
         indices: &[u32],
+        ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<ChunkStream, FetchError>> + Send;
 
     /// Forgets any cached connection to `addr` (after it failed).
@@ -85,12 +90,45 @@ pub fn peer_client(channel: Channel) -> PeerClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+/// The wire form of a ticket.
+pub(crate) fn ticket_to_pb(t: &Ticket) -> pb::Ticket {
+    let c = &t.claims;
+    pb::Ticket {
+        file_id: c.file_id.to_string(),
+        peer_id: c
+            .peer_id
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        user: c.user.clone(),
+        expires_at_ms: c.expires_at_ms,
+        signature: Bytes::copy_from_slice(&t.signature),
+    }
+}
+
+/// A ticket from its wire form (not yet verified).
+///
+/// # Errors
+/// [`TicketError::Malformed`] when a field does not parse.
+pub(crate) fn ticket_from_pb(t: &pb::Ticket) -> Result<Ticket, TicketError> {
+    Ticket::from_parts(
+        &t.file_id,
+        &t.peer_id,
+        t.user.clone(),
+        t.expires_at_ms,
+        &t.signature,
+    )
+}
+
 fn classify(s: tonic::Status) -> FetchError {
     let msg = common::names::printable(s.message(), 200);
     match s.code() {
-        Code::NotFound | Code::FailedPrecondition | Code::ResourceExhausted => {
-            FetchError::Refused(msg)
-        }
+        // A refused ticket may be accepted later, once a fresh one is presented.
+        Code::NotFound
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::Unauthenticated
+        | Code::PermissionDenied => FetchError::Refused(msg),
         Code::InvalidArgument | Code::OutOfRange => FetchError::Protocol(msg),
         _ => FetchError::Connect(format!("{}: {msg}", s.code())),
     }
@@ -116,11 +154,13 @@ impl ChunkTransport for GrpcTransport {
         addr: &str,
         file_id: &FileId,
         indices: &[u32],
+        ticket: Option<&Ticket>,
     ) -> Result<ChunkStream, FetchError> {
         let mut client = peer_client(self.channel(addr)?);
         let req = pb::GetChunksRequest {
             file_id: file_id.to_string(),
             indices: indices.to_vec(),
+            ticket: ticket.map(ticket_to_pb),
         };
         let stream = client.get_chunks(req).await.map_err(classify)?.into_inner();
         let expected = indices.to_vec();

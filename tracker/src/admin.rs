@@ -82,3 +82,15 @@ pub async fn user_remove(database_url: &str, name: &str) -> Result<(), Error> {
         Err(Error::not_found(format!("no user {name:?}")))
     }
 }
+
+/// The key that signs tickets (created if the database has none yet), as every tracker on
+/// this database uses it. For operators' tools and tests that need to mint tickets.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn ticket_signer(database_url: &str) -> Result<common::TicketSigner, Error> {
+    let store = open(database_url).await?;
+    let signer = crate::app::tickets::load_signer(&store).await;
+    store.close().await;
+    signer
+}

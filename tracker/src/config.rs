@@ -30,6 +30,9 @@ pub struct Config {
     pub open_registration: bool,
     /// How long a session token stays valid.
     pub session_ttl: Duration,
+    /// How long a ticket (the signed permission to fetch chunks of a file) stays valid;
+    /// getters renew theirs by calling Locate again.
+    pub ticket_ttl: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             task_lease: Duration::from_secs(60),
             open_registration: true,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            ticket_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -131,6 +135,18 @@ impl Config {
         )? {
             cfg.task_lease = v;
         }
+        let file_ticket_ttl = file
+            .ticket_ttl
+            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("ticket_ttl: {e}"))))
+            .transpose()?;
+        if let Some(v) = pick(
+            args.ticket_ttl,
+            env("TRACKER_TICKET_TTL"),
+            file_ticket_ttl,
+            |s| parse_duration(&s).map_err(|e| format!("TRACKER_TICKET_TTL: {e}")),
+        )? {
+            cfg.ticket_ttl = v;
+        }
         if let Some(v) = pick(
             args.open_registration,
             env("TRACKER_OPEN_REGISTRATION"),
@@ -147,6 +163,9 @@ impl Config {
         }
         if cfg.task_lease.is_zero() {
             return Err(Error::Config("task lease must be positive".into()));
+        }
+        if cfg.ticket_ttl.is_zero() {
+            return Err(Error::Config("ticket ttl must be positive".into()));
         }
         Ok(cfg)
     }
@@ -203,6 +222,9 @@ pub struct ConfigArgs {
     /// How long a node has to complete a replication task before it is pushed again [env: TRACKER_TASK_LEASE] [default: 60s]
     #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
     pub task_lease: Option<Duration>,
+    /// How long a ticket to fetch chunks of a file stays valid [env: TRACKER_TICKET_TTL] [default: 10m]
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub ticket_ttl: Option<Duration>,
     /// Whether peers may create accounts [env: TRACKER_OPEN_REGISTRATION] [default: true]
     #[arg(long, global = true, value_name = "BOOL", value_parser = parse_bool)]
     pub open_registration: Option<bool>,
@@ -218,6 +240,7 @@ struct FileConfig {
     peer_timeout: Option<String>,
     repair_grace: Option<String>,
     task_lease: Option<String>,
+    ticket_ttl: Option<String>,
     open_registration: Option<bool>,
 }
 
@@ -243,6 +266,7 @@ mod tests {
         assert_eq!(cfg.peer_timeout, Duration::from_secs(30));
         assert_eq!(cfg.repair_grace, Duration::from_secs(60));
         assert_eq!(cfg.task_lease, Duration::from_secs(60));
+        assert_eq!(cfg.ticket_ttl, Duration::from_secs(600));
         assert!(cfg.open_registration);
     }
 
@@ -255,6 +279,7 @@ mod tests {
             peer_timeout = "2m"
             repair_grace = "5m"
             task_lease = "90s"
+            ticket_ttl = "5m"
             open_registration = false
         "#;
         let from_file = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
@@ -264,6 +289,7 @@ mod tests {
         assert_eq!(from_file.peer_timeout, Duration::from_secs(120));
         assert_eq!(from_file.repair_grace, Duration::from_secs(300));
         assert_eq!(from_file.task_lease, Duration::from_secs(90));
+        assert_eq!(from_file.ticket_ttl, Duration::from_secs(300));
         assert!(!from_file.open_registration);
 
         let e = env(&[
@@ -271,6 +297,7 @@ mod tests {
             ("TRACKER_REPLICATION", "4"),
             ("TRACKER_PEER_TIMEOUT", "45s"),
             ("TRACKER_REPAIR_GRACE", "200ms"),
+            ("TRACKER_TICKET_TTL", "2m"),
             ("TRACKER_OPEN_REGISTRATION", "true"),
         ]);
         let from_env = Config::resolve(&ConfigArgs::default(), &e, Some(file)).unwrap();
@@ -280,6 +307,7 @@ mod tests {
         assert_eq!(from_env.peer_timeout, Duration::from_secs(45));
         assert_eq!(from_env.repair_grace, Duration::from_millis(200));
         assert_eq!(from_env.task_lease, Duration::from_secs(90));
+        assert_eq!(from_env.ticket_ttl, Duration::from_secs(120));
         assert!(from_env.open_registration);
 
         let args = ConfigArgs {
@@ -287,9 +315,11 @@ mod tests {
             replication: Some(2),
             open_registration: Some(false),
             repair_grace: Some(Duration::from_secs(1)),
+            ticket_ttl: Some(Duration::from_secs(30)),
             ..ConfigArgs::default()
         };
         let from_flags = Config::resolve(&args, &e, Some(file)).unwrap();
+        assert_eq!(from_flags.ticket_ttl, Duration::from_secs(30));
         assert_eq!(from_flags.repair_grace, Duration::from_secs(1));
         assert_eq!(from_flags.listen, "0.0.0.0:3");
         assert_eq!(from_flags.replication, 2);
@@ -313,6 +343,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(bad_grace.to_string().contains("TRACKER_REPAIR_GRACE"));
+        let bad_ttl = Config::resolve(
+            &ConfigArgs::default(),
+            env(&[("TRACKER_TICKET_TTL", "a while")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(bad_ttl.to_string().contains("TRACKER_TICKET_TTL"));
+        let zero_ttl = ConfigArgs {
+            ticket_ttl: Some(Duration::ZERO),
+            ..ConfigArgs::default()
+        };
+        assert!(Config::resolve(&zero_ttl, env(&[]), None).is_err());
         let bad_key = Config::resolve(&ConfigArgs::default(), env(&[]), Some("lisen = \"x\""));
         assert!(bad_key.is_err());
         let zero = ConfigArgs {

@@ -8,7 +8,8 @@ use std::pin::Pin;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use common::{FileId, Manifest, PeerId, Sha256Digest};
+use common::{FileId, Manifest, PeerId, Sha256Digest, Ticket};
+use proto::peer::v1 as peer_pb;
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_server::{Tracker, TrackerServer};
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,6 +115,17 @@ fn holder(h: HolderView) -> pb::Holder {
     }
 }
 
+fn ticket(t: Ticket) -> peer_pb::Ticket {
+    let c = t.claims;
+    peer_pb::Ticket {
+        file_id: c.file_id.to_string(),
+        peer_id: c.peer_id.map(|p| p.to_string()).unwrap_or_default(),
+        user: c.user,
+        expires_at_ms: c.expires_at_ms,
+        signature: Bytes::copy_from_slice(&t.signature),
+    }
+}
+
 fn task(a: Assignment) -> pb::Task {
     match a {
         Assignment::Fetch(f) => pb::Task {
@@ -127,6 +139,7 @@ fn task(a: Assignment) -> pb::Task {
                 file_size: f.file_size,
                 chunk_size: f.chunk_size,
                 sources: f.sources.into_iter().map(holder).collect(),
+                ticket: Some(ticket(*f.ticket)),
             })),
         },
         Assignment::Drop { id, file, chunks } => pb::Task {
@@ -142,11 +155,12 @@ fn task(a: Assignment) -> pb::Task {
 /// The stream of a node's tasks.
 pub type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send + 'static>>;
 
-fn session(s: SessionView) -> pb::Session {
+fn session(s: SessionView, ticket_public_key: &[u8]) -> pb::Session {
     pb::Session {
         token: s.token,
         user: s.user,
         expires_at_ms: s.expires_at_ms,
+        ticket_public_key: Bytes::copy_from_slice(ticket_public_key),
     }
 }
 
@@ -158,7 +172,7 @@ impl Tracker for Grpc {
     ) -> Result<Response<pb::Session>, Status> {
         let c = req.into_inner();
         let s = self.svc.register(&c.user, &c.password).await?;
-        Ok(Response::new(session(s)))
+        Ok(Response::new(session(s, &self.svc.ticket_public_key())))
     }
 
     async fn login(&self, req: Request<pb::Credentials>) -> Result<Response<pb::Session>, Status> {
@@ -168,7 +182,7 @@ impl Tracker for Grpc {
             .map(|c| c.0.ip());
         let c = req.into_inner();
         let s = self.svc.login(&c.user, &c.password, ip).await?;
-        Ok(Response::new(session(s)))
+        Ok(Response::new(session(s, &self.svc.ticket_public_key())))
     }
 
     async fn logout(
@@ -192,6 +206,7 @@ impl Tracker for Grpc {
             .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+            ticket_public_key: Bytes::copy_from_slice(&self.svc.ticket_public_key()),
         }))
     }
 
@@ -300,9 +315,9 @@ impl Tracker for Grpc {
         &self,
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
-        self.svc.authenticate(token(&req))?;
+        let caller = self.svc.authenticate(token(&req))?;
         let file = file_id(&req.into_inner().file_id)?;
-        let l = self.svc.locate(&file)?;
+        let l = self.svc.locate(&caller, &file)?;
         let m = &l.manifest;
         Ok(Response::new(pb::LocateResponse {
             file: Some(file_info(l.file)),
@@ -314,6 +329,7 @@ impl Tracker for Grpc {
                 chunk_hashes: Bytes::from(m.packed_hashes()),
             }),
             holders: l.holders.into_iter().map(holder).collect(),
+            ticket: Some(ticket(l.ticket)),
         }))
     }
 

@@ -41,6 +41,9 @@ fn save(cx: &Ctx, g: &Granted) -> anyhow::Result<()> {
         token: g.token.clone(),
         expires_at_ms: g.expires_at_ms,
     })?;
+    if !g.ticket_public_key.is_empty() {
+        cx.home.save_tracker_key(&g.ticket_public_key)?;
+    }
     let mut settings: Settings = cx.home.settings()?;
     settings.trackers = cx.trackers.clone();
     cx.home.save_settings(&settings)

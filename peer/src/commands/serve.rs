@@ -4,6 +4,10 @@
 //! after an outage (so a restarted tracker relearns what this peer holds). Tracker failures
 //! are logged once per outage and never stop the node.
 //!
+//! The tracker's ticket key, which the node checks every `GetChunks` ticket with, is read
+//! from the home at start (saved there by register/login) and taken from every heartbeat
+//! answer; a new one is saved to the home. Until the node has a key it serves nothing.
+//!
 //! Next to the heartbeat loop, under the same cancellation token:
 //! - the replication task stream (`replica::tasks::task_stream`), opened once the first
 //!   heartbeat succeeds and reopened at once whenever the tracker answers again;
@@ -30,7 +34,7 @@ use crate::output;
 use crate::ratelimit::RateLimiter;
 use crate::replica::ReplicaStore;
 use crate::replica::tasks::{Runner, task_stream};
-use crate::server::{self, PeerService};
+use crate::server::{self, PeerService, TrackerKey};
 use crate::tracker_client::{HoldingIn, TrackerClient, TrackerError};
 use crate::transport::GrpcTransport;
 
@@ -145,12 +149,23 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     };
 
     let limiter = a.max_upload_rate.map(|r| Arc::new(RateLimiter::new(r)));
+    let key = TrackerKey::default();
+    match cx.home.tracker_key() {
+        Ok(Some(k)) => {
+            if let Err(e) = key.set(&k) {
+                tracing::warn!("ignoring the saved tracker key: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot read the saved tracker key: {e:#}"),
+    }
     let svc = Arc::new(PeerService::new(
         cx.home.clone(),
         peer_id.clone(),
         advertise.clone(),
         limiter,
         Some(client.clone()),
+        key.clone(),
     ));
     let token = CancellationToken::new();
     let mut server = tokio::spawn(server::run(listener, svc.clone(), token.clone()));
@@ -190,6 +205,7 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         peer_id.clone(),
         advertise,
         replicas.clone(),
+        key,
         tracker_up,
         token.clone(),
     ));
@@ -254,14 +270,17 @@ async fn shutdown_signal() {
 }
 
 /// Heartbeats forever (until cancelled); SyncHoldings at start and after each outage.
+/// Takes the ticket key from every answer into `key` (and the home when it changed).
 /// `tracker_up` is bumped on the first answer and each time the tracker answers again
 /// after an outage (the task stream reopens then).
+#[allow(clippy::too_many_arguments)]
 async fn heartbeats(
     client: TrackerClient,
     home: Home,
     peer_id: PeerId,
     addr: String,
     replicas: Arc<ReplicaStore>,
+    key: TrackerKey,
     tracker_up: watch::Sender<u64>,
     token: CancellationToken,
 ) {
@@ -271,7 +290,9 @@ async fn heartbeats(
     loop {
         let (quota, used) = (replicas.quota(), replicas.used());
         match client.heartbeat(&peer_id, &addr, quota, used).await {
-            Ok(iv) => {
+            Ok(beat) => {
+                learn_key(&key, &home, &beat.ticket_public_key);
+                let iv = beat.interval;
                 if !iv.is_zero() {
                     interval = iv.clamp(Duration::from_millis(200), Duration::from_secs(60));
                 }
@@ -309,6 +330,23 @@ async fn heartbeats(
             _ = tokio::time::sleep(wait) => {}
             _ = token.cancelled() => return,
         }
+    }
+}
+
+/// Takes the tracker's ticket key from a heartbeat answer; a new one is saved to the home.
+fn learn_key(key: &TrackerKey, home: &Home, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    match key.set(bytes) {
+        Ok(true) => {
+            tracing::info!("learnt the tracker's ticket key");
+            if let Err(e) = home.save_tracker_key(bytes) {
+                tracing::warn!("cannot save the tracker key: {e:#}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!("the tracker sent a bad ticket key: {e}"),
     }
 }
 

@@ -55,10 +55,14 @@ pub fn check_existing(final_path: &Path, m: &Manifest) -> anyhow::Result<Existin
 }
 
 /// Opens (creating if needed) the part file, locks it against a second `get` of the same
-/// file, and sizes it. Never follows a symlink.
+/// file, and cuts it to the file's size if it is longer. Never follows a symlink.
+///
+/// The file is not extended up front: it grows as chunks are written. A sparse extension
+/// would reserve no space anyway, and under a file size limit it would fail before a single
+/// chunk was kept, where growing keeps every chunk below the limit for the next `get`.
 ///
 /// # Errors
-/// When it cannot be opened, is locked by another process, or cannot be sized.
+/// When it cannot be opened, is locked by another process, or cannot be cut.
 pub fn open_part(part: &Path, size: u64) -> anyhow::Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
@@ -83,11 +87,11 @@ pub fn open_part(part: &Path, size: u64) -> anyhow::Result<(File, u64)> {
         bail!("{} is not a regular file", part.display());
     }
     let existing = meta.len();
-    if existing != size {
+    if existing > size {
         file.set_len(size)
             .with_context(|| format!("cannot size {}", part.display()))?;
     }
-    Ok((file, existing))
+    Ok((file, existing.min(size)))
 }
 
 /// The chunks already in a part file of `existing_len` bytes that hash right (read one
@@ -200,11 +204,16 @@ mod tests {
         std::fs::write(&part, &part_data).unwrap();
         let (f, len) = open_part(&part, m.size).unwrap();
         assert_eq!(len, part_data.len() as u64);
-        assert_eq!(f.metadata().unwrap().len(), m.size);
+        assert_eq!(f.metadata().unwrap().len(), len, "not extended up front");
         let have = verified_in_part(&f, len, &m);
         assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![0]);
         // A second opener is refused while the first holds the lock.
         let err = open_part(&part, m.size).unwrap_err().to_string();
         assert!(err.contains("already writing"), "{err}");
+        drop(f);
+        // A part file longer than the content is cut.
+        std::fs::write(&part, vec![0u8; m.size as usize + 99]).unwrap();
+        let (f, len) = open_part(&part, m.size).unwrap();
+        assert_eq!((len, f.metadata().unwrap().len()), (m.size, m.size));
     }
 }

@@ -9,6 +9,10 @@
 //! here), and gives up only when nothing has moved for a long time. Workers pull chunks
 //! from the shared [`scheduler::Scheduler`]. The tracker may go away meanwhile: known
 //! sources carry on and Locate is retried with back-off.
+//!
+//! Each Locate answer carries a fresh ticket (the tracker's signed permission to fetch the
+//! file); workers present the newest one with every request, so a download that lasts
+//! longer than a ticket keeps going on the renewed ones.
 
 pub mod files;
 pub mod scheduler;
@@ -21,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use common::{Bitfield, FileId, Manifest, PeerId};
+use common::{Bitfield, FileId, Manifest, PeerId, Ticket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -137,11 +141,33 @@ pub(crate) struct Shared<T> {
     wake: watch::Sender<u64>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
+    /// The newest ticket from the tracker, presented with every request.
+    ticket: Mutex<Option<Arc<Ticket>>>,
 }
 
 impl<T> Shared<T> {
     fn sched(&self) -> MutexGuard<'_, Scheduler<PeerId>> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ticket to present now.
+    fn ticket(&self) -> Option<Arc<Ticket>> {
+        self.ticket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps `t` if it lasts longer than the one held.
+    fn renew_ticket(&self, t: Option<Arc<Ticket>>) {
+        let Some(t) = t else { return };
+        let mut cur = self.ticket.lock().unwrap_or_else(|p| p.into_inner());
+        if cur
+            .as_ref()
+            .is_none_or(|c| c.claims.expires_at_ms <= t.claims.expires_at_ms)
+        {
+            *cur = Some(t);
+        }
     }
 }
 
@@ -254,6 +280,7 @@ pub async fn download<T: ChunkTransport>(
         wake: watch::Sender::new(0),
         events: events_tx.clone(),
         cancel: cancel.clone(),
+        ticket: Mutex::new(None),
     });
 
     let mut sources: HashMap<PeerId, Source> = HashMap::new();
@@ -411,6 +438,7 @@ fn add_holders<T: ChunkTransport>(
 ) {
     let now = Instant::now();
     let mut changed = false;
+    sh.renew_ticket(loc.ticket);
     for h in loc.holders {
         if h.peer_id == cx.peer_id {
             continue;

@@ -134,7 +134,11 @@ async fn fetch_one<T: ChunkTransport>(
 async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, i: u32) -> Result<(), Fail> {
     let range = sh.manifest.chunk_range(i);
     crate::ratelimit::acquire(sh.rate.as_deref(), range.end - range.start).await;
-    let mut stream = sh.transport.fetch(addr, &sh.file_id, &[i]).await?;
+    let ticket = sh.ticket();
+    let mut stream = sh
+        .transport
+        .fetch(addr, &sh.file_id, &[i], ticket.as_deref())
+        .await?;
     let (index, data) = match stream.next().await {
         Some(r) => r?,
         None => return Err(Fail::Gone(format!("stream ended before chunk {i}"))),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FileId, PeerId, Sha256Digest};
+use common::{FileId, PeerId, Sha256Digest, Ticket};
 use futures::StreamExt;
 use rand::seq::SliceRandom;
 use tokio::sync::{Semaphore, watch};
@@ -65,6 +65,8 @@ pub struct FetchTask {
     pub sha256: Sha256Digest,
     pub len: u64,
     pub sources: Vec<Source>,
+    /// The tracker's permission for this node to fetch the chunk from the sources.
+    pub ticket: Option<Arc<Ticket>>,
 }
 
 /// A peer that holds the chunk.
@@ -185,7 +187,7 @@ impl<T: ChunkTransport> Runner<T> {
         let fetched = async {
             let mut stream = self
                 .transport
-                .fetch(addr, &f.file.file_id, &[f.chunk])
+                .fetch(addr, &f.file.file_id, &[f.chunk], f.ticket.as_deref())
                 .await?;
             match stream.next().await {
                 Some(r) => r.map(Some),
@@ -466,6 +468,7 @@ mod tests {
             addr: &str,
             _file_id: &FileId,
             indices: &[u32],
+            _ticket: Option<&Ticket>,
         ) -> Result<ChunkStream, FetchError> {
             self.calls.lock().unwrap().push(addr.to_string());
             match self.answers.get(addr) {
@@ -500,6 +503,7 @@ mod tests {
                     addr: a.to_string(),
                 })
                 .collect(),
+            ticket: None,
         }
     }
 

@@ -131,6 +131,17 @@ impl TestTracker {
     }
 }
 
+impl TestTracker {
+    /// The tracker's ticket signing key, read from its database (to mint tickets the
+    /// tracker would not issue, such as expired ones).
+    pub async fn ticket_signer(&self) -> anyhow::Result<common::TicketSigner> {
+        let url = tracker::Config::ephemeral(self.dir.path()).database_url;
+        tracker::admin::ticket_signer(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the ticket key: {e:#}"))
+    }
+}
+
 impl Drop for TestTracker {
     fn drop(&mut self) {
         self.token.cancel();
@@ -324,6 +335,16 @@ impl TestPeer {
             .spawn()?)
     }
 
+    /// The session token `register`/`login` saved in this home.
+    pub fn session_token(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.home.path().join("session.json"))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("session.json has no token")
+    }
+
     /// The chunks this home's store says it has verified of `file_id` (0 if no record yet).
     pub fn held_chunks(&self, file_id: &str) -> u32 {
         let path = self
@@ -396,4 +417,51 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// How [`TestPeer::run_with`] runs a command beyond the usual harness settings.
+#[derive(Default)]
+pub struct RunOpts<'a> {
+    /// A program (and its arguments) that runs `peer`, e.g. `["prlimit", "--fsize=N", "--"]`.
+    pub wrapper: &'a [&'a str],
+    /// Extra environment variables, applied after the harness's own.
+    pub envs: &'a [(&'a str, &'a str)],
+    /// The working directory (so a test can check nothing was written there).
+    pub cwd: Option<&'a Path>,
+}
+
+impl TestPeer {
+    /// Runs `peer ARGS` to completion like [`TestPeer::run`], with `opts` on top.
+    pub async fn run_with(&self, opts: RunOpts<'_>, args: &[&str]) -> anyhow::Result<Out> {
+        let base = self.command(args);
+        let std = base.as_std();
+        let mut c = match opts.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(std.get_program()).args(std.get_args());
+                for (k, v) in std.get_envs() {
+                    match v {
+                        Some(v) => c.env(k, v),
+                        None => c.env_remove(k),
+                    };
+                }
+                c
+            }
+            None => base,
+        };
+        c.envs(opts.envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = opts.cwd {
+            c.current_dir(dir);
+        }
+        let out = c.spawn()?.wait_with_output().await?;
+        Ok(Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
 }

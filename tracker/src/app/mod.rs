@@ -11,6 +11,7 @@ mod holdings;
 pub mod index;
 mod queries;
 mod replication;
+pub mod tickets;
 pub mod views;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use common::{Bitfield, PeerId};
+use common::{Bitfield, PeerId, TicketSigner};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -59,6 +60,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Wakes the replication planner when files become dirty.
     wake: Notify,
+    /// Signs tickets (the key is shared through the database, see `tickets`).
+    tickets: TicketSigner,
 }
 
 /// A node's open task stream.
@@ -75,7 +78,8 @@ struct SessionEntry {
 }
 
 impl TrackerService {
-    /// Loads the index and the sessions from the database and starts the batch writer.
+    /// Loads the index, the sessions and the ticket key from the database (creating the
+    /// key on first start) and starts the batch writer.
     /// Returns the writer's task, which ends once every handle is dropped.
     ///
     /// # Errors
@@ -146,6 +150,7 @@ impl TrackerService {
             tasks = index.tasks.len(),
             "loaded state from the database"
         );
+        let tickets = tickets::load_signer(&store).await?;
         let (writer, handle) = Writer::spawn(store.clone());
         for id in stale_tasks {
             writer.send(WriteOp::TaskDelete(id)).await?;
@@ -162,6 +167,7 @@ impl TrackerService {
                 streams: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
                 wake: Notify::new(),
+                tickets,
             }),
         };
         Ok((svc, handle))

@@ -6,8 +6,8 @@ use common::{FileId, PeerId};
 
 use super::index::{self, Holding, Search};
 use super::{
-    ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage, SearchQuery, Stats,
-    TrackerService, file_view,
+    Caller, ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage,
+    SearchQuery, Stats, TrackerService, file_view,
 };
 use crate::Error;
 use crate::model::now_ms;
@@ -54,11 +54,12 @@ impl TrackerService {
             .collect()
     }
 
-    /// A file's manifest and the serving peers that hold some of it.
+    /// A file's manifest and the serving peers that hold some of it, with a ticket for the
+    /// caller's user to fetch from them.
     ///
     /// # Errors
     /// `NotFound` for an unknown file.
-    pub fn locate(&self, file: &FileId) -> Result<Located, Error> {
+    pub fn locate(&self, caller: &Caller, file: &FileId) -> Result<Located, Error> {
         let now = now_ms();
         let ix = self.index();
         let f = ix
@@ -83,6 +84,7 @@ impl TrackerService {
             file: file_view(&ix, f, now),
             manifest: f.manifest.clone(),
             holders,
+            ticket: self.issue_ticket(*file, None, &caller.user),
         })
     }
 

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Bitfield, FileId, PeerId};
+use common::{Bitfield, FileId, PeerId, TicketSigner};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -412,6 +412,7 @@ impl TrackerService {
             return Vec::new();
         };
         let lease_until = now.saturating_add(duration_ms(self.inner.cfg.task_lease));
+        let ticket_ttl = duration_ms(self.inner.cfg.ticket_ttl);
         let retry_at = now.saturating_add(duration_ms(PUSH_RETRY));
         let ids = ix.tasks.of_peer(peer);
         let mut in_flight = ids
@@ -430,7 +431,7 @@ impl TrackerService {
             if !ix.tasks.is_due(id, now) {
                 continue;
             }
-            let Some(a) = assignment(ix, id, now) else {
+            let Some(a) = assignment(ix, id, now, &self.inner.tickets, ticket_ttl) else {
                 // No source is up right now: try again later.
                 ix.tasks.requeue(id, retry_at);
                 continue;
@@ -653,9 +654,15 @@ fn withdraw(ix: &mut Index, file: &FileId, now: i64, out: &mut Outcome) {
     tracing::debug!(file = %file, "file withdrawn: no user holds it");
 }
 
-/// The message for a task, with a fetch's current sources; `None` when a fetch has no
-/// source up (or its file is gone).
-fn assignment(ix: &Index, id: u64, now: i64) -> Option<Assignment> {
+/// The message for a task, with a fetch's current sources and a fresh ticket for its node;
+/// `None` when a fetch has no source up (or its file is gone).
+fn assignment(
+    ix: &Index,
+    id: u64,
+    now: i64,
+    tickets: &TicketSigner,
+    ticket_ttl: i64,
+) -> Option<Assignment> {
     let t = ix.tasks.get(id)?;
     let file = t.rec.file_id;
     if t.rec.kind == TaskKind::Drop {
@@ -688,6 +695,9 @@ fn assignment(ix: &Index, id: u64, now: i64) -> Option<Assignment> {
     }
     sources.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     let range = m.chunk_range(chunk);
+    let node = &t.rec.peer_id;
+    let user = ix.peers.get(node).map_or("", |p| p.user.as_str());
+    let ticket = super::tickets::issue(tickets, ticket_ttl, file, Some(node.clone()), user);
     Some(Assignment::Fetch(FetchAssignment {
         id,
         file,
@@ -698,5 +708,6 @@ fn assignment(ix: &Index, id: u64, now: i64) -> Option<Assignment> {
         file_size: m.size,
         chunk_size: m.chunk_size,
         sources,
+        ticket: Box::new(ticket),
     }))
 }

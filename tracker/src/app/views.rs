@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
+use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest, Ticket};
 
 use crate::model::HoldingKind;
 
@@ -54,6 +54,8 @@ pub struct Located {
     pub file: FileView,
     pub manifest: Arc<Manifest>,
     pub holders: Vec<HolderView>,
+    /// The caller's permission to fetch chunks of the file from the holders.
+    pub ticket: Ticket,
 }
 
 /// A peer as the peers list shows it.
@@ -154,4 +156,7 @@ pub struct FetchAssignment {
     pub chunk_size: u32,
     /// Up peers that hold the chunk now (`have` is `None`).
     pub sources: Vec<HolderView>,
+    /// The node's permission to fetch the chunk from them, signed as the task is pushed
+    /// (boxed: it is most of the message).
+    pub ticket: Box<Ticket>,
 }

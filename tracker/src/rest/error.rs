@@ -14,7 +14,7 @@ use crate::Error;
 pub enum ApiError {
     /// Anything the domain refused.
     Domain(Error),
-    /// A request axum could not parse (bad JSON, bad query string), with axum's status.
+    /// A request axum could not parse (bad JSON, query string or path), with axum's status.
     Rejected(StatusCode, String),
 }
 
@@ -32,6 +32,12 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::Rejected(client_status(r.status()), r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
         ApiError::Rejected(client_status(r.status()), r.body_text())
     }
 }

@@ -1,7 +1,7 @@
 //! `/api/v1/files` (search) and `/api/v1/files/{id}` (one file with its chunk map).
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +154,8 @@ impl From<FileDetail> for FileDetailJson {
 
 pub async fn h_file_get(
     State(svc): State<TrackerService>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<FileDetailJson>, ApiError> {
+    let Path(id) = id?;
     Ok(Json(svc.file_detail(&id)?.into()))
 }

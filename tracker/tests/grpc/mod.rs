@@ -9,6 +9,7 @@ use tracker::Config;
 
 mod persistence;
 mod replication;
+mod tickets;
 
 use crate::common::{
     TestTracker, announce, authed, heartbeat, manifest, peer_id, register, within,

@@ -198,6 +198,16 @@ async fn should_place_missing_copies_on_distinct_peers_and_settle() {
                 assert_eq!(fr.sources.len(), 1);
                 assert_eq!(fr.sources[0].peer_id, sharer.id);
                 assert_eq!(fr.sources[0].addr, sharer.addr());
+                let ticket = fr.ticket.as_ref().expect("a fetch carries a ticket");
+                assert_eq!(
+                    (
+                        ticket.file_id.as_str(),
+                        ticket.peer_id.as_str(),
+                        ticket.user.as_str()
+                    ),
+                    (f.id.as_str(), node.id.as_str(), "alice"),
+                    "the ticket is the target node's"
+                );
                 assert!(
                     placed.entry(fr.chunk).or_default().insert(node.id.clone()),
                     "two copies of chunk {} on one peer",

@@ -5,4 +5,5 @@ pub mod holdings;
 pub mod peers;
 pub mod sessions;
 pub mod tasks;
+pub mod tracker_keys;
 pub mod users;

@@ -1,0 +1,65 @@
+//! Tickets: the tracker signs short-lived permissions to fetch chunks of one file
+//! (`common::ticket`), which serving nodes check with the tracker's public key alone.
+//!
+//! The signing key is an Ed25519 secret kept in the database (`tracker_keys`, row
+//! [`TICKET_KEY`]): the first tracker to start inserts a random one, and every tracker on the
+//! same database reads back and uses that one, so their tickets are interchangeable.
+
+use common::{FileId, PeerId, Ticket, TicketClaims, TicketSigner};
+use rand::RngExt;
+
+use super::{TrackerService, duration_ms};
+use crate::Error;
+use crate::db::Store;
+use crate::model::now_ms;
+
+/// The `tracker_keys` row of the ticket signing key.
+pub const TICKET_KEY: &str = "ticket";
+
+/// Loads the ticket signing key, creating it if the database has none yet.
+///
+/// # Errors
+/// [`Error::Database`]; [`Error::Internal`] when the stored secret is not 32 bytes.
+pub async fn load_signer(store: &Store) -> Result<TicketSigner, Error> {
+    let mut fresh = [0u8; common::ticket::SECRET_KEY_LEN];
+    rand::rng().fill(&mut fresh);
+    let secret = store.key_or_insert(TICKET_KEY, &fresh).await?;
+    let secret = <[u8; common::ticket::SECRET_KEY_LEN]>::try_from(secret.as_slice())
+        .map_err(|_| Error::Internal("the stored ticket key is not 32 bytes".into()))?;
+    Ok(TicketSigner::from_secret(&secret))
+}
+
+impl TrackerService {
+    /// The public key nodes check tickets with.
+    pub fn ticket_public_key(&self) -> [u8; common::ticket::PUBLIC_KEY_LEN] {
+        self.inner.tickets.public_key()
+    }
+
+    /// A ticket for `user` (and, for replication, the node `peer`) to fetch chunks of
+    /// `file`, valid for `--ticket-ttl` from now.
+    pub fn issue_ticket(&self, file: FileId, peer: Option<PeerId>, user: &str) -> Ticket {
+        issue(
+            &self.inner.tickets,
+            duration_ms(self.inner.cfg.ticket_ttl),
+            file,
+            peer,
+            user,
+        )
+    }
+}
+
+/// Signs a ticket valid for `ttl_ms` from now.
+pub(super) fn issue(
+    signer: &TicketSigner,
+    ttl_ms: i64,
+    file: FileId,
+    peer: Option<PeerId>,
+    user: &str,
+) -> Ticket {
+    signer.sign(TicketClaims {
+        file_id: file,
+        peer_id: peer,
+        user: user.to_string(),
+        expires_at_ms: now_ms().saturating_add(ttl_ms),
+    })
+}
