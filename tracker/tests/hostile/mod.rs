@@ -486,7 +486,13 @@ async fn should_answer_every_bad_rest_request_with_a_json_4xx() {
             if let Some(ct) = ctype {
                 req = req.header("content-type", *ct);
             }
-            let resp = req.send().await.unwrap();
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                // For an oversized body the server may answer 413 and close before the
+                // client has finished writing it: a refusal, seen as a broken pipe.
+                Err(e) if body.len() > 1 << 20 && e.is_request() => continue,
+                Err(e) => panic!("{method} {path}: {e}"),
+            };
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             let error = serde_json::from_str::<Value>(&text)
