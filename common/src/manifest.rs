@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 
 use sha2::{Digest, Sha256};
@@ -164,9 +163,14 @@ impl Manifest {
     }
 }
 
+/// Buffers circulating between the reading thread and the whole-file hashing thread: one
+/// being read, one being hashed, and spares so neither thread waits on the other.
+const HASH_BUFFERS: usize = 4;
+
 /// Hashes a file into a manifest, reading it once and never holding more than a few chunks
 /// in memory. The chunk hashes are computed on the reading thread while a second thread
-/// computes the whole-file hash, so one file keeps two cores busy.
+/// computes the whole-file hash, so one file keeps two cores busy. The chunk buffers are
+/// allocated once and passed back and forth, so no chunk is zeroed or faulted in again.
 ///
 /// # Errors
 /// Any I/O error, or `InvalidData` if the file changed size while it was read.
@@ -174,34 +178,54 @@ pub fn hash_file(path: &Path, name: String) -> io::Result<Manifest> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
     let chunk_size = chunk_size_for(size);
-    let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(4);
+    let count = chunk_count(size, chunk_size);
+    // Full buffers go to the whole-file thread, empty ones come back.
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(HASH_BUFFERS);
     let whole = std::thread::spawn(move || {
         let mut h = Sha256::new();
-        for block in rx {
-            h.update(&block[..]);
+        for (block, n) in full_rx {
+            h.update(&block[..n]);
+            // The reader may have stopped taking buffers back; that is fine.
+            let _ = empty_tx.try_send(block);
         }
         Sha256Digest(h.finalize().into())
     });
-    let mut chunk_hashes = Vec::with_capacity(chunk_count(size, chunk_size) as usize);
+    let buf_len = (chunk_size as u64).min(size.max(1)) as usize;
+    let mut made = 0usize;
+    let mut chunk_hashes = Vec::with_capacity(count as usize);
     let mut total = 0u64;
-    loop {
-        let mut buf = vec![0u8; chunk_size as usize];
-        let n = read_full(&mut file, &mut buf)?;
+    let result = loop {
+        let mut buf = if made < HASH_BUFFERS.min(count.max(1) as usize) {
+            made += 1;
+            vec![0u8; buf_len]
+        } else {
+            match empty_rx.recv() {
+                Ok(b) => b,
+                Err(_) => break Ok(()),
+            }
+        };
+        // One byte past the expected end shows a file that grew while it was read.
+        let want = buf_len.min((size - total.min(size)) as usize).max(1);
+        let n = match read_full(&mut file, &mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
         if n == 0 {
-            break;
+            break Ok(());
         }
-        buf.truncate(n);
         total += n as u64;
-        chunk_hashes.push(Sha256Digest::of(&buf));
-        if tx.send(Arc::new(buf)).is_err() {
-            break;
+        if total > size {
+            break Ok(());
         }
-        if n < chunk_size as usize {
-            break;
+        chunk_hashes.push(Sha256Digest::of(&buf[..n]));
+        if full_tx.send((buf, n)).is_err() {
+            break Ok(());
         }
-    }
-    drop(tx);
+    };
+    drop(full_tx);
     let sha256 = whole.join().expect("the hashing thread does not panic");
+    result?;
     if total != size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
