@@ -139,6 +139,19 @@ pub async fn heartbeat(client: &mut TrackerClient<Channel>, token: &str, peer: &
         .unwrap();
 }
 
+/// Locates `file_id` as the holder of `token`; panics on any error status.
+pub async fn locate(
+    client: &mut TrackerClient<Channel>,
+    token: &str,
+    file_id: String,
+) -> pb::LocateResponse {
+    client
+        .locate(authed(pb::LocateRequest { file_id }, token))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Announces a manifest from `peer`; returns the file info.
 pub async fn announce(
     client: &mut TrackerClient<Channel>,

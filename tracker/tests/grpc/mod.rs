@@ -12,7 +12,7 @@ mod replication;
 mod tickets;
 
 use crate::common::{
-    TestTracker, announce, authed, heartbeat, manifest, peer_id, register, within,
+    TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
 };
 
 fn search(query: &str, kind: &str) -> pb::SearchRequest {
@@ -215,16 +215,7 @@ async fn should_announce_search_resolve_and_locate() {
         ))
         .await
         .unwrap();
-        let l = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: f.id.clone(),
-                },
-                &bob,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let l = locate(&mut c, &bob, f.id.clone()).await;
         let m = l.manifest.unwrap();
         assert_eq!(
             (m.name.as_str(), m.chunk_hashes.len()),
@@ -295,16 +286,7 @@ async fn should_not_hand_out_a_down_peer_until_it_heartbeats_again() {
         let f = announce(&mut c, &alice, &p, manifest("a.txt", 1, 1)).await;
         assert_eq!(f.holders, 1);
         tokio::time::sleep(Duration::from_millis(450)).await;
-        let l = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: f.id.clone(),
-                },
-                &alice,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let l = locate(&mut c, &alice, f.id.clone()).await;
         assert!(l.holders.is_empty());
         assert_eq!(l.file.unwrap().holders, 0);
         let peers = c
@@ -315,16 +297,7 @@ async fn should_not_hand_out_a_down_peer_until_it_heartbeats_again() {
             .peers;
         assert_eq!(peers[0].state, "down");
         heartbeat(&mut c, &alice, &p, "127.0.0.1:9001").await;
-        let l = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: f.id.clone(),
-                },
-                &alice,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let l = locate(&mut c, &alice, f.id.clone()).await;
         assert_eq!(l.holders.len(), 1);
         t.stop().await;
     })
@@ -532,27 +505,9 @@ async fn should_replace_holdings_on_sync_and_report_unknown_files() {
         ))
         .await
         .unwrap();
-        let la = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: a.id.clone(),
-                },
-                &alice,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let la = locate(&mut c, &alice, a.id.clone()).await;
         assert_eq!(la.holders.len(), 2);
-        let lb = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: b.id.clone(),
-                },
-                &alice,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let lb = locate(&mut c, &alice, b.id.clone()).await;
         assert!(lb.holders.is_empty());
         let bad_bits = c
             .sync_holdings(authed(

@@ -7,8 +7,8 @@ use tempfile::TempDir;
 use tracker::Config;
 
 use crate::common::{
-    TempPostgres, TestTracker, announce, authed, heartbeat, manifest, peer_id, postgres_admin_url,
-    register, within,
+    TempPostgres, TestTracker, announce, authed, heartbeat, locate, manifest, peer_id,
+    postgres_admin_url, register, within,
 };
 
 /// Everything a restarted tracker must still know, on the database behind `cfg`.
@@ -49,16 +49,7 @@ async fn check_restart_keeps_state(cfg: Config) {
         .into_inner();
     assert_eq!(r.files.len(), 1);
     assert_eq!(r.files[0].id, f.id);
-    let l = c
-        .locate(authed(
-            pb::LocateRequest {
-                file_id: f.id.clone(),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let l = locate(&mut c, &alice, f.id.clone()).await;
     assert_eq!(
         l.file.unwrap().holders,
         2,

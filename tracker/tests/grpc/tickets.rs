@@ -8,7 +8,7 @@ use proto::tracker::v1 as pb;
 use tempfile::TempDir;
 use tracker::Config;
 
-use crate::common::{TestTracker, announce, authed, manifest, peer_id, register, within};
+use crate::common::{TestTracker, announce, authed, locate, manifest, peer_id, register, within};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -68,16 +68,7 @@ async fn should_sign_locate_tickets_for_the_caller_with_the_advertised_key() {
         assert_eq!(hb.ticket_public_key.to_vec(), login_key(&t, "alice").await);
         let f = announce(&mut c, &alice, &p, manifest("a.bin", 2, 1)).await;
         let before = now_ms();
-        let l = c
-            .locate(authed(
-                pb::LocateRequest {
-                    file_id: f.id.clone(),
-                },
-                &alice,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let l = locate(&mut c, &alice, f.id.clone()).await;
         let ticket = parse(l.ticket.as_ref().expect("locate carries a ticket"));
         let key = TicketVerifier::from_public(&hb.ticket_public_key).unwrap();
         let claims = key
