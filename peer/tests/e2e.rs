@@ -527,3 +527,36 @@ async fn should_list_files_peers_and_status_as_json() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn should_fail_at_once_when_every_holder_is_offline() -> anyhow::Result<()> {
+    bounded(async {
+        let tracker = TestTracker::start().await?;
+        // Alice shares but runs no node: the tracker knows the file, nobody can serve it.
+        let alice = TestPeer::register(&tracker, "alice").await?;
+        let src = tempfile::tempdir()?;
+        random_file(src.path(), "lonely.bin", 3 * CHUNK)?;
+        let id = id_of(&alice.index(src.path()).await?[0]);
+
+        let bob = TestPeer::register(&tracker, "bob").await?;
+        let out = tempfile::tempdir()?;
+        let o = out.path().to_str().context("utf-8")?;
+        // The harness's give-up time is 60 s; this must not wait for it.
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            bob.run(&["get", &id, "--output", o]),
+        )
+        .await
+        .context("get waited for a source that cannot come")??;
+        assert_eq!(got.status.code(), Some(1));
+        assert_eq!(got.stderr.lines().count(), 1, "{}", got.stderr);
+        assert!(
+            got.stderr.contains("no live source for 3 of 3 chunks"),
+            "{}",
+            got.stderr
+        );
+        assert!(files_below(out.path()).is_empty(), "nothing written");
+        Ok(())
+    })
+    .await
+}

@@ -245,6 +245,16 @@ pub async fn download<T: ChunkTransport>(
         return Ok(outcome(0, 0, n));
     }
 
+    // With no live holder for some chunk there is nothing to wait for: say so now instead of
+    // after the give-up time, unless a part file from an earlier run may hold those chunks.
+    let missing = uncovered(&cx, &job, &located, n);
+    if missing > 0 && !part.exists() {
+        bail!(
+            "no live source for {missing} of {n} chunks of {}: every holder of them is offline",
+            common::names::printable(&manifest.name, 80)
+        );
+    }
+
     let (p2, size) = (part.clone(), manifest.size);
     let m2 = manifest.clone();
     let (file, have) = tokio::task::spawn_blocking(move || {
@@ -429,6 +439,26 @@ pub async fn download<T: ChunkTransport>(
 
 /// Adds the holders of a Locate answer as sources (minus this peer, restricted to
 /// `--from`), refreshes what known ones hold, and starts workers for usable ones.
+/// Whether `peer` may be a source of this job: not this peer itself, and matching `--from`.
+fn usable<T>(cx: &Context<T>, job: &Job, peer: &PeerId) -> bool {
+    *peer != cx.peer_id
+        && job
+            .from
+            .as_ref()
+            .is_none_or(|p| peer.as_str().starts_with(p.as_str()))
+}
+
+/// How many of the `n` chunks no usable holder in `loc` has.
+fn uncovered<T>(cx: &Context<T>, job: &Job, loc: &Located, n: u32) -> u32 {
+    let mut union = Bitfield::new(n);
+    for h in loc.holders.iter().filter(|h| usable(cx, job, &h.peer_id)) {
+        if h.have.len() == n {
+            union.union_with(&h.have);
+        }
+    }
+    n - union.count()
+}
+
 fn add_holders<T: ChunkTransport>(
     cx: &Context<T>,
     job: &Job,
@@ -440,12 +470,7 @@ fn add_holders<T: ChunkTransport>(
     let mut changed = false;
     sh.renew_ticket(loc.ticket);
     for h in loc.holders {
-        if h.peer_id == cx.peer_id {
-            continue;
-        }
-        if let Some(p) = &job.from
-            && !h.peer_id.as_str().starts_with(p.as_str())
-        {
+        if !usable(cx, job, &h.peer_id) {
             continue;
         }
         let s = sources.entry(h.peer_id.clone()).or_insert(Source {
