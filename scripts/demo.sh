@@ -40,7 +40,9 @@ peer() { local who=$1; shift; "$BIN/peer" --home "$DEMO/$who" "$@"; }
 for who in alice bob carol; do
   step "peer $who: register and serve"
   echo "demo-password-$who" | peer "$who" register --user "$who" --password-stdin
-  peer "$who" serve --listen 127.0.0.1:0 >"$DEMO/$who.out" 2>"$DEMO/$who.log" &
+  # The binary itself in the background (not the `peer` function, whose subshell would be
+  # the pid recorded and killed, leaving the node running).
+  "$BIN/peer" --home "$DEMO/$who" serve --listen 127.0.0.1:0 >"$DEMO/$who.out" 2>"$DEMO/$who.log" &
   PIDS+=($!)
   for _ in $(seq 100); do grep -q 'serving on' "$DEMO/$who.out" 2>/dev/null && break; sleep 0.1; done
   cat "$DEMO/$who.out"

@@ -13,6 +13,7 @@
 //! - [`ticket`]: the tracker's signed, short-lived permission to fetch chunks of a file.
 //! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
 //! - [`names`]: sanitising hostile file names and escaping text for terminals.
+//! - [`signals`]: Ctrl-C and SIGTERM, registered before a server says it is ready.
 
 pub mod bitfield;
 pub mod filetype;
@@ -20,6 +21,7 @@ pub mod hash;
 pub mod ids;
 pub mod manifest;
 pub mod names;
+pub mod signals;
 pub mod ticket;
 pub mod units;
 

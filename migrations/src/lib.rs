@@ -16,6 +16,8 @@ mod m20261121_000004_create_files;
 mod m20261121_000005_create_holdings;
 mod m20261122_000006_create_tasks;
 mod m20261124_000007_create_tracker_keys;
+mod m20261201_000008_create_changes;
+mod m20261201_000009_create_leases;
 
 /// Every migration of the tracker's schema, in order.
 pub struct Migrator;
@@ -31,6 +33,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000005_create_holdings::Migration),
             Box::new(m20261122_000006_create_tasks::Migration),
             Box::new(m20261124_000007_create_tracker_keys::Migration),
+            Box::new(m20261201_000008_create_changes::Migration),
+            Box::new(m20261201_000009_create_leases::Migration),
         ]
     }
 }

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+pub use clap_complete::Shell;
 use common::FileType;
 
 /// Share, search and fetch files with Tessera.
@@ -26,6 +27,11 @@ pub struct Cli {
     )]
     pub trackers: Vec<String>,
 
+    /// Trust the certificate authorities in this PEM file for https:// trackers and for
+    /// nodes that serve TLS (without it, TLS connections are refused).
+    #[arg(long, env = "PEER_CA", global = true, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -33,6 +39,17 @@ pub struct Cli {
     /// Do not draw progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG).
+    #[arg(
+        long,
+        env = "PEER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
@@ -76,6 +93,28 @@ pub enum Command {
     Peers,
     /// Session, tracker reachability, node state and transfers.
     Status,
+    /// Print a shell completion script (e.g. `peer completions bash > /etc/bash_completion.d/peer`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The completion script of the `peer` command line for `shell`.
+pub fn completions(shell: Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "peer", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +148,17 @@ pub struct ServeArgs {
     /// Upload cap in bytes per second, shared by all uploads (50M = 50 MB/s).
     #[arg(long, env = "PEER_MAX_UPLOAD_RATE", value_parser = parse_rate, value_name = "RATE")]
     pub max_upload_rate: Option<u64>,
+    /// Serve chunks over TLS with this certificate chain (PEM); the node then advertises
+    /// https://HOST:PORT so getters connect with TLS.
+    #[arg(long, env = "PEER_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PEER_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
+    /// 127.0.0.1:9100, or port 0 for any free port, printed at start).
+    #[arg(long, env = "PEER_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -147,11 +197,48 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_every_shell_and_command() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = completions(shell);
+            for word in ["get", "serve", "metrics-addr", "log-format"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        let cli = Cli::try_parse_from(["peer", "completions", "fish"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completions { shell: Shell::Fish }
+        ));
+        let err = Cli::try_parse_from(["peer", "completions", "tcsh"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn log_format_and_metrics_addr_parse() {
+        let cli = Cli::try_parse_from(["peer", "status"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from([
+            "peer",
+            "serve",
+            "--log-format",
+            "json",
+            "--metrics-addr",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(Cli::try_parse_from(["peer", "--log-format", "xml", "status"]).is_err());
     }
 
     #[test]
@@ -203,6 +290,29 @@ mod tests {
         };
         assert_eq!(s.storage_quota, 0);
         assert_eq!(s.listen.to_string(), "0.0.0.0:0");
+
+        let cli = Cli::try_parse_from([
+            "peer",
+            "serve",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.ca, Some(PathBuf::from("ca.pem")));
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.tls_cert, Some(PathBuf::from("c.pem")));
+        let err = Cli::try_parse_from(["peer", "serve", "--tls-cert", "c.pem"]).unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            2,
+            "--tls-cert without --tls-key is bad usage"
+        );
 
         let err = Cli::try_parse_from(["peer", "serve", "--max-upload-rate", "x"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);

@@ -14,6 +14,7 @@
 //! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), and the
 //!   HTTP/2 tuning shared with the server.
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
+//! - [`metrics`]: Prometheus counters of this process and the node's `/metrics` endpoint.
 //! - [`ratelimit`]: a token bucket shared by all transfers of one process.
 //! - [`progress`]: indicatif bars fed from atomics the downloader updates.
 //! - [`output`]: tables and JSON shapes of the commands.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod download;
 pub mod home;
+pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod ratelimit;

@@ -4,21 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use peer::cli::{Cli, Command};
+use peer::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_filter = match cli.command {
-        Command::Serve(_) => "warn,peer=info",
-        _ => "warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Needs no home and no tracker: answer before either is touched.
+    if let Command::Completions { shell } = cli.command {
+        peer::output::print(&peer::cli::completions(shell));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cli);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,6 +38,27 @@ fn main() -> ExitCode {
             peer::output::report_error(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: the node's own events for `serve`,
+/// warnings otherwise), as text or JSON lines (`--log-format`).
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,peer=info",
+        _ => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -424,6 +424,7 @@ impl Peer for PeerService {
             .collect();
         tokio::spawn(async move {
             let _guard = guard;
+            let _active = crate::metrics::metrics().transfer("upload");
             for index in req.indices {
                 let start = index as u64 * chunk_size;
                 let len = (size - start).min(chunk_size);
@@ -438,6 +439,7 @@ impl Peer for PeerService {
                             *b ^= 0xff;
                         }
                         stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                        crate::metrics::metrics().chunk_served(len);
                         Ok(pb::Chunk {
                             index,
                             data: Bytes::from(data),
@@ -480,20 +482,27 @@ impl Peer for PeerService {
 }
 
 /// Serves `service` on an already bound `listener` until `shutdown` is cancelled, with the
-/// HTTP/2 windows and message limits tuned for bulk transfer.
+/// HTTP/2 windows and message limits tuned for bulk transfer; over TLS with `tls` (the
+/// node's certificate and key).
 ///
 /// # Errors
-/// When the server fails (not when it is shut down).
+/// When the TLS identity is unusable or the server fails (not when it is shut down).
 pub async fn run(
     listener: TcpListener,
     service: Arc<PeerService>,
+    tls: Option<tonic::transport::Identity>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let svc = PeerServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)

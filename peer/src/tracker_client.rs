@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::home::Kind;
 use crate::replica::tasks::{DropTask, FetchTask, Source, Task, Work};
 use crate::replica::{FileMeta, MAX_REPLICA_CHUNKS};
-use crate::transport::ticket_from_pb;
+use crate::transport::{ClientTls, status_detail, ticket_from_pb};
 
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
@@ -169,9 +169,12 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, TrackerError> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|_| TrackerError::BadUrl(common::names::printable(url, 200)))?
+fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, TrackerError> {
+    let bad = || TrackerError::BadUrl(common::names::printable(url, 200));
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|_| bad())?;
+    Ok(tls
+        .apply(endpoint)
+        .map_err(|_| bad())?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
@@ -184,6 +187,23 @@ fn endpoint(url: &str) -> Result<Endpoint, TrackerError> {
 fn unreachable(s: &Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::Cancelled)
         || (s.code() == Code::Unknown && s.message().contains("transport error"))
+        // The answer was not HTTP/2 at all (e.g. a TLS port spoken to in plain text).
+        || s.message().starts_with("h2 protocol error")
+}
+
+/// Why a tracker could not be reached, with a hint for the TLS mistakes a user can fix.
+fn unreachable_detail(url: &str, s: &Status) -> String {
+    let detail = status_detail(s);
+    if detail.contains("certificate") {
+        format!("{detail} (give --ca the certificate of the CA that signed the tracker's)")
+    } else if url.starts_with("http://")
+        && (detail.contains("h2 protocol error") || detail.contains("connection closed"))
+    {
+        // The first bytes back were not HTTP/2: most likely a TLS port.
+        format!("{detail} (does the tracker serve TLS? then use https://)")
+    } else {
+        detail
+    }
 }
 
 fn map_status(s: Status) -> TrackerError {
@@ -305,10 +325,22 @@ impl TrackerClient {
     /// # Errors
     /// [`TrackerError::BadUrl`] for a URL that does not parse.
     pub fn new(urls: &[String], token: Option<String>) -> Result<Self, TrackerError> {
+        Self::with_tls(urls, token, &ClientTls::default())
+    }
+
+    /// Like [`TrackerClient::new`], checking `https://` trackers against `tls`.
+    ///
+    /// # Errors
+    /// [`TrackerError::BadUrl`] for a URL that does not parse.
+    pub fn with_tls(
+        urls: &[String],
+        token: Option<String>,
+        tls: &ClientTls,
+    ) -> Result<Self, TrackerError> {
         let urls: Vec<String> = urls.iter().map(|u| normalize_url(u)).collect();
         let channels = urls
             .iter()
-            .map(|u| endpoint(u).map(|e| e.connect_lazy()))
+            .map(|u| endpoint(u, tls).map(|e| e.connect_lazy()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             urls: Arc::new(urls),
@@ -323,8 +355,8 @@ impl TrackerClient {
     }
 
     /// Whether `url` accepts a connection within a couple of seconds.
-    pub async fn probe(url: &str) -> bool {
-        let Ok(ep) = endpoint(&normalize_url(url)) else {
+    pub async fn probe(url: &str, tls: &ClientTls) -> bool {
+        let Ok(ep) = endpoint(&normalize_url(url), tls) else {
             return false;
         };
         let ep = ep.connect_timeout(Duration::from_secs(2));
@@ -372,8 +404,9 @@ impl TrackerClient {
                     return Ok(resp.into_inner());
                 }
                 Err(s) if unreachable(&s) => {
-                    tracing::debug!(url = %self.urls[i], "tracker unreachable: {}", s.message());
-                    last = common::names::printable(s.message(), 200);
+                    let detail = unreachable_detail(&self.urls[i], &s);
+                    tracing::debug!(url = %self.urls[i], "tracker unreachable: {detail}");
+                    last = common::names::printable(&detail, 300);
                 }
                 Err(s) => return Err(map_status(s)),
             }

@@ -5,10 +5,15 @@
 //! HTTP/2's default 64 KiB windows and tonic's 4 MiB message limit throttle bulk transfer,
 //! so both sides (this client and `server`) use the settings below.
 //!
+//! A node that serves TLS advertises `https://HOST:PORT` (a plain one `HOST:PORT`), so the
+//! address alone tells a getter how to connect; TLS peers are checked against the
+//! certificate authorities of `--ca` ([`ClientTls`]).
+//!
 //! Every request carries the ticket the tracker signed for the file (from Locate or from a
 //! replication task); a node refuses requests without a valid one.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Per-stream HTTP/2 window: a few chunks in flight per stream.
 pub const STREAM_WINDOW: u32 = 4 << 20;
@@ -65,15 +70,107 @@ pub trait ChunkTransport: Send + Sync + 'static {
     fn forget(&self, addr: &str);
 }
 
+/// The certificate authorities this peer trusts for `https://` trackers and TLS nodes
+/// (`--ca`); none by default, so TLS connections fail until one is given. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    ca: Option<Certificate>,
+}
+
+/// Why `--ca` is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read --ca {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--ca {0} holds no PEM certificate")]
+    Empty(String),
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates (PEM) in `path`, or nothing when `None`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no certificate.
+    pub fn load(path: Option<&Path>) -> Result<Self, CaError> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let shown = crate::output::safe(&path.display().to_string());
+        let pem = std::fs::read(path).map_err(|source| CaError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .filter(|c| c.is_ok())
+            .count();
+        if certs == 0 {
+            return Err(CaError::Empty(shown));
+        }
+        Ok(Self {
+            ca: Some(Certificate::from_pem(pem)),
+        })
+    }
+
+    /// Whether a CA was given.
+    pub fn has_ca(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// `endpoint` with TLS settings when its URI is `https://`.
+    ///
+    /// # Errors
+    /// When tonic refuses the TLS settings.
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+        if endpoint.uri().scheme_str() != Some("https") {
+            return Ok(endpoint);
+        }
+        let mut cfg = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            cfg = cfg.ca_certificate(ca.clone());
+        }
+        endpoint.tls_config(cfg)
+    }
+}
+
+/// The URI of a node's advertised address: `https://HOST:PORT` stays, `HOST:PORT` gets
+/// `http://`.
+pub fn node_uri(addr: &str) -> String {
+    if addr.starts_with("https://") || addr.starts_with("http://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// The gRPC transport: `peer.v1.Peer/GetChunks`.
 #[derive(Default)]
 pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
+    tls: ClientTls,
 }
 
-/// An endpoint tuned for bulk transfer (client side).
-pub fn tuned_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+impl GrpcTransport {
+    /// A transport that checks TLS nodes against `tls`.
+    pub fn new(tls: ClientTls) -> Self {
+        Self {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+}
+
+/// An endpoint for the node at `addr` (advertised form, see [`node_uri`]) tuned for bulk
+/// transfer (client side).
+pub fn tuned_endpoint(addr: &str, tls: &ClientTls) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(node_uri(addr))?;
+    Ok(tls
+        .apply(endpoint)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -121,7 +218,7 @@ pub(crate) fn ticket_from_pb(t: &pb::Ticket) -> Result<Ticket, TicketError> {
 }
 
 fn classify(s: tonic::Status) -> FetchError {
-    let msg = common::names::printable(s.message(), 200);
+    let msg = common::names::printable(&status_detail(&s), 300);
     match s.code() {
         // A refused ticket may be accepted later, once a fresh one is presented.
         Code::NotFound
@@ -134,13 +231,30 @@ fn classify(s: tonic::Status) -> FetchError {
     }
 }
 
+/// A status's message followed by the chain of errors behind it (a connection failure's
+/// message alone is just "transport error"; the cause, e.g. a refused certificate, is
+/// below it).
+pub fn status_detail(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        let m = e.to_string();
+        // "transport error" says nothing the rest of the chain does not.
+        if !m.is_empty() && m != "transport error" && !out.contains(&m) {
+            out = format!("{out}: {m}");
+        }
+        next = e.source();
+    }
+    out
+}
+
 impl GrpcTransport {
     fn channel(&self, addr: &str) -> Result<Channel, FetchError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = tuned_endpoint(addr)
+        let ch = tuned_endpoint(addr, &self.tls)
             .map_err(|e| FetchError::Connect(format!("bad address {addr}: {e}")))?
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());

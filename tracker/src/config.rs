@@ -3,7 +3,7 @@
 //! The environment is read through a lookup function so the precedence is testable without
 //! touching the process environment.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,6 +33,15 @@ pub struct Config {
     /// How long a ticket (the signed permission to fetch chunks of a file) stays valid;
     /// getters renew theirs by calling Locate again.
     pub ticket_ttl: Duration,
+    /// Certificate chain and private key (PEM) to serve TLS with; plain when `None`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the tracker's TLS certificate chain and private key are (both PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -47,6 +56,7 @@ impl Default for Config {
             open_registration: true,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             ticket_ttl: Duration::from_secs(600),
+            tls: None,
         }
     }
 }
@@ -72,8 +82,7 @@ impl Config {
         file: Option<&str>,
     ) -> Result<Config, Error> {
         let file: FileConfig = match file {
-            Some(text) => toml::from_str(text)
-                .map_err(|e| Error::Config(format!("config file: {}", e.message())))?,
+            Some(text) => toml::from_str(text).map_err(|e| file_error(text, &e))?,
             None => FileConfig::default(),
         };
         let mut cfg = Config::default();
@@ -155,17 +164,52 @@ impl Config {
         )? {
             cfg.open_registration = v;
         }
+        let cert = pick(
+            args.tls_cert.clone(),
+            env("TRACKER_TLS_CERT"),
+            file.tls_cert,
+            |s| Ok(PathBuf::from(s)),
+        )?;
+        let key = pick(
+            args.tls_key.clone(),
+            env("TRACKER_TLS_KEY"),
+            file.tls_key,
+            |s| Ok(PathBuf::from(s)),
+        )?;
+        cfg.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "--tls-cert needs --tls-key (TRACKER_TLS_KEY, tls_key)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "--tls-key needs --tls-cert (TRACKER_TLS_CERT, tls_cert)".into(),
+                ));
+            }
+        };
         if cfg.replication == 0 {
-            return Err(Error::Config("replication must be at least 1".into()));
+            return Err(Error::Config(
+                "replication must be at least 1 (--replication, TRACKER_REPLICATION, replication)"
+                    .into(),
+            ));
         }
         if cfg.peer_timeout.is_zero() {
-            return Err(Error::Config("peer timeout must be positive".into()));
+            return Err(Error::Config(
+                "peer timeout must be positive (--peer-timeout, TRACKER_PEER_TIMEOUT, peer_timeout)".into(),
+            ));
         }
         if cfg.task_lease.is_zero() {
-            return Err(Error::Config("task lease must be positive".into()));
+            return Err(Error::Config(
+                "task lease must be positive (--task-lease, TRACKER_TASK_LEASE, task_lease)".into(),
+            ));
         }
         if cfg.ticket_ttl.is_zero() {
-            return Err(Error::Config("ticket ttl must be positive".into()));
+            return Err(Error::Config(
+                "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -185,6 +229,37 @@ fn pick<T>(
         return parse_env(s).map(Some).map_err(Error::Config);
     }
     Ok(file)
+}
+
+/// A TOML error as one line naming where in the file it is and, when the line sets a
+/// key, which key (the error alone says only what was wrong with the value).
+fn file_error(text: &str, e: &toml::de::Error) -> Error {
+    let Some(span) = e.span() else {
+        return Error::Config(format!("config file: {}", e.message()));
+    };
+    let line_no = text
+        .bytes()
+        .take(span.start)
+        .filter(|&b| b == b'\n')
+        .count();
+    let key = text
+        .lines()
+        .nth(line_no)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    match key {
+        Some(k) => Error::Config(format!(
+            "config file, line {} ({k}): {}",
+            line_no + 1,
+            e.message()
+        )),
+        None => Error::Config(format!(
+            "config file, line {}: {}",
+            line_no + 1,
+            e.message()
+        )),
+    }
 }
 
 /// `30s`, `2m`, `1h 30m`, `500ms`.
@@ -228,6 +303,12 @@ pub struct ConfigArgs {
     /// Whether peers may create accounts [env: TRACKER_OPEN_REGISTRATION] [default: true]
     #[arg(long, global = true, value_name = "BOOL", value_parser = parse_bool)]
     pub open_registration: Option<bool>,
+    /// Serve TLS with this certificate chain (PEM; needs --tls-key) [env: TRACKER_TLS_CERT]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM) [env: TRACKER_TLS_KEY]
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The keys of the TOML config file.
@@ -242,11 +323,14 @@ struct FileConfig {
     task_lease: Option<String>,
     ticket_ttl: Option<String>,
     open_registration: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -268,6 +352,34 @@ mod tests {
         assert_eq!(cfg.task_lease, Duration::from_secs(60));
         assert_eq!(cfg.ticket_ttl, Duration::from_secs(600));
         assert!(cfg.open_registration);
+        assert_eq!(cfg.tls, None);
+    }
+
+    #[test]
+    fn tls_takes_both_files_from_any_source_and_refuses_one_alone() {
+        let file = "tls_cert = \"f.crt\"\ntls_key = \"f.key\"\n";
+        let cfg = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
+        let tls = cfg.tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("f.crt"), Some("f.key"))
+        );
+        let e = env(&[("TRACKER_TLS_CERT", "e.crt"), ("TRACKER_TLS_KEY", "e.key")]);
+        let args = ConfigArgs {
+            tls_key: Some("a.key".into()),
+            ..ConfigArgs::default()
+        };
+        let tls = Config::resolve(&args, e, Some(file)).unwrap().tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("e.crt"), Some("a.key"))
+        );
+        let alone = ConfigArgs {
+            tls_cert: Some("a.crt".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&alone, env(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("--tls-key"), "{err}");
     }
 
     #[test]
@@ -357,11 +469,119 @@ mod tests {
         assert!(Config::resolve(&zero_ttl, env(&[]), None).is_err());
         let bad_key = Config::resolve(&ConfigArgs::default(), env(&[]), Some("lisen = \"x\""));
         assert!(bad_key.is_err());
+        let bad_type = Config::resolve(
+            &ConfigArgs::default(),
+            env(&[]),
+            Some("listen = \"x\"\nreplication = \"three\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            bad_type
+                .to_string()
+                .starts_with("config file, line 2 (replication): "),
+            "{bad_type}"
+        );
         let zero = ConfigArgs {
             replication: Some(0),
             ..ConfigArgs::default()
         };
         assert!(Config::resolve(&zero, env(&[]), None).is_err());
+    }
+
+    /// The keys a config file may hold, with the environment variable of each.
+    const KEYS: &[(&str, &str)] = &[
+        ("listen", "TRACKER_LISTEN"),
+        ("database_url", "TRACKER_DATABASE_URL"),
+        ("replication", "TRACKER_REPLICATION"),
+        ("peer_timeout", "TRACKER_PEER_TIMEOUT"),
+        ("repair_grace", "TRACKER_REPAIR_GRACE"),
+        ("task_lease", "TRACKER_TASK_LEASE"),
+        ("ticket_ttl", "TRACKER_TICKET_TTL"),
+        ("open_registration", "TRACKER_OPEN_REGISTRATION"),
+        ("tls_cert", "TRACKER_TLS_CERT"),
+        ("tls_key", "TRACKER_TLS_KEY"),
+    ];
+
+    /// Values of every TOML kind, and strings that are nearly durations, numbers or booleans.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => word().prop_map(|w| format!("{w:?}")),
+            1 => word().prop_map(|w| format!("'{w}'")),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => "[0-9]{15,25}",
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => any::<f64>().prop_map(|f| format!("{f:?}")),
+            1 => Just("[1, \"a\"]".to_string()),
+            1 => Just("{ a = 1 }".to_string()),
+            1 => "\\PC{0,8}",
+        ]
+    }
+
+    /// Raw text that is nearly a duration, a number or a boolean.
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0s".to_string()),
+            Just("1ns".to_string()),
+            Just("18446744073709551615s".to_string()),
+            Just("99999999999999999999999h".to_string()),
+            Just("584942417355y".to_string()),
+            Just("yes".to_string()),
+            Just("".to_string()),
+            "[0-9]{1,3}[a-z]{0,3}( [0-9]{1,3}[a-z]{0,3})?",
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(KEYS).prop_map(|(k, _)| k.to_string());
+        prop_oneof![
+            8 => (key.clone(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            1 => key.prop_map(|k| format!("[{k}]")),
+            1 => "\\PC{0,20}",
+        ]
+    }
+
+    /// A failure names a key (as in the file, the environment or a flag) or the file.
+    fn names_the_source(msg: &str) -> bool {
+        msg.contains("config file")
+            || KEYS.iter().any(|(k, e)| {
+                msg.contains(k)
+                    || msg.contains(e)
+                    || msg.contains(&format!("--{}", k.replace('_', "-")))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn should_never_panic_on_any_config_file_text(text in "\\PC{0,200}") {
+            if let Err(e) = Config::resolve(&ConfigArgs::default(), env(&[]), Some(&text)) {
+                prop_assert!(matches!(e, Error::Config(_)), "{e:?}");
+                prop_assert!(names_the_source(&e.to_string()), "{e}");
+            }
+        }
+
+        #[test]
+        fn should_refuse_bad_settings_naming_the_key(
+            keys in prop::sample::subsequence(KEYS, 0..=KEYS.len()),
+            values in prop::collection::vec(value(), KEYS.len()),
+            junk in prop::option::of(line()),
+            vars in prop::collection::vec((prop::sample::select(KEYS), word()), 0..3),
+        ) {
+            let mut lines: Vec<String> = keys
+                .iter()
+                .zip(&values)
+                .map(|((k, _), v)| format!("{k} = {v}"))
+                .collect();
+            lines.extend(junk);
+            let doc = lines.join("\n");
+            let vars: Vec<(&str, String)> = vars.iter().map(|((_, e), v)| (*e, v.clone())).collect();
+            let pairs: Vec<(&str, &str)> = vars.iter().map(|(e, v)| (*e, v.as_str())).collect();
+            if let Err(e) = Config::resolve(&ConfigArgs::default(), env(&pairs), Some(&doc)) {
+                prop_assert!(matches!(e, Error::Config(_)), "{e:?}");
+                prop_assert!(names_the_source(&e.to_string()), "{e}\n{doc}");
+            }
+        }
     }
 
     #[test]

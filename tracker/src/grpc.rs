@@ -326,7 +326,7 @@ impl Tracker for Grpc {
                 size: m.size,
                 sha256: Bytes::copy_from_slice(&m.sha256.0),
                 chunk_size: m.chunk_size,
-                chunk_hashes: Bytes::from(m.packed_hashes()),
+                chunk_hashes: l.packed_hashes.clone(),
             }),
             holders: l.holders.into_iter().map(holder).collect(),
             ticket: Some(ticket(l.ticket)),

@@ -9,22 +9,27 @@
 //! - `db`: SeaORM entities, the `Store` and the batch writer; nothing else sees SQL.
 //! - `replication`: the placement policy and the task table (the planner is in `app`).
 //! - `grpc`: the `tracker.v1.Tracker` adapter.
-//! - `rest`: the REST adapter (route table, handlers per noun, JSON errors).
+//! - `rest`: the REST adapter (route table, handlers per noun, JSON errors, OpenAPI).
+//! - `metrics`: request, transfer and locate counters for `/metrics` and the stats.
+//! - `dashboard`: the web page at `GET /`, embedded in the binary.
 //! - [`admin`]: what the `tracker migrate` and `tracker user …` commands do.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
+//! - [`tls`]: optional TLS on the one port (`--tls-cert`/`--tls-key`).
 
 pub mod admin;
 mod app;
 pub mod config;
+mod dashboard;
 mod db;
 pub mod error;
 mod grpc;
+mod metrics;
 mod model;
 mod replication;
 mod rest;
 pub mod shutdown;
+pub mod tls;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -42,9 +47,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// replication planner until `shutdown` is cancelled; flushes pending DB writes before
 /// returning.
 ///
-/// Connects to the database and applies migrations first.
+/// Connects to the database and applies migrations first. With `cfg.tls` set, every
+/// connection is TLS.
 ///
 /// # Errors
+/// [`Error::Config`] when the TLS files are unusable;
 /// [`Error::Database`] when the database cannot be reached, migrated or loaded;
 /// [`Error::Io`] when serving fails.
 pub async fn run(
@@ -52,6 +59,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let tls_config = match &cfg.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
     let store = db::Store::connect(&cfg.database_url).await?;
     store.migrate().await?;
     let (svc, writer) = TrackerService::start(cfg, store.clone()).await?;
@@ -60,18 +71,22 @@ pub async fn run(
     let planner = tokio::spawn(svc.clone().replicate(stop_planner.clone()));
     let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
     let app = rest::router(svc.clone())
+        .merge(dashboard::router())
+        .method_not_allowed_fallback(rest::method_not_allowed)
         .merge(grpc_routes)
         .fallback(rest::not_found)
+        // Counts every request, REST and gRPC, under its route template.
+        .layer(axum::middleware::from_fn_with_state(
+            svc.clone(),
+            metrics::track,
+        ))
         .layer(TraceLayer::new_for_http());
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
-    tracing::info!(%addr, "serving gRPC and HTTP");
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tracing::info!(%addr, tls = tls_config.is_some(), "serving gRPC and HTTP");
+    let serve = tls::serve(listener, app, tls_config, shutdown.clone())
+        .map_err(|e| Error::io("starting the TLS listener", e))?;
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

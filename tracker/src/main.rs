@@ -15,13 +15,32 @@ use tracker::{Config, admin};
 #[command(name = "tracker", version)]
 struct Cli {
     /// TOML file with any of: listen, database_url, replication, peer_timeout,
-    /// repair_grace, task_lease, open_registration [env: TRACKER_CONFIG]
+    /// repair_grace, task_lease, open_registration, tls_cert, tls_key [env: TRACKER_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG)
+    #[arg(
+        long,
+        env = "TRACKER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: ConfigArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line, for log collectors
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,13 +68,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve));
     let default_level = if serving { "info" } else { "warn" };
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,14 +163,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Migrate before binding, so a bad database URL fails before anyone is told to connect.
     admin::migrate(&cfg.database_url).await?;
+    // Likewise unusable TLS files.
+    if let Some(files) = &cfg.tls {
+        tracker::tls::server_config(&files.cert, &files.key)?;
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    println!("tracker listening on http://{addr}");
-    std::io::stdout().flush()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let token = CancellationToken::new();
     tracker::shutdown::spawn_signal_handler(token.clone());
+    println!("tracker listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
     tracker::run(cfg, listener, token).await?;
     Ok(())
 }

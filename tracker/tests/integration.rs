@@ -1,8 +1,10 @@
-//! Contract tests of the tracker: real sockets, a real SQLite file in a temp dir (and
-//! PostgreSQL for the persistence test when `TRACKER_TEST_DATABASE_URL` is set). One test
-//! binary: the harness in `common`, then the gRPC, REST and command-line contracts, and hostile input.
+//! Contract tests of the tracker: real sockets, a real SQLite file in a temp dir, or with
+//! `TRACKER_TEST_BACKEND=postgres` a fresh PostgreSQL database per test under
+//! `TRACKER_TEST_DATABASE_URL`. One test binary: the harness in `common`, then the gRPC,
+//! REST and command-line contracts, hostile input, and several trackers on one database.
 
 mod cli;
+mod cluster;
 mod common;
 mod grpc;
 mod hostile;

@@ -129,7 +129,7 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> anyhow::Result<()> {
         home: cx.home.clone(),
         peer_id,
         tracker: client,
-        transport: Arc::new(GrpcTransport::default()),
+        transport: Arc::new(GrpcTransport::new(cx.tls.clone())),
         rate: a.max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
         cfg,
     });

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub trackers: Vec<String>,
     pub json: bool,
     pub quiet: bool,
+    /// The CAs trusted for https:// trackers and TLS nodes (`--ca`).
+    pub tls: crate::transport::ClientTls,
 }
 
 impl Ctx {
@@ -40,6 +42,7 @@ impl Ctx {
             trackers,
             json: cli.json,
             quiet: cli.quiet,
+            tls: crate::transport::ClientTls::load(cli.ca.as_deref())?,
         })
     }
 
@@ -54,7 +57,7 @@ impl Ctx {
             .session()?
             .filter(|s| s.expires_at_ms <= 0 || s.expires_at_ms > crate::now_ms())
             .map(|s| s.token);
-        Ok(TrackerClient::new(&self.trackers, token)?)
+        Ok(TrackerClient::with_tls(&self.trackers, token, &self.tls)?)
     }
 }
 
@@ -85,5 +88,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Files => query::files(&cx),
         Command::Peers => query::peers(&cx).await,
         Command::Status => status::status(&cx).await,
+        Command::Completions { shell } => {
+            crate::output::print(&crate::cli::completions(shell));
+            Ok(())
+        }
     }
 }

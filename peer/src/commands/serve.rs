@@ -106,7 +106,50 @@ pub fn check_advertise(s: &str) -> anyhow::Result<String> {
     }
 }
 
+/// The node's TLS certificate chain and key (`--tls-cert`, `--tls-key`), checked to hold a
+/// PEM certificate and a PEM private key (whether they fit each other is checked when the
+/// server starts).
+///
+/// # Errors
+/// When a file cannot be read or does not hold what it should.
+pub fn tls_identity(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tonic::transport::Identity>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| {
+            format!(
+                "cannot read {flag} {}",
+                output::safe(&p.display().to_string())
+            )
+        })
+    };
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+    if !CertificateDer::pem_slice_iter(&cert_pem).any(|c| c.is_ok()) {
+        bail!(
+            "--tls-cert {} holds no PEM certificate",
+            output::safe(&cert.display().to_string())
+        );
+    }
+    if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+        bail!(
+            "--tls-key {} holds no PEM private key",
+            output::safe(&key.display().to_string())
+        );
+    }
+    Ok(Some(tonic::transport::Identity::from_pem(
+        cert_pem, key_pem,
+    )))
+}
+
 pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
+    // Before the "serving on" line: a SIGTERM right after it must stop us cleanly.
+    let mut signals = common::signals::StopSignals::register();
     let peer_id = cx.home.peer_id()?;
     let live = cx
         .home
@@ -117,6 +160,8 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     }
     let client = cx.client()?;
     let advertise = a.advertise.as_deref().map(check_advertise).transpose()?;
+    let tls = tls_identity(a.tls_cert.as_deref(), a.tls_key.as_deref())?;
+    let scheme = if tls.is_some() { "https://" } else { "" };
     let rescan = rescan_every()?;
     let home = cx.home.clone();
     let quota = a.storage_quota;
@@ -126,6 +171,14 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let metrics_listener = match a.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let bound = listener.local_addr()?;
     let advertise = match advertise {
         Some(s) => s,
@@ -136,6 +189,12 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
             };
             choose_advertise(bound.ip(), bound.port(), route).to_string()
         }
+    };
+    // A TLS node says so in its address, so getters know to connect with TLS.
+    let advertise = match (tls.is_some(), advertise.strip_prefix("https://")) {
+        (true, plain) => format!("https://{}", plain.unwrap_or(&advertise)),
+        (false, Some(_)) => bail!("--advertise https://… needs --tls-cert and --tls-key"),
+        (false, None) => advertise,
     };
     let local = if bound.ip().is_unspecified() {
         let lo = if bound.is_ipv4() {
@@ -168,11 +227,11 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
         key.clone(),
     ));
     let token = CancellationToken::new();
-    let mut server = tokio::spawn(server::run(listener, svc.clone(), token.clone()));
+    let mut server = tokio::spawn(server::run(listener, svc.clone(), tls, token.clone()));
     let node = NodeFile {
         pid: std::process::id(),
         addr: advertise.clone(),
-        local_addr: local.to_string(),
+        local_addr: format!("{scheme}{local}"),
         peer_id: peer_id.clone(),
         started_at_ms: crate::now_ms(),
         storage_quota: Some(quota),
@@ -181,6 +240,17 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     };
     cx.home.save_node(&node)?;
     output::println(&format!("peer {peer_id} serving on {advertise}"));
+    if let Some(l) = metrics_listener {
+        let url = crate::metrics::url(l.local_addr()?);
+        output::println(&format!("metrics on {url}"));
+        tracing::info!(url = %url, "metrics endpoint up");
+        let (store, token) = (replicas.clone(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(l, store, token).await {
+                tracing::warn!("the metrics endpoint failed: {e}");
+            }
+        });
+    }
     tracing::info!(
         peer = %peer_id,
         addr = %advertise,
@@ -194,7 +264,7 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     let connected = Arc::new(AtomicBool::new(false));
     let runner = Arc::new(Runner::new(
         replicas.clone(),
-        Arc::new(GrpcTransport::default()),
+        Arc::new(GrpcTransport::new(cx.tls.clone())),
         peer_id.clone(),
         advertise.clone(),
     ));
@@ -234,14 +304,13 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
                 Err(e) => Err(anyhow::anyhow!("the node's server task failed: {e}")),
             })
         }
-        _ = shutdown_signal() => None,
+        () = signals.recv() => None,
     };
     tracing::info!("shutting down");
     token.cancel();
-    tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(130);
-        }
+    tokio::spawn(async move {
+        signals.interrupted().await;
+        std::process::exit(130);
     });
     while background.join_next().await.is_some() {}
     if result.is_none() {
@@ -249,24 +318,6 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> anyhow::Result<()> {
     }
     cx.home.delete_node()?;
     result.unwrap_or(Ok(()))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
 }
 
 /// Heartbeats forever (until cancelled); SyncHoldings at start and after each outage.

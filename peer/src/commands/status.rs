@@ -49,6 +49,36 @@ struct StatusJson {
     trackers: Vec<TrackerJson>,
     node: NodeJson,
     downloads: Vec<DownloadJson>,
+    /// The one thing to do next, for a new user (none when all is set up).
+    next: Option<String>,
+}
+
+/// What a user should do next, most pressing first: reach a tracker, log in, start the
+/// node, share something.
+fn next_step(st: &StatusJson, shares: bool) -> Option<String> {
+    if !st.trackers.iter().any(|t| t.reachable) {
+        let urls: Vec<String> = st.trackers.iter().map(|t| safe(&t.url)).collect();
+        return Some(format!(
+            "start the tracker at {} or point --tracker (PEER_TRACKER) at one that runs",
+            urls.join(", ")
+        ));
+    }
+    if !st.logged_in {
+        return Some(match &st.user {
+            Some(u) => format!("run `peer login --user {}`", safe(u)),
+            None => {
+                "run `peer login --user NAME` (or `peer register --user NAME` for a new account)"
+                    .into()
+            }
+        });
+    }
+    if !st.node.running {
+        return Some("run `peer serve` so other peers can fetch from this one".into());
+    }
+    if !shares {
+        return Some("run `peer index PATH` to share files, or `peer search` to find some".into());
+    }
+    None
 }
 
 /// Asks the node named by node.json for its status.
@@ -61,7 +91,7 @@ async fn node_status(cx: &Ctx, peer_id: &str) -> NodeJson {
     } else {
         node.local_addr.clone()
     };
-    let Ok(ep) = crate::transport::tuned_endpoint(&target) else {
+    let Ok(ep) = crate::transport::tuned_endpoint(&target, &cx.tls) else {
         return NodeJson::default();
     };
     let ep = ep.connect_timeout(Duration::from_secs(2));
@@ -103,13 +133,13 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
     for url in &cx.trackers {
         trackers.push(TrackerJson {
             url: url.clone(),
-            reachable: TrackerClient::probe(url).await,
+            reachable: TrackerClient::probe(url, &cx.tls).await,
         });
     }
     let node = node_status(cx, &peer_id).await;
-    let downloads: Vec<DownloadJson> = cx
-        .home
-        .records()?
+    let records = cx.home.records()?;
+    let shares = !records.is_empty();
+    let downloads: Vec<DownloadJson> = records
         .into_iter()
         .filter(|r| r.kind == Kind::Downloaded && !r.complete)
         .map(|r| DownloadJson {
@@ -120,7 +150,7 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
             path: r.path.to_string_lossy().into_owned(),
         })
         .collect();
-    let st = StatusJson {
+    let mut st = StatusJson {
         home: cx.home.dir().to_string_lossy().into_owned(),
         peer_id,
         logged_in: live.is_some(),
@@ -131,7 +161,9 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
         trackers,
         node,
         downloads,
+        next: None,
     };
+    st.next = next_step(&st, shares);
     if cx.json {
         return output::json(&st);
     }
@@ -164,7 +196,7 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
         let state = if t.reachable {
             "reachable"
         } else {
-            "unreachable"
+            "unreachable (is the tracker running there? set --tracker or PEER_TRACKER)"
         };
         out += &format!("tracker:   {} {state}\n", safe(&t.url));
     }
@@ -209,6 +241,9 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
             &d.id[..12],
             safe(&dir)
         );
+    }
+    if let Some(next) = &st.next {
+        out += &format!("next:      {next}\n");
     }
     output::print(&out);
     Ok(())

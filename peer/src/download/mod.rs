@@ -206,6 +206,7 @@ pub async fn download<T: ChunkTransport>(
     progress: Arc<FileProgress>,
 ) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
+    let _active = crate::metrics::metrics().transfer("download");
     let located = cx.tracker.locate(&job.file_id).await?;
     let manifest = located
         .manifest
@@ -304,6 +305,8 @@ pub async fn download<T: ChunkTransport>(
     let mut locate_backoff = Duration::from_secs(1);
     let mut next_locate = Instant::now() + cx.cfg.relocate_every;
     let mut last_activity = Instant::now();
+    // Why the last source was dropped, for the give-up message (e.g. a refused certificate).
+    let mut last_gone: Option<String> = None;
     let mut tick = tokio::time::interval(cx.cfg.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -338,6 +341,7 @@ pub async fn download<T: ChunkTransport>(
                                 s.retry_at = Instant::now() + backoff;
                                 cx.transport.forget(&addr);
                                 tracing::info!(peer = %source, "dropping source: {why}");
+                                last_gone = Some(why.clone());
                             }
                             WorkerEnd::Done | WorkerEnd::Cancelled => {}
                         }
@@ -412,8 +416,12 @@ pub async fn download<T: ChunkTransport>(
                 }
                 progress.set_sources(sources.values().filter(|s| s.running).count());
                 if now.duration_since(last_activity) > cx.cfg.give_up_after {
+                    let why = last_gone
+                        .as_deref()
+                        .map(|w| format!(" (last source error: {})", common::names::printable(w, 300)))
+                        .unwrap_or_default();
                     bail!(
-                        "no live source for {remaining} of {n} chunks of {}",
+                        "no live source for {remaining} of {n} chunks of {}{why}",
                         common::names::printable(&manifest.name, 200)
                     );
                 }

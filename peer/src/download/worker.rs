@@ -156,8 +156,14 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, i: u32) -> R
     .await
     .map_err(|e| Fail::Local(std::io::Error::other(e)))?;
     match written {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Fail::Bad("failed its SHA-256 or length check".into())),
+        Ok(true) => {
+            crate::metrics::metrics().chunk_fetched(range.end - range.start);
+            Ok(())
+        }
+        Ok(false) => {
+            crate::metrics::metrics().verification_failures.inc();
+            Err(Fail::Bad("failed its SHA-256 or length check".into()))
+        }
         Err(e) => Err(Fail::Local(e)),
     }
 }

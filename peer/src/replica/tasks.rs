@@ -154,11 +154,13 @@ impl<T: ChunkTransport> Runner<T> {
             return Err("no source other than this node".into());
         }
         sources.shuffle(&mut rand::rng());
+        let _active = crate::metrics::metrics().transfer("download");
         let mut reasons = Vec::new();
         for s in sources {
             let attempt = tokio::time::timeout(self.fetch_timeout, self.try_source(&f, &s.addr));
             let why = match attempt.await {
                 Ok(Ok(data)) => {
+                    crate::metrics::metrics().chunk_fetched(f.len);
                     let (store, meta) = (self.store.clone(), f.file.clone());
                     let stored =
                         blocking(move || store.store_chunk(&meta, chunk, &data, res)).await?;
@@ -215,6 +217,7 @@ impl<T: ChunkTransport> Runner<T> {
         .await
         .map_err(|e| format!("check task failed: {e}"))?;
         if !good {
+            crate::metrics::metrics().verification_failures.inc();
             return Err("failed its SHA-256 or length check".into());
         }
         Ok(data)
@@ -277,6 +280,7 @@ impl<T: ChunkTransport> Dispatcher<T> {
                 if let Err(why) = &result {
                     tracing::warn!(task = id, "{what} failed: {why}");
                 }
+                crate::metrics::metrics().task_done(result.is_ok());
                 complete(&client, &peer_id, id, &result).await;
                 result
             };

@@ -56,6 +56,8 @@ pub struct TestTracker {
     pub addr: SocketAddr,
     /// Applied to the test config at every (re)start.
     tweak: fn(&mut tracker::Config),
+    /// Certificate and key when the tracker serves TLS.
+    pub tls: Option<tracker::config::TlsFiles>,
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), tracker::Error>>>,
 }
@@ -67,6 +69,14 @@ impl TestTracker {
 
     /// Starts a tracker whose test config is changed by `tweak` (at every restart too).
     pub async fn start_with(tweak: fn(&mut tracker::Config)) -> anyhow::Result<Self> {
+        Self::start_tls(tweak, None).await
+    }
+
+    /// Like [`TestTracker::start_with`], serving TLS with `tls` when given.
+    pub async fn start_tls(
+        tweak: fn(&mut tracker::Config),
+        tls: Option<tracker::config::TlsFiles>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -74,6 +84,7 @@ impl TestTracker {
             dir,
             addr,
             tweak,
+            tls,
             token: CancellationToken::new(),
             handle: None,
         };
@@ -84,6 +95,7 @@ impl TestTracker {
     fn config(&self) -> tracker::Config {
         let mut cfg = tracker::Config::ephemeral(self.dir.path());
         cfg.peer_timeout = PEER_TIMEOUT;
+        cfg.tls = self.tls.clone();
         (self.tweak)(&mut cfg);
         cfg
     }
@@ -99,7 +111,8 @@ impl TestTracker {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the tracker and waits until it has flushed and closed its port.
@@ -202,6 +215,18 @@ impl TestPeer {
             name: name.to_string(),
             home: tempfile::tempdir()?,
             tracker_url: tracker.url(),
+            peer_id: None,
+            addr: None,
+            node: None,
+        })
+    }
+
+    /// A new home talking to trackers by URL (`--tracker`, e.g. `http://A,http://B`).
+    pub fn with_tracker_urls(urls: &str, name: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_string(),
+            home: tempfile::tempdir()?,
+            tracker_url: urls.to_string(),
             peer_id: None,
             addr: None,
             node: None,
@@ -464,4 +489,25 @@ impl TestPeer {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
     }
+}
+
+/// The one `error:` line of a failed command (asserting there is exactly one line).
+pub fn one_error_line(out: &Out) -> String {
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", out.stderr);
+    lines[0].to_string()
+}
+
+/// How many chunks of the part file `part` hash right against `m`.
+pub fn good_chunks(part: &Path, m: &common::Manifest) -> anyhow::Result<u32> {
+    let bytes = std::fs::read(part)?;
+    Ok((0..m.chunk_count())
+        .filter(|&i| {
+            let r = m.chunk_range(i);
+            bytes
+                .get(r.start as usize..r.end as usize)
+                .is_some_and(|c| m.check_chunk(i, c))
+        })
+        .count() as u32)
 }

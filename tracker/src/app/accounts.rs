@@ -92,12 +92,15 @@ impl TrackerService {
         let expires_at_ms = now.saturating_add(duration_ms(self.inner.cfg.session_ttl));
         self.inner
             .store
-            .insert_session(&SessionRecord {
-                token_hash: token_hash.clone(),
-                user_id,
-                created_at_ms: now,
-                expires_at_ms,
-            })
+            .insert_session(
+                &SessionRecord {
+                    token_hash: token_hash.clone(),
+                    user_id,
+                    created_at_ms: now,
+                    expires_at_ms,
+                },
+                &user,
+            )
             .await?;
         self.inner
             .sessions

@@ -12,6 +12,7 @@ use super::replication::{Outcome, withdraw_if_unheld};
 use super::{Caller, FileView, HoldingInput, MAX_ADDR_LEN, TrackerService, file_view};
 use crate::Error;
 use crate::db::writer::WriteOp;
+use crate::metrics::Source;
 use crate::model::{FileRecord, HoldingKind, HoldingRecord, PeerRecord, now_ms};
 
 impl TrackerService {
@@ -33,7 +34,7 @@ impl TrackerService {
             ));
         }
         let now = now_ms();
-        let op = {
+        {
             let mut ix = self.index_mut();
             claim_peer(&mut ix, caller, peer, now)?;
             let Some(p) = ix.peers.get_mut(peer) else {
@@ -43,9 +44,9 @@ impl TrackerService {
             p.rec.storage_quota = storage_quota;
             p.rec.storage_used = storage_used;
             p.rec.last_seen_ms = Some(now);
-            WriteOp::Peer(p.rec.clone())
-        };
-        self.inner.writer.send(op).await?;
+            self.inner.writer.queue([WriteOp::Peer(p.rec.clone())])?;
+        }
+        self.inner.writer.ready().await;
         let interval = self.inner.cfg.peer_timeout / 3;
         Ok(interval.max(Duration::from_millis(100)))
     }
@@ -94,10 +95,9 @@ impl TrackerService {
                 ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
                 ix.set_holding(id, peer, h);
             }
+            self.inner.writer.queue(ops)?;
         }
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
+        self.inner.writer.ready().await;
         self.wake_planner();
         Ok(unknown)
     }
@@ -138,11 +138,9 @@ impl TrackerService {
             };
             ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
             ix.set_holding(id, peer, h);
+            self.inner.writer.queue(ops)?;
             file_view(&ix, &ix.files[&id], now)
         };
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
         self.inner.writer.flush().await?;
         self.wake_planner();
         Ok(view)
@@ -187,16 +185,19 @@ impl TrackerService {
             });
             // Shared beats downloaded beats replica: a report never demotes a holding.
             h.kind = h.kind.min(kind);
+            let (fresh, fresh_bytes) = fresh_chunks(&f.manifest, &h.have, chunks);
+            self.inner
+                .metrics
+                .chunks_reported(Source::Report, fresh, fresh_bytes);
             for &c in chunks {
                 h.have.set(c);
             }
             h.updated_at_ms = now;
             ops.push(WriteOp::Holding(holding_record(peer, *file, &h)));
             ix.set_holding(*file, peer, h);
+            self.inner.writer.queue(ops)?;
         }
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
+        self.inner.writer.ready().await;
         self.wake_planner();
         Ok(())
     }
@@ -227,6 +228,7 @@ impl TrackerService {
             ix.take_holding(file, peer).ok_or_else(not_held)?;
             out.ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
             withdraw_if_unheld(&mut ix, file, now, &mut out);
+            out.queue(&self.inner.writer)?;
         }
         self.apply_outcome(out).await?;
         self.wake_planner();
@@ -264,6 +266,22 @@ pub(super) fn claim_peer(
             Ok(Some(WriteOp::Peer(rec)))
         }
     }
+}
+
+/// How many of `chunks` (indexes checked by the caller) `have` lacks, and their bytes:
+/// what a report or a replica fetch newly adds, for the transfer counters.
+pub(super) fn fresh_chunks(m: &Manifest, have: &Bitfield, chunks: &[u32]) -> (u64, u64) {
+    let mut fresh: Vec<u32> = chunks.iter().copied().filter(|&c| !have.get(c)).collect();
+    fresh.sort_unstable();
+    fresh.dedup();
+    let bytes = fresh
+        .iter()
+        .map(|&c| {
+            let r = m.chunk_range(c);
+            r.end - r.start
+        })
+        .sum();
+    (fresh.len() as u64, bytes)
 }
 
 /// A holding's bitfield from wire bytes (empty = every chunk).

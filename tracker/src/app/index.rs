@@ -8,8 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
 
+use super::search::NameIndex;
 use crate::model::{FileRecord, HoldingKind, PeerRecord};
 use crate::replication::TaskTable;
 
@@ -26,9 +28,10 @@ pub struct Holding {
 pub struct FileEntry {
     pub id: FileId,
     pub manifest: Arc<Manifest>,
+    /// The chunk hashes as they go on the wire, packed once so every Locate shares them.
+    pub packed_hashes: Bytes,
     pub file_type: FileType,
     pub created_at_ms: i64,
-    name_lower: String,
     pub holdings: HashMap<PeerId, Holding>,
 }
 
@@ -39,7 +42,7 @@ impl FileEntry {
         Self {
             id,
             file_type: FileType::from_name(&m.name),
-            name_lower: m.name.to_lowercase(),
+            packed_hashes: Bytes::from(m.packed_hashes()),
             manifest: Arc::new(m),
             created_at_ms: rec.created_at_ms,
             holdings: HashMap::new(),
@@ -69,6 +72,8 @@ pub struct Index {
     pub files: BTreeMap<FileId, FileEntry>,
     /// (name, id) in order, for searches ordered by name then id and exact-name lookups.
     by_name: BTreeSet<(String, FileId)>,
+    /// Trigram postings over the lowercased names, for searches with terms.
+    pub(super) names: NameIndex,
     pub peers: HashMap<PeerId, PeerEntry>,
     /// peer → the files it holds something of.
     peer_files: HashMap<PeerId, HashSet<FileId>>,
@@ -98,7 +103,12 @@ impl Index {
     }
 
     pub fn insert_file(&mut self, entry: FileEntry) {
+        if let Some(old) = self.files.get(&entry.id) {
+            self.by_name.remove(&(old.manifest.name.clone(), old.id));
+        }
         self.by_name.insert((entry.manifest.name.clone(), entry.id));
+        self.names
+            .insert(entry.id, &entry.manifest, entry.file_type);
         self.files.insert(entry.id, entry);
     }
 
@@ -106,6 +116,7 @@ impl Index {
         let entry = self.files.remove(id)?;
         self.by_name
             .remove(&(entry.manifest.name.clone(), entry.id));
+        self.names.remove(id);
         for peer in entry.holdings.keys() {
             self.unlink(peer, id);
         }
@@ -193,23 +204,30 @@ impl Index {
 
     /// Files whose names contain every term (already lowercased), of the type if given,
     /// ordered by name then id; returns one page and the total.
+    ///
+    /// Without terms this walks the names in order and stops once the page is full (the
+    /// total is a count kept on insert and remove); with terms the [`NameIndex`] narrows
+    /// the files to look at.
     pub fn search(&self, q: &Search) -> (Vec<&FileEntry>, usize) {
-        let mut total = 0;
-        let mut page = Vec::new();
-        for (_, id) in &self.by_name {
-            let Some(f) = self.files.get(id) else {
-                continue;
-            };
-            if q.file_type.is_some_and(|t| t != f.file_type)
-                || !q.terms.iter().all(|t| f.name_lower.contains(t.as_str()))
-            {
-                continue;
-            }
-            if total >= q.offset && page.len() < q.limit {
-                page.push(f);
-            }
-            total += 1;
+        if !q.terms.is_empty() {
+            let (ids, total) = self.names.find(&q.terms, q.file_type, q.offset, q.limit);
+            return (
+                ids.iter().filter_map(|id| self.files.get(id)).collect(),
+                total,
+            );
         }
+        let total = match q.file_type {
+            None => self.files.len(),
+            Some(t) => self.names.count_of(t),
+        };
+        let page = self
+            .by_name
+            .iter()
+            .filter_map(|(_, id)| self.files.get(id))
+            .filter(|f| q.file_type.is_none_or(|t| t == f.file_type))
+            .skip(q.offset)
+            .take(q.limit)
+            .collect();
         (page, total)
     }
 
@@ -252,6 +270,28 @@ impl Index {
             }
         }
         out
+    }
+
+    /// The fewest serving holders of any chunk of `file`. Complete holders are counted
+    /// without looking at their bits, the common case for a popular file.
+    pub fn min_copies(&self, file: &FileEntry, now_ms: i64) -> u32 {
+        let chunks = file.manifest.chunk_count() as usize;
+        let mut full = 0u32;
+        let mut partial: Option<Vec<u32>> = None;
+        for (peer, h) in &file.holdings {
+            if !self.is_serving(peer, now_ms) {
+                continue;
+            }
+            if h.have.is_complete() {
+                full += 1;
+            } else {
+                let copies = partial.get_or_insert_with(|| vec![0u32; chunks]);
+                for i in h.have.iter_ones() {
+                    copies[i as usize] += 1;
+                }
+            }
+        }
+        full + partial.map_or(0, |c| c.into_iter().min().unwrap_or(0))
     }
 
     /// Per chunk of `file`: how many serving peers hold it.

@@ -7,15 +7,18 @@
 
 mod accounts;
 pub mod auth;
+mod delivery;
+mod follow;
 mod holdings;
 pub mod index;
 mod queries;
 mod replication;
+mod search;
 pub mod tickets;
 pub mod views;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -26,7 +29,8 @@ use tokio::task::JoinHandle;
 use crate::db::Store;
 use crate::db::writer::WriteOp;
 use crate::db::writer::Writer;
-use crate::model::{TaskKind, now_ms};
+use crate::metrics::Metrics;
+use crate::model::now_ms;
 use crate::replication::TaskTable;
 use crate::{Config, Error};
 use auth::Throttle;
@@ -62,6 +66,14 @@ struct Inner {
     wake: Notify,
     /// Signs tickets (the key is shared through the database, see `tickets`).
     tickets: TicketSigner,
+    /// Locate tickets already signed, reused while more than half their life is left.
+    located_tickets: tickets::TicketCache,
+    /// Whether this tracker holds the planner lease (see `follow`).
+    leader: AtomicBool,
+    /// The last change-feed id applied (see `follow`).
+    feed_pos: AtomicI64,
+    /// Request, transfer and locate counters for `/metrics` and the stats.
+    metrics: Metrics,
 }
 
 /// A node's open task stream.
@@ -86,6 +98,9 @@ impl TrackerService {
     /// [`Error::Database`] when loading fails.
     pub async fn start(cfg: Config, store: Store) -> Result<(Self, JoinHandle<()>), Error> {
         let now = now_ms();
+        // Read before loading, so changes committed while loading are applied (again:
+        // applying a change twice is harmless).
+        let feed_pos = store.last_change_id().await?;
         let names = store.user_names().await?;
         let mut index = Index::new(duration_ms(cfg.peer_timeout));
         for rec in store.load_peers().await? {
@@ -111,20 +126,13 @@ impl TrackerService {
                 Err(e) => tracing::warn!(file = %h.file_id, cause = %e, "skipping a bad holding"),
             }
         }
-        index.tasks = TaskTable::new(store.max_task_id().await?);
+        let hello = store
+            .append_change(&crate::db::changes::Change::Hello)
+            .await?;
+        index.tasks = TaskTable::new(store.max_task_id().await?.max(follow::task_block(hello)));
         let mut stale_tasks = Vec::new();
         for t in store.load_tasks().await? {
-            let bytes = match t.kind {
-                TaskKind::Drop => Some(0),
-                TaskKind::Fetch => index.files.get(&t.file_id).and_then(|f| {
-                    let c = *t.chunks.first()?;
-                    (c < f.manifest.chunk_count()).then(|| {
-                        let r = f.manifest.chunk_range(c);
-                        r.end - r.start
-                    })
-                }),
-            };
-            match bytes {
+            match follow::task_bytes(&index, &t) {
                 Some(bytes) => index.tasks.insert(t, bytes, true),
                 // A fetch for a file forgotten meanwhile is moot.
                 None => stale_tasks.push(t.id),
@@ -152,9 +160,7 @@ impl TrackerService {
         );
         let tickets = tickets::load_signer(&store).await?;
         let (writer, handle) = Writer::spawn(store.clone());
-        for id in stale_tasks {
-            writer.send(WriteOp::TaskDelete(id)).await?;
-        }
+        writer.queue(stale_tasks.into_iter().map(WriteOp::TaskDelete))?;
         let svc = TrackerService {
             inner: Arc::new(Inner {
                 cfg,
@@ -168,13 +174,24 @@ impl TrackerService {
                 next_conn: AtomicU64::new(0),
                 wake: Notify::new(),
                 tickets,
+                leader: AtomicBool::new(false),
+                feed_pos: AtomicI64::new(feed_pos),
+                metrics: Metrics::new(),
+                located_tickets: tickets::TicketCache::default(),
             }),
         };
+        // A tracker alone on its database plans from the first round.
+        svc.renew_lease().await;
         Ok((svc, handle))
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.cfg
+    }
+
+    /// The tracker's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Writes every queued update and waits for the commit.
@@ -221,7 +238,16 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A file as search results and the REST API show it.
 fn file_view(ix: &Index, f: &FileEntry, now: i64) -> FileView {
+    FileView {
+        min_copies: Some(ix.min_copies(f, now)),
+        ..file_view_for_locate(ix, f, now)
+    }
+}
+
+/// A file without the copy count, which Locate (the hot path) does not answer with.
+fn file_view_for_locate(ix: &Index, f: &FileEntry, now: i64) -> FileView {
     let m = &f.manifest;
     FileView {
         id: f.id,
@@ -232,6 +258,7 @@ fn file_view(ix: &Index, f: &FileEntry, now: i64) -> FileView {
         chunk_size: m.chunk_size,
         chunks: m.chunk_count(),
         holders: ix.holders(f, now),
+        min_copies: None,
         created_at_ms: f.created_at_ms,
     }
 }

@@ -2,15 +2,17 @@
 //! file's chunk map and the stats. All answer from memory (stats also counts users in the
 //! database).
 
+use std::collections::HashMap;
+
 use common::{FileId, PeerId};
 
 use super::index::{self, Holding, Search};
 use super::{
     Caller, ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage,
-    SearchQuery, Stats, TrackerService, file_view,
+    SearchQuery, Stats, TrackerService, file_view, file_view_for_locate,
 };
 use crate::Error;
-use crate::model::now_ms;
+use crate::model::{HoldingKind, now_ms};
 
 /// Default and largest page of search results.
 const DEFAULT_LIMIT: u32 = 50;
@@ -80,11 +82,16 @@ impl TrackerService {
             })
             .collect();
         holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let view = file_view_for_locate(&ix, f, now);
+        let (manifest, packed_hashes) = (f.manifest.clone(), f.packed_hashes.clone());
+        drop(ix);
+        self.inner.metrics.located(caller.user_id, *file);
         Ok(Located {
-            file: file_view(&ix, f, now),
-            manifest: f.manifest.clone(),
+            file: view,
+            manifest,
+            packed_hashes,
             holders,
-            ticket: self.issue_ticket(*file, None, &caller.user),
+            ticket: self.located_ticket(*file, &caller.user, now),
         })
     }
 
@@ -92,6 +99,7 @@ impl TrackerService {
     pub fn list_peers(&self) -> Vec<PeerView> {
         let now = now_ms();
         let ix = self.index();
+        let bytes = held_bytes(&ix);
         let mut peers: Vec<PeerView> = ix
             .peers
             .values()
@@ -103,6 +111,8 @@ impl TrackerService {
                 last_seen_ms: p.rec.last_seen_ms,
                 storage_quota: p.rec.storage_quota,
                 storage_used: p.rec.storage_used,
+                shared_bytes: bytes.get(&p.rec.id).map_or(0, |b| b.0),
+                held_bytes: bytes.get(&p.rec.id).map_or(0, |b| b.1),
             })
             .collect();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -177,10 +187,15 @@ impl TrackerService {
         let users = self.inner.store.count_users().await?;
         let now = now_ms();
         let replication = self.inner.cfg.replication;
+        let t = self.inner.metrics.transfers();
         let ix = self.index();
         let mut s = Stats {
             users,
             replication,
+            active_transfers: t.active,
+            transfer_bytes_per_sec: t.bytes_per_sec,
+            bytes_transferred_total: t.bytes_total,
+            chunks_transferred_total: t.chunks_total,
             files: ix.files.len() as u64,
             pending_tasks: ix.tasks.len() as u64,
             delivered_tasks: ix.tasks.delivered() as u64,
@@ -203,4 +218,30 @@ impl TrackerService {
         }
         Ok(s)
     }
+}
+
+/// Per peer: (bytes of the files it shares, bytes of every chunk it holds).
+fn held_bytes(ix: &index::Index) -> HashMap<PeerId, (u64, u64)> {
+    let mut out: HashMap<PeerId, (u64, u64)> = HashMap::new();
+    for f in ix.files.values() {
+        let m = &f.manifest;
+        let last = m.chunk_count().checked_sub(1);
+        for (peer, h) in &f.holdings {
+            let e = out.entry(peer.clone()).or_default();
+            if h.kind == HoldingKind::Shared {
+                e.0 += m.size;
+            }
+            let n = u64::from(h.have.count());
+            let short = match last {
+                // The last chunk may be shorter than the others.
+                Some(l) if h.have.get(l) => {
+                    let r = m.chunk_range(l);
+                    u64::from(m.chunk_size) - (r.end - r.start)
+                }
+                _ => 0,
+            };
+            e.1 += n * u64::from(m.chunk_size) - short;
+        }
+    }
+    out
 }

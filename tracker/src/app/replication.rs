@@ -1,6 +1,6 @@
 //! Replication on [`TrackerService`]: the planner that turns missing and surplus copies into
-//! tasks, the delivery of tasks over each node's `Tasks` stream, task completion, and the
-//! withdrawal of a file that no user holds any more.
+//! tasks, and the withdrawal of a file that no user holds any more. Delivering the tasks to
+//! nodes and hearing back from them is in `delivery`.
 //!
 //! The planner is one background task. It works on the in-memory index under its write lock
 //! (never across an await): files become dirty when their holdings change (see
@@ -14,24 +14,17 @@
 //! a restart or a short outage does not move data around.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Bitfield, FileId, PeerId, TicketSigner};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use common::{Bitfield, FileId, PeerId};
 use tokio_util::sync::CancellationToken;
 
-use super::holdings::{claim_peer, holding_record, not_yours};
 use super::index::{Holding, Index};
-use super::{
-    Assignment, Caller, FetchAssignment, HolderView, TaskStream, TrackerService, duration_ms, lock,
-};
+use super::{TrackerService, duration_ms, lock};
 use crate::Error;
-use crate::db::writer::WriteOp;
-use crate::model::{HoldingKind, TaskKind, TaskState, now_ms};
+use crate::db::writer::{WriteOp, Writer};
+use crate::model::{HoldingKind, TaskKind, now_ms};
 use crate::replication::policy::{self, PeerLoad};
-use crate::replication::tasks::Failed;
 
 /// How often the planner looks at liveness and timers when nothing wakes it.
 const TICK: Duration = Duration::from_millis(100);
@@ -41,12 +34,6 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Files planned per hold of the index lock during a full sweep.
 const SWEEP_BATCH: usize = 256;
-/// Tasks a node may have delivered and not completed; more are pushed as it completes.
-const MAX_IN_FLIGHT: usize = 32;
-/// Capacity of a node's task channel.
-const STREAM_CAPACITY: usize = 64;
-/// Retry delay for a task that could not be pushed (no source up, channel full).
-const PUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether a peer's copies count.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,6 +53,8 @@ struct Planner {
     last_sweep: Option<Instant>,
     /// New tasks whose rows are not yet known to be committed.
     unflushed: Vec<u64>,
+    /// Whether this tracker held the planner lease last round.
+    was_leader: bool,
 }
 
 /// What one round (or one request) decided, to apply after the lock is released.
@@ -82,6 +71,12 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// Queues the writes decided so far; call it before releasing the index lock under
+    /// which they were decided (see `db::writer` on order).
+    pub(super) fn queue(&mut self, writer: &Writer) -> Result<(), Error> {
+        writer.queue(std::mem::take(&mut self.ops))
+    }
+
     fn push_peer(&mut self, peer: &PeerId) {
         if !self.push.contains(peer) {
             self.push.push(peer.clone());
@@ -144,8 +139,10 @@ fn replica_bytes(ix: &Index, peer: &PeerId) -> u64 {
 }
 
 impl TrackerService {
-    /// Runs the planner until `shutdown` is cancelled, then closes every task stream.
+    /// Runs the planner (and the change-feed follower, see `follow`) until `shutdown` is
+    /// cancelled, then closes every task stream.
     pub async fn replicate(self, shutdown: CancellationToken) {
+        let follower = tokio::spawn(self.clone().follow(shutdown.clone()));
         let mut st = Planner::default();
         loop {
             tokio::select! {
@@ -158,6 +155,9 @@ impl TrackerService {
             }
         }
         lock(&self.inner.streams).clear();
+        if let Err(e) = follower.await {
+            tracing::error!(cause = %e, "the change-feed follower failed");
+        }
     }
 
     fn liveness(&self, ix: &Index, peer: &PeerId, now: i64) -> Liveness {
@@ -178,18 +178,33 @@ impl TrackerService {
 
     async fn plan_round(&self, st: &mut Planner) -> Result<(), Error> {
         let now = now_ms();
-        let full = st.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL);
+        // Only the lease holder plans; a new holder starts from a full sweep and fresh
+        // liveness, since it has not been watching.
+        let leader = self.is_leader();
+        if leader && !st.was_leader {
+            st.liveness.clear();
+            st.last_sweep = None;
+        }
+        st.was_leader = leader;
+        let full = leader && st.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL);
         let mut out = Outcome::default();
         let sweep: Vec<FileId> = {
             let mut ix = self.index_mut();
-            self.check_liveness(&mut ix, st, now, &mut out);
-            let (peers, changed) = ix.tasks.fire_timers(now);
+            if leader {
+                self.check_liveness(&mut ix, st, now, &mut out);
+            }
+            let (peers, changed) = {
+                let streams = lock(&self.inner.streams);
+                ix.tasks.fire_timers(now, |p| streams.contains_key(p))
+            };
             out.ops.extend(changed.into_iter().map(WriteOp::Task));
             for p in &peers {
                 out.push_peer(p);
             }
             let dirty: Vec<FileId> = ix.dirty.drain().collect();
-            if full {
+            let sweep = if !leader {
+                Vec::new()
+            } else if full {
                 st.last_sweep = Some(Instant::now());
                 ix.files.keys().copied().collect()
             } else {
@@ -198,7 +213,9 @@ impl TrackerService {
                     self.plan_file(&mut ix, &id, now, &mut loads, &mut out);
                 }
                 Vec::new()
-            }
+            };
+            out.queue(&self.inner.writer)?;
+            sweep
         };
         for batch in sweep.chunks(SWEEP_BATCH) {
             let mut ix = self.index_mut();
@@ -206,11 +223,12 @@ impl TrackerService {
             for id in batch {
                 self.plan_file(&mut ix, id, now, &mut loads, &mut out);
             }
+            out.queue(&self.inner.writer)?;
         }
         self.apply(out, Some(st)).await
     }
 
-    /// Queues the outcome's writes, commits them if it created tasks, then pushes.
+    /// Commits the outcome's writes (queued already) if it created tasks, then pushes.
     async fn apply(&self, out: Outcome, st: Option<&mut Planner>) -> Result<(), Error> {
         let Outcome {
             ops,
@@ -220,9 +238,11 @@ impl TrackerService {
             drops,
             cancelled,
         } = out;
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
+        debug_assert!(
+            ops.is_empty(),
+            "an outcome's writes are queued under the lock"
+        );
+        self.inner.writer.ready().await;
         if let Some(st) = st {
             st.unflushed.append(&mut created);
             created = std::mem::take(&mut st.unflushed);
@@ -238,7 +258,7 @@ impl TrackerService {
         if fetches + drops + cancelled > 0 {
             tracing::info!(fetches, drops, cancelled, "replication planned");
         }
-        let ops = {
+        {
             let mut ix = self.index_mut();
             ix.tasks.mark_durable(&created);
             for id in &created {
@@ -249,15 +269,10 @@ impl TrackerService {
                 }
             }
             let now = now_ms();
-            let mut ops = Vec::new();
-            for peer in &push {
-                ops.extend(self.push_due(&mut ix, peer, now));
-            }
-            ops
-        };
-        for op in ops {
-            self.inner.writer.send(op).await?;
+            let ops = self.push_due_all(&mut ix, &push, now);
+            self.inner.writer.queue(ops)?;
         }
+        self.inner.writer.ready().await;
         Ok(())
     }
 
@@ -382,7 +397,9 @@ impl TrackerService {
                 .iter()
                 .filter(|h| h.2 == Liveness::Up && !dropping_i.contains(&h.0))
                 .collect();
-            if keep.len() > n {
+            // Only replica copies are ever dropped: without one, skip building the load
+            // table (a full pass over every holding) for a popular file's downloaded copies.
+            if keep.len() > n && keep.iter().any(|h| h.1 == HoldingKind::Replica) {
                 loads.ensure(ix, now);
                 let candidates: Vec<usize> = keep
                     .iter()
@@ -400,187 +417,6 @@ impl TrackerService {
             out.ops.push(WriteOp::Task(rec));
             out.drops += 1;
         }
-    }
-
-    /// Pushes `peer`'s due tasks on its stream, if it has one open, up to the in-flight
-    /// limit. Returns the rows to persist (delivered, with their lease).
-    fn push_due(&self, ix: &mut Index, peer: &PeerId, now: i64) -> Vec<WriteOp> {
-        let Some((conn, tx)) = lock(&self.inner.streams)
-            .get(peer)
-            .map(|s| (s.conn, s.tx.clone()))
-        else {
-            return Vec::new();
-        };
-        let lease_until = now.saturating_add(duration_ms(self.inner.cfg.task_lease));
-        let ticket_ttl = duration_ms(self.inner.cfg.ticket_ttl);
-        let retry_at = now.saturating_add(duration_ms(PUSH_RETRY));
-        let ids = ix.tasks.of_peer(peer);
-        let mut in_flight = ids
-            .iter()
-            .filter(|&&id| {
-                ix.tasks
-                    .get(id)
-                    .is_some_and(|t| t.rec.state == TaskState::Delivered)
-            })
-            .count();
-        let mut ops = Vec::new();
-        for id in ids {
-            if in_flight >= MAX_IN_FLIGHT {
-                break;
-            }
-            if !ix.tasks.is_due(id, now) {
-                continue;
-            }
-            let Some(a) = assignment(ix, id, now, &self.inner.tickets, ticket_ttl) else {
-                // No source is up right now: try again later.
-                ix.tasks.requeue(id, retry_at);
-                continue;
-            };
-            match tx.try_send(a) {
-                Ok(()) => {
-                    in_flight += 1;
-                    if let Some(rec) = ix.tasks.deliver(id, lease_until) {
-                        ops.push(WriteOp::Task(rec));
-                    }
-                }
-                Err(TrySendError::Full(_)) => {
-                    ix.tasks.requeue(id, retry_at);
-                    break;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    let mut streams = lock(&self.inner.streams);
-                    if streams.get(peer).is_some_and(|s| s.conn == conn) {
-                        streams.remove(peer);
-                    }
-                    break;
-                }
-            }
-        }
-        ops
-    }
-
-    /// Opens `peer`'s task stream (replacing an older one) and pushes its due tasks.
-    ///
-    /// # Errors
-    /// `PermissionDenied` for another user's peer.
-    pub async fn open_tasks(
-        &self,
-        caller: &Caller,
-        peer: &PeerId,
-    ) -> Result<mpsc::Receiver<Assignment>, Error> {
-        let now = now_ms();
-        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        let ops = {
-            let mut ix = self.index_mut();
-            let mut ops: Vec<WriteOp> = claim_peer(&mut ix, caller, peer, now)?
-                .into_iter()
-                .collect();
-            let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-            lock(&self.inner.streams).insert(peer.clone(), TaskStream { conn, tx });
-            ops.extend(self.push_due(&mut ix, peer, now));
-            ops
-        };
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
-        Ok(rx)
-    }
-
-    /// Records a task's outcome: a fetched chunk becomes a replica holding, a drop clears
-    /// one, a failure is retried with back-off (and given up after five).
-    ///
-    /// # Errors
-    /// `NotFound` for a task unknown to this peer (or cancelled), `PermissionDenied` for
-    /// another user's peer.
-    pub async fn complete_task(
-        &self,
-        caller: &Caller,
-        peer: &PeerId,
-        task: u64,
-        ok: bool,
-        error: &str,
-    ) -> Result<(), Error> {
-        let now = now_ms();
-        let unknown = || Error::not_found(format!("unknown task {task}"));
-        let ops = {
-            let mut ix = self.index_mut();
-            match ix.peers.get(peer) {
-                None => return Err(unknown()),
-                Some(p) if p.rec.user_id != caller.user_id => return Err(not_yours(peer)),
-                Some(_) => {}
-            }
-            let t = ix
-                .tasks
-                .get(task)
-                .filter(|t| t.rec.peer_id == *peer)
-                .ok_or_else(unknown)?;
-            let (kind, file, chunks) = (t.rec.kind, t.rec.file_id, t.rec.chunks.clone());
-            let mut ops = Vec::new();
-            if ok {
-                ix.tasks.remove(task);
-                ops.push(WriteOp::TaskDelete(task));
-                let held = ix.files.get(&file).map(|f| {
-                    let count = f.manifest.chunk_count();
-                    let h = f.holdings.get(peer).cloned();
-                    (count, h)
-                });
-                match (kind, held) {
-                    (TaskKind::Fetch, Some((count, h))) => {
-                        let mut h = h.unwrap_or_else(|| Holding {
-                            kind: HoldingKind::Replica,
-                            have: Bitfield::new(count),
-                            updated_at_ms: now,
-                        });
-                        for &c in chunks.iter().filter(|&&c| c < count) {
-                            h.have.set(c);
-                        }
-                        h.updated_at_ms = now;
-                        ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
-                        ix.set_holding(file, peer, h);
-                    }
-                    (TaskKind::Drop, Some((count, Some(mut h))))
-                        if h.kind == HoldingKind::Replica =>
-                    {
-                        for &c in chunks.iter().filter(|&&c| c < count) {
-                            h.have.clear(c);
-                        }
-                        if h.have.count() == 0 && count > 0 {
-                            ix.take_holding(&file, peer);
-                            ops.push(WriteOp::HoldingDelete(peer.clone(), file));
-                        } else {
-                            h.updated_at_ms = now;
-                            ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
-                            ix.set_holding(file, peer, h);
-                        }
-                    }
-                    _ => {}
-                }
-            } else {
-                let error: String = error.chars().take(1000).collect();
-                match ix.tasks.fail(task, error, now) {
-                    Some(Failed::Retry(rec)) => ops.push(WriteOp::Task(rec)),
-                    Some(Failed::GaveUp(t)) => {
-                        tracing::debug!(
-                            task,
-                            peer = %peer,
-                            file = %file,
-                            error = t.rec.last_error.as_deref().unwrap_or(""),
-                            "task given up"
-                        );
-                        ops.push(WriteOp::TaskDelete(task));
-                        ix.dirty.insert(file);
-                    }
-                    None => {}
-                }
-            }
-            ops.extend(self.push_due(&mut ix, peer, now));
-            ops
-        };
-        for op in ops {
-            self.inner.writer.send(op).await?;
-        }
-        self.inner.wake.notify_one();
-        Ok(())
     }
 
     /// Applies what a request decided (its own writes first): queues the writes, commits
@@ -652,62 +488,4 @@ fn withdraw(ix: &mut Index, file: &FileId, now: i64, out: &mut Outcome) {
     }
     out.ops.push(WriteOp::FileDelete(*file));
     tracing::debug!(file = %file, "file withdrawn: no user holds it");
-}
-
-/// The message for a task, with a fetch's current sources and a fresh ticket for its node;
-/// `None` when a fetch has no source up (or its file is gone).
-fn assignment(
-    ix: &Index,
-    id: u64,
-    now: i64,
-    tickets: &TicketSigner,
-    ticket_ttl: i64,
-) -> Option<Assignment> {
-    let t = ix.tasks.get(id)?;
-    let file = t.rec.file_id;
-    if t.rec.kind == TaskKind::Drop {
-        return Some(Assignment::Drop {
-            id,
-            file,
-            chunks: t.rec.chunks.clone(),
-        });
-    }
-    let f = ix.files.get(&file)?;
-    let chunk = *t.rec.chunks.first()?;
-    let m = &f.manifest;
-    if chunk >= m.chunk_count() {
-        return None;
-    }
-    let mut sources: Vec<HolderView> = f
-        .holdings
-        .iter()
-        .filter(|(p, h)| **p != t.rec.peer_id && h.have.get(chunk) && ix.is_serving(p, now))
-        .filter_map(|(p, _)| {
-            Some(HolderView {
-                peer_id: p.clone(),
-                addr: ix.peers.get(p)?.rec.addr.clone(),
-                have: None,
-            })
-        })
-        .collect();
-    if sources.is_empty() {
-        return None;
-    }
-    sources.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-    let range = m.chunk_range(chunk);
-    let node = &t.rec.peer_id;
-    let user = ix.peers.get(node).map_or("", |p| p.user.as_str());
-    let ticket = super::tickets::issue(tickets, ticket_ttl, file, Some(node.clone()), user);
-    Some(Assignment::Fetch(FetchAssignment {
-        id,
-        file,
-        chunk,
-        sha256: m.chunk_hashes[chunk as usize],
-        len: u32::try_from(range.end - range.start).unwrap_or(u32::MAX),
-        name: m.name.clone(),
-        file_size: m.size,
-        chunk_size: m.chunk_size,
-        sources,
-        ticket: Box::new(ticket),
-    }))
 }

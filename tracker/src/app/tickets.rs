@@ -5,10 +5,13 @@
 //! [`TICKET_KEY`]): the first tracker to start inserts a random one, and every tracker on the
 //! same database reads back and uses that one, so their tickets are interchangeable.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use common::{FileId, PeerId, Ticket, TicketClaims, TicketSigner};
 use rand::RngExt;
 
-use super::{TrackerService, duration_ms};
+use super::{TrackerService, duration_ms, lock};
 use crate::Error;
 use crate::db::Store;
 use crate::model::now_ms;
@@ -35,6 +38,15 @@ impl TrackerService {
         self.inner.tickets.public_key()
     }
 
+    /// A Locate ticket for `user` to fetch chunks of `file`: valid for at least half of
+    /// `--ticket-ttl` from `now`.
+    pub(super) fn located_ticket(&self, file: FileId, user: &str, now: i64) -> Ticket {
+        let ttl = duration_ms(self.inner.cfg.ticket_ttl);
+        self.inner
+            .located_tickets
+            .get_or_sign(&self.inner.tickets, ttl, file, user, now)
+    }
+
     /// A ticket for `user` (and, for replication, the node `peer`) to fetch chunks of
     /// `file`, valid for `--ticket-ttl` from now.
     pub fn issue_ticket(&self, file: FileId, peer: Option<PeerId>, user: &str) -> Ticket {
@@ -45,6 +57,42 @@ impl TrackerService {
             peer,
             user,
         )
+    }
+}
+
+/// Tickets handed out by Locate, by file and user. A getter calls Locate every few seconds
+/// and a popular file is located by many; signing each time would be most of Locate's cost.
+#[derive(Default)]
+pub(super) struct TicketCache {
+    tickets: Mutex<HashMap<(FileId, String), Ticket>>,
+}
+
+/// Entries kept before the cache starts over (each is a few hundred bytes).
+const TICKET_CACHE_MAX: usize = 65_536;
+
+impl TicketCache {
+    /// The cached ticket when more than half of `ttl_ms` is left on it, else a new one.
+    fn get_or_sign(
+        &self,
+        signer: &TicketSigner,
+        ttl_ms: i64,
+        file: FileId,
+        user: &str,
+        now: i64,
+    ) -> Ticket {
+        let key = (file, user.to_string());
+        let mut tickets = lock(&self.tickets);
+        if let Some(t) = tickets.get(&key)
+            && t.claims.expires_at_ms - now > ttl_ms / 2
+        {
+            return t.clone();
+        }
+        let t = issue(signer, ttl_ms, file, None, user);
+        if tickets.len() >= TICKET_CACHE_MAX {
+            tickets.clear();
+        }
+        tickets.insert(key, t.clone());
+        t
     }
 }
 

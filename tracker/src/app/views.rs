@@ -19,6 +19,9 @@ pub struct FileView {
     pub chunks: u32,
     /// Serving peers that together hold every chunk (0 if they do not).
     pub holders: u32,
+    /// The fewest serving holders of any one chunk; `None` where it was not asked for
+    /// (Locate).
+    pub min_copies: Option<u32>,
     pub created_at_ms: i64,
 }
 
@@ -53,6 +56,8 @@ pub struct HolderView {
 pub struct Located {
     pub file: FileView,
     pub manifest: Arc<Manifest>,
+    /// `manifest`'s chunk hashes packed for the wire (shared, not copied).
+    pub packed_hashes: bytes::Bytes,
     pub holders: Vec<HolderView>,
     /// The caller's permission to fetch chunks of the file from the holders.
     pub ticket: Ticket,
@@ -68,6 +73,10 @@ pub struct PeerView {
     pub last_seen_ms: Option<i64>,
     pub storage_quota: u64,
     pub storage_used: u64,
+    /// Total size of the files it shares.
+    pub shared_bytes: u64,
+    /// Bytes of every chunk it holds, whatever the kind.
+    pub held_bytes: u64,
 }
 
 /// One chunk of a file and who holds it.
@@ -104,6 +113,13 @@ pub struct Stats {
     /// Of those, delivered and not yet completed.
     pub delivered_tasks: u64,
     pub replication: u32,
+    /// Distinct (user, file) pairs that called `Locate` in the last 10 s.
+    pub active_transfers: u64,
+    /// Bytes of verified chunks reported in the last 10 s, per second.
+    pub transfer_bytes_per_sec: u64,
+    /// Since this tracker started.
+    pub bytes_transferred_total: u64,
+    pub chunks_transferred_total: u64,
 }
 
 /// A new session.

@@ -6,6 +6,7 @@
 //! (heartbeats, chunk reports) go through [`writer`], which coalesces them into one
 //! transaction every few hundred milliseconds.
 
+pub mod changes;
 pub mod entities;
 pub mod writer;
 
@@ -25,6 +26,7 @@ use crate::model::{
     FileRecord, HoldingKind, HoldingRecord, PeerRecord, SessionRecord, TaskKind, TaskRecord,
     TaskState, UserRecord,
 };
+use changes::{BatchChange, Change};
 use entities::{files, holdings, peers, sessions, tasks, tracker_keys, users};
 use writer::Batch;
 
@@ -35,6 +37,8 @@ const INSERT_CHUNK: usize = 200;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// This process's instance id in the change feed and the leases (random per start).
+    origin: String,
 }
 
 impl Store {
@@ -57,7 +61,8 @@ impl Store {
             opts.max_connections(10);
         }
         let db = Database::connect(opts).await?;
-        Ok(Store { db })
+        let origin = format!("{:032x}", rand::random::<u128>());
+        Ok(Store { db, origin })
     }
 
     /// Applies every pending migration.
@@ -65,8 +70,20 @@ impl Store {
     /// # Errors
     /// [`Error::Database`] when a migration fails.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None).await?;
-        Ok(())
+        // Trackers starting together on one database race to record the same migration;
+        // the loser retries and then finds nothing pending (every step is idempotent).
+        let mut tries = 0;
+        loop {
+            match Migrator::up(&self.db, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(cause = %e, "migrating raced another tracker; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A trivial query, for health checks.
@@ -211,30 +228,48 @@ impl Store {
             "DELETE FROM files WHERE id NOT IN (SELECT file_id FROM holdings)",
         ))
         .await?;
+        let change = Change::UserRemoved { user_id: user.id };
+        changes::append(&txn, &self.origin, &change).await?;
         txn.commit().await?;
         Ok(true)
     }
 
     // Sessions.
 
-    pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), Error> {
+    /// Stores a session and tells other trackers about it (`user` is its user's name).
+    pub async fn insert_session(&self, s: &SessionRecord, user: &str) -> Result<(), Error> {
         let am = sessions::ActiveModel {
             token_hash: Set(s.token_hash.clone()),
             user_id: Set(s.user_id),
             created_at: Set(s.created_at_ms),
             expires_at: Set(s.expires_at_ms),
         };
+        let txn = self.db.begin().await?;
         sessions::Entity::insert(am)
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await?;
+        let change = Change::SessionAdd {
+            token_hash: s.token_hash.clone(),
+            user_id: s.user_id,
+            user: user.to_string(),
+            expires_at_ms: s.expires_at_ms,
+        };
+        changes::append(&txn, &self.origin, &change).await?;
+        txn.commit().await?;
         Ok(())
     }
 
     /// Deletes a session; returns whether it existed.
     pub async fn delete_session(&self, token_hash: &str) -> Result<bool, Error> {
+        let txn = self.db.begin().await?;
         let res = sessions::Entity::delete_by_id(token_hash.to_string())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        let change = Change::SessionDel {
+            token_hash: token_hash.to_string(),
+        };
+        changes::append(&txn, &self.origin, &change).await?;
+        txn.commit().await?;
         Ok(res.rows_affected > 0)
     }
 
@@ -482,6 +517,10 @@ impl Store {
                 .filter(tasks::Column::Id.is_in(ids.iter().copied()))
                 .exec(&txn)
                 .await?;
+        }
+        let change = BatchChange::of(batch);
+        if !change.is_empty() {
+            changes::append(&txn, &self.origin, &Change::Batch(change)).await?;
         }
         txn.commit().await?;
         Ok(())

@@ -5,14 +5,21 @@
 //! [`WriteOp`] here. The writer coalesces ops for the same row (the last state wins), and
 //! writes a [`Batch`] in one transaction every [`FLUSH_INTERVAL`] or once [`MAX_PENDING`] ops
 //! are queued. Rare writes that must be durable before the caller hears back (announce,
-//! unindex) queue their ops and then wait on [`Writer::flush`]. Because one task applies
-//! every op in order, a later op can never be overtaken by an earlier one.
+//! unindex) queue their ops and then wait on [`Writer::flush`].
+//!
+//! Order: callers [`Writer::queue`] their ops *while still holding the lock* under which
+//! they changed memory, so the queue's order is the order of the changes, across callers.
+//! (Queueing after the lock is released let a task's "delivered" update overtake the
+//! "done" that followed it, and resurrect the task.) Queueing never waits; callers then
+//! await [`Writer::ready`] outside the lock, which is the backpressure.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{FileId, PeerId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Store;
@@ -23,8 +30,8 @@ use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Queued ops that trigger a write before the interval ends.
 pub const MAX_PENDING: usize = 1000;
-/// Queue capacity: senders wait (backpressure) when the database falls this far behind.
-const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Queued ops beyond which [`Writer::ready`] waits (backpressure) for the database.
+const QUEUE_CAPACITY: usize = 16 * 1024;
 
 /// One change to persist.
 #[derive(Debug, Clone)]
@@ -113,7 +120,15 @@ enum Msg {
 /// The sending side; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    backlog: Arc<Backlog>,
+}
+
+/// Ops queued and not yet taken by the writer task, and a wake-up for [`Writer::ready`].
+#[derive(Debug, Default)]
+struct Backlog {
+    queued: AtomicUsize,
+    drained: Notify,
 }
 
 impl std::fmt::Debug for Msg {
@@ -122,24 +137,42 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+fn stopped() -> Error {
+    Error::Internal("the database writer has stopped".into())
+}
+
 impl Writer {
     /// Starts the writer task. It ends, after writing everything queued, once every
     /// [`Writer`] clone is dropped.
     pub fn spawn(store: Store) -> (Writer, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let handle = tokio::spawn(run(store, rx));
-        (Writer { tx }, handle)
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        let handle = tokio::spawn(run(store, rx, backlog.clone()));
+        (Writer { tx, backlog }, handle)
     }
 
-    /// Queues an op.
+    /// Queues `ops` in order, at once. Call it under the lock that guarded the memory
+    /// changes the ops persist (see the module doc), then [`Writer::ready`] after it.
     ///
     /// # Errors
     /// [`Error::Internal`] when the writer has stopped.
-    pub async fn send(&self, op: WriteOp) -> Result<(), Error> {
-        self.tx
-            .send(Msg::Op(op))
-            .await
-            .map_err(|_| Error::Internal("the database writer has stopped".into()))
+    pub fn queue(&self, ops: impl IntoIterator<Item = WriteOp>) -> Result<(), Error> {
+        for op in ops {
+            self.backlog.queued.fetch_add(1, Ordering::Relaxed);
+            self.tx.send(Msg::Op(op)).map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+
+    /// Waits while the writer is more than [`QUEUE_CAPACITY`] ops behind.
+    pub async fn ready(&self) {
+        loop {
+            let drained = self.backlog.drained.notified();
+            if self.backlog.queued.load(Ordering::Relaxed) <= QUEUE_CAPACITY {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Writes everything queued so far and waits until it is committed.
@@ -148,17 +181,14 @@ impl Writer {
     /// [`Error::Internal`] when the write failed or the writer has stopped.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
-            .await
-            .map_err(|_| Error::Internal("the database writer has stopped".into()))?;
+        self.tx.send(Msg::Flush(tx)).map_err(|_| stopped())?;
         rx.await
-            .map_err(|_| Error::Internal("the database writer has stopped".into()))?
+            .map_err(|_| stopped())?
             .map_err(|e| Error::Internal(format!("database write failed: {e}")))
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, backlog: Arc<Backlog>) {
     let mut batch = Batch::default();
     // After a failed write, retry on the timer only, not on every new op.
     let mut failing = false;
@@ -168,6 +198,9 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Msg>) {
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(Msg::Op(op)) => {
+                    if backlog.queued.fetch_sub(1, Ordering::Relaxed) == QUEUE_CAPACITY + 1 {
+                        backlog.drained.notify_waiters();
+                    }
                     batch.push(op);
                     if batch.ops() >= MAX_PENDING && !failing {
                         failing = write(&store, &mut batch).await.is_err();

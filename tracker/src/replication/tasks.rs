@@ -57,10 +57,17 @@ pub struct TaskTable {
     avoid: HashMap<(FileId, u32, PeerId), i64>,
     delivered: usize,
     next_id: u64,
+    /// Removed task ids → Unix ms of removal, so a late update of a removed task from
+    /// another tracker (through the change feed) does not bring it back.
+    tombstones: HashMap<u64, i64>,
 }
 
+/// How long a removed task's id is remembered.
+const TOMBSTONE_FOR: Duration = Duration::from_secs(600);
+
 impl TaskTable {
-    /// An empty table whose first new id is `last_id + 1`.
+    /// An empty table whose first new id is `last_id + 1`. Trackers sharing a database
+    /// start from disjoint blocks (see `app::follow`), so their ids never collide.
     pub fn new(last_id: u64) -> Self {
         Self {
             next_id: last_id + 1,
@@ -84,7 +91,6 @@ impl TaskTable {
     /// Adds a stored task (at start) or a new one.
     pub fn insert(&mut self, rec: TaskRecord, bytes: u64, durable: bool) {
         let id = rec.id;
-        self.next_id = self.next_id.max(id + 1);
         self.by_peer
             .entry(rec.peer_id.clone())
             .or_default()
@@ -127,8 +133,10 @@ impl TaskTable {
         bytes: u64,
         now_ms: i64,
     ) -> TaskRecord {
+        let id = self.next_id;
+        self.next_id += 1;
         let rec = TaskRecord {
-            id: self.next_id,
+            id,
             peer_id: peer.clone(),
             kind,
             file_id: file,
@@ -144,7 +152,47 @@ impl TaskTable {
         rec
     }
 
+    /// Removes a task for good: later updates of it from other trackers are ignored.
     pub fn remove(&mut self, id: u64) -> Option<Task> {
+        let t = self.unlink(id)?;
+        self.bury(id);
+        Some(t)
+    }
+
+    fn bury(&mut self, id: u64) {
+        let now = crate::model::now_ms();
+        self.tombstones.insert(id, now);
+        if self.tombstones.len() > 10_000 {
+            let keep = now - ms(TOMBSTONE_FOR);
+            self.tombstones.retain(|_, at| *at > keep);
+        }
+    }
+
+    /// Applies another tracker's row for a task: inserts or replaces it, unless the task
+    /// was removed here. Returns whether it changed anything.
+    pub fn upsert_remote(&mut self, rec: TaskRecord, bytes: u64) -> bool {
+        if self.tombstones.contains_key(&rec.id) {
+            return false;
+        }
+        if self.tasks.get(&rec.id).is_some_and(|t| t.rec == rec) {
+            return false;
+        }
+        self.unlink(rec.id);
+        self.insert(rec, bytes, true);
+        true
+    }
+
+    /// Another tracker removed a task. Task ids are never reused, so the removal is
+    /// remembered even for a task this tracker never saw (say, its row was skipped for a
+    /// file not known here yet): a stray later update must not bring it to life.
+    pub fn remove_remote(&mut self, id: u64) -> Option<Task> {
+        let t = self.unlink(id);
+        self.bury(id);
+        t
+    }
+
+    /// Takes a task out of the table and its indexes.
+    fn unlink(&mut self, id: u64) -> Option<Task> {
         let t = self.tasks.remove(&id)?;
         let peer = &t.rec.peer_id;
         if let Some(s) = self.by_peer.get_mut(peer) {
@@ -256,6 +304,23 @@ impl TaskTable {
             .map(Failed::Retry)
     }
 
+    /// Queues again `peer`'s delivered tasks whose lease has run out (their timers may
+    /// have fired while another tracker held the node's stream); returns the changed rows.
+    pub fn expire_leases(&mut self, peer: &PeerId, now_ms: i64) -> Vec<TaskRecord> {
+        let ids = self.of_peer(peer);
+        let mut out = Vec::new();
+        for id in ids {
+            let expired = self.tasks.get(&id).is_some_and(|t| {
+                t.rec.state == TaskState::Delivered
+                    && t.rec.lease_until_ms.is_some_and(|l| l <= now_ms)
+            });
+            if expired && let Some(rec) = self.requeue(id, now_ms) {
+                out.push(rec);
+            }
+        }
+        out
+    }
+
     /// Whether `peer` recently gave up fetching this chunk.
     pub fn is_avoided(&self, file: &FileId, chunk: u32, peer: &PeerId, now_ms: i64) -> bool {
         self.avoid
@@ -266,7 +331,16 @@ impl TaskTable {
     /// Pops the timers that are due: delivered tasks whose lease ran out are queued again
     /// (their rows are returned to persist), and queued tasks whose back-off ended are due.
     /// Returns the peers that have due tasks now, and the changed rows.
-    pub fn fire_timers(&mut self, now_ms: i64) -> (Vec<PeerId>, Vec<TaskRecord>) {
+    ///
+    /// Only tasks of peers for which `owns` is true are touched: with several trackers,
+    /// the one holding a node's task stream runs its timers (another one would requeue a
+    /// task that is being worked on). Timers of other peers are dropped; `expire_leases`
+    /// catches up when their stream opens here.
+    pub fn fire_timers(
+        &mut self,
+        now_ms: i64,
+        owns: impl Fn(&PeerId) -> bool,
+    ) -> (Vec<PeerId>, Vec<TaskRecord>) {
         let mut peers = Vec::new();
         let mut changed = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
@@ -278,6 +352,9 @@ impl TaskTable {
                 continue;
             };
             let peer = t.rec.peer_id.clone();
+            if !owns(&peer) {
+                continue;
+            }
             match t.rec.state {
                 TaskState::Delivered if t.rec.lease_until_ms == Some(at) => {
                     if let Some(rec) = self.requeue(id, now_ms) {
@@ -344,16 +421,33 @@ mod tests {
     }
 
     #[test]
+    fn should_never_revive_a_task_removed_elsewhere() {
+        let mut here = TaskTable::new(0);
+        let mut there = TaskTable::new(100);
+        let rec = there.create(&peer(1), TaskKind::Fetch, file(1), vec![0], 1, 0);
+        let delivered = there.deliver(rec.id, 500).unwrap();
+        // Known here, removed there, then a stale update arrives.
+        assert!(here.upsert_remote(rec.clone(), 1));
+        assert!(here.remove_remote(rec.id).is_some());
+        assert!(!here.upsert_remote(delivered.clone(), 1));
+        // Never seen here (its row was skipped), removed there, then the stale update.
+        let other = there.create(&peer(2), TaskKind::Fetch, file(1), vec![1], 1, 0);
+        assert!(here.remove_remote(other.id).is_none());
+        assert!(!here.upsert_remote(other, 1));
+        assert_eq!((here.len(), here.delivered()), (0, 0));
+    }
+
+    #[test]
     fn should_requeue_when_a_lease_runs_out() {
         let mut t = TaskTable::new(0);
         let id = t
             .create(&peer(1), TaskKind::Fetch, file(1), vec![0], 1, 0)
             .id;
         t.mark_durable(&[id]);
-        assert_eq!(t.fire_timers(0).0, vec![peer(1)], "due at once");
+        assert_eq!(t.fire_timers(0, |_| true).0, vec![peer(1)], "due at once");
         t.deliver(id, 500);
-        assert!(t.fire_timers(499).0.is_empty());
-        let (peers, changed) = t.fire_timers(500);
+        assert!(t.fire_timers(499, |_| true).0.is_empty());
+        let (peers, changed) = t.fire_timers(500, |_| true);
         assert_eq!(peers, vec![peer(1)]);
         assert_eq!(changed[0].state, TaskState::Queued);
         assert!(t.is_due(id, 500));

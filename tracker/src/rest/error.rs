@@ -2,12 +2,11 @@
 //! in one place. Bad input is a 4xx; a 5xx means a bug or a sick database, and its details
 //! go to the log, not to the client.
 
+use super::openapi::ErrorJson;
+use crate::Error;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use crate::Error;
 
 /// An error on its way to an HTTP client.
 #[derive(Debug)]
@@ -53,7 +52,10 @@ fn client_status(s: StatusCode) -> StatusCode {
 
 /// A JSON error body with a status.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    let body = ErrorJson {
+        error: message.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -3,24 +3,53 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use common::FileType;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::ErrorJson;
 use super::{ApiError, rfc3339};
 use crate::Error;
 use crate::app::{FileDetail, FileView, SearchQuery, TrackerService};
 
+/// A file's kind, guessed from its name (described only; the JSON carries the string).
+#[derive(Serialize, ToSchema)]
+#[schema(as = FileType)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum FileTypeDoc {
+    Video,
+    Audio,
+    Image,
+    Document,
+    Archive,
+    Other,
+}
+
 /// A file object.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = File)]
 pub struct FileJson {
+    /// SHA-256 (hex) of the file's manifest.
+    #[schema(example = "3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa")]
     id: String,
     name: String,
+    /// Bytes.
     size: u64,
+    /// SHA-256 (hex) of the whole content, what `sha256sum` prints.
     sha256: String,
     #[serde(rename = "type")]
+    #[schema(value_type = FileTypeDoc)]
     file_type: &'static str,
+    /// Number of chunks.
     chunks: u32,
+    /// Bytes per chunk (the last may be shorter).
     chunk_size: u32,
+    /// Up peers that can serve every chunk, alone or together (0 when some chunk has none).
     holders: u32,
+    /// The fewest up holders of any one chunk.
+    min_copies: u32,
+    /// When it was first announced (RFC 3339).
     created_at: Option<String>,
 }
 
@@ -35,54 +64,93 @@ impl From<FileView> for FileJson {
             chunks: f.chunks,
             chunk_size: f.chunk_size,
             holders: f.holders,
+            min_copies: f.min_copies.unwrap_or(0),
             created_at: rfc3339(f.created_at_ms),
         }
     }
 }
 
-#[derive(Serialize)]
+/// A page of search results.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FileList)]
 pub struct FileListJson {
     items: Vec<FileJson>,
+    /// Matches in all pages.
     total: u64,
 }
 
 /// Query of `GET /api/v1/files`; numbers are parsed by hand for clear messages.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Words that must all appear in the name (case-insensitive); empty lists every file.
     q: Option<String>,
+    /// Only files of this kind.
     #[serde(rename = "type")]
+    #[param(value_type = Option<FileTypeDoc>)]
     file_type: Option<String>,
+    /// Page size (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Matches to skip.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     offset: Option<String>,
 }
 
+/// A parameter that must be decimal digits when given (no sign, space or empty value, so
+/// the API takes exactly what its OpenAPI document says).
 fn number(name: &str, v: Option<&str>) -> Result<Option<u32>, Error> {
-    match v.map(str::trim).filter(|s| !s.is_empty()) {
+    match v {
         None => Ok(None),
-        Some(s) => s
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
             .parse()
             .map(Some)
-            .map_err(|_| Error::invalid(format!("{name} must be a non-negative integer"))),
+            .map_err(|_| Error::invalid(format!("{name} must be at most {}", u32::MAX))),
+        Some(_) => Err(Error::invalid(format!(
+            "{name} must be a non-negative integer"
+        ))),
     }
 }
 
+/// A kind exactly as the API spells it (lowercase).
+fn file_type(v: Option<&str>) -> Result<Option<FileType>, Error> {
+    let Some(s) = v else { return Ok(None) };
+    FileType::ALL
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .map(Some)
+        .ok_or_else(|| {
+            let kinds: Vec<&str> = FileType::ALL.iter().map(|t| t.as_str()).collect();
+            Error::invalid(format!(
+                "type {:?} is not one of {}",
+                common::names::printable(s, 40),
+                kinds.join(", ")
+            ))
+        })
+}
+
+/// Searches file names.
+#[utoipa::path(
+    get,
+    path = "/api/v1/files",
+    tag = "files",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "One page of matching files", body = FileListJson,
+         links(("first_file" = (
+             operation_id = "h_file_get",
+             parameters(("id" = "$response.body#/items/0/id")),
+             description = "The chunk map of the first file listed",
+         )))),
+        (status = 400, description = "A parameter is not valid", body = ErrorJson),
+    ),
+)]
 pub async fn h_files_search(
     State(svc): State<TrackerService>,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<FileListJson>, ApiError> {
     let Query(p) = params?;
-    let file_type = match p
-        .file_type
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        None => None,
-        Some(t) => Some(
-            t.parse()
-                .map_err(|e: common::filetype::FileTypeParseError| Error::invalid(e.to_string()))?,
-        ),
-    };
+    let file_type = file_type(p.file_type.as_deref())?;
     let limit = number("limit", p.limit.as_deref())?;
     if limit == Some(0) {
         return Err(Error::invalid("limit must be between 1 and 1000").into());
@@ -99,25 +167,57 @@ pub async fn h_files_search(
     }))
 }
 
-#[derive(Serialize)]
+/// Whether a holder is up (`up`/`down`), described only.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PeerState)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum PeerStateDoc {
+    Up,
+    Down,
+}
+
+/// Why a peer holds a file, described only.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HoldingKind)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum HoldingKindDoc {
+    Shared,
+    Downloaded,
+    Replica,
+}
+
+/// A peer holding a chunk.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChunkPeer)]
 pub struct ChunkPeerJson {
     id: String,
+    #[schema(value_type = PeerStateDoc)]
     state: &'static str,
-    /// `shared`, `downloaded` or `replica`.
+    #[schema(value_type = HoldingKindDoc)]
     kind: &'static str,
 }
 
-#[derive(Serialize)]
+/// One chunk of a file and who holds it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Chunk)]
 pub struct ChunkJson {
     index: u32,
+    /// Byte offset in the file.
     offset: u64,
+    /// Bytes.
     size: u64,
     sha256: String,
+    /// Up peers holding it.
     copies: u32,
+    /// Every peer holding it, up or down.
     peers: Vec<ChunkPeerJson>,
 }
 
-#[derive(Serialize)]
+/// A file with its chunk map.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FileDetail)]
 pub struct FileDetailJson {
     #[serde(flatten)]
     file: FileJson,
@@ -152,6 +252,19 @@ impl From<FileDetail> for FileDetailJson {
     }
 }
 
+/// One file by id or unique id prefix, with its chunk map.
+#[utoipa::path(
+    get,
+    path = "/api/v1/files/{id}",
+    tag = "files",
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{6,64}$",
+            description = "The file id, or a unique prefix of 6 to 64 hex digits")),
+    responses(
+        (status = 200, description = "The file and, per chunk, the peers that hold it", body = FileDetailJson),
+        (status = 400, description = "The id is not 6 to 64 hex digits", body = ErrorJson),
+        (status = 404, description = "No file, or several, match", body = ErrorJson),
+    ),
+)]
 pub async fn h_file_get(
     State(svc): State<TrackerService>,
     id: Result<Path<String>, PathRejection>,

@@ -1,23 +1,52 @@
-//! `/healthz` (does the database answer?) and `/api/v1/stats` (counters for dashboards).
+//! Operations: `/healthz` (does the database answer?), `/api/v1/stats` (counters for
+//! dashboards) and `/metrics` (Prometheus).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::app::TrackerService;
+use crate::metrics;
 
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct HealthJson {
+    /// `ok`, or `unavailable` with an `error`.
+    #[schema(example = "ok")]
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// Whether the tracker and its database answer.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers", body = HealthJson),
+        (status = 503, description = "The database does not answer", body = HealthJson),
+    ),
+)]
 pub async fn h_health(State(svc): State<TrackerService>) -> Response {
     match svc.health().await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(()) => Json(HealthJson {
+            status: "ok",
+            error: None,
+        })
+        .into_response(),
         Err(e) => {
             tracing::warn!(cause = %e, "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "error": "database unavailable" })),
+                Json(HealthJson {
+                    status: "unavailable",
+                    error: Some("database unavailable"),
+                }),
             )
                 .into_response()
         }
@@ -25,19 +54,39 @@ pub async fn h_health(State(svc): State<TrackerService>) -> Response {
 }
 
 /// `GET /api/v1/stats`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StatsJson {
     users: u64,
+    /// Peers whose last heartbeat is younger than the peer timeout.
     peers_up: u64,
     peers_down: u64,
     files: u64,
     chunks: u64,
+    /// Chunks with fewer live copies than `replication`.
     under_replicated_chunks: u64,
+    /// Replication tasks queued or delivered.
     pending_tasks: u64,
+    /// Of those, delivered and not yet completed.
     delivered_tasks: u64,
+    /// Live copies wanted of every chunk.
     replication: u32,
+    /// Distinct (user, file) pairs that asked where a file's chunks are in the last 10 s.
+    active_transfers: u64,
+    /// Bytes of verified chunks reported held in the last 10 s, divided by 10.
+    transfer_bytes_per_sec: u64,
+    /// Bytes of verified chunks reported held (downloads and replication) since the
+    /// tracker started.
+    bytes_transferred_total: u64,
+    chunks_transferred_total: u64,
 }
 
+/// Counters over users, peers, files, replication health and transfers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    tag = "operations",
+    responses((status = 200, description = "The counters", body = StatsJson)),
+)]
 pub async fn h_stats(State(svc): State<TrackerService>) -> Result<Json<StatsJson>, ApiError> {
     let s = svc.stats().await?;
     Ok(Json(StatsJson {
@@ -50,5 +99,26 @@ pub async fn h_stats(State(svc): State<TrackerService>) -> Result<Json<StatsJson
         pending_tasks: s.pending_tasks,
         delivered_tasks: s.delivered_tasks,
         replication: s.replication,
+        active_transfers: s.active_transfers,
+        transfer_bytes_per_sec: s.transfer_bytes_per_sec,
+        bytes_transferred_total: s.bytes_transferred_total,
+        chunks_transferred_total: s.chunks_transferred_total,
     }))
+}
+
+/// Prometheus metrics: levels (peers, files, chunks, replication) and counters (requests
+/// by route and status, latency, reported chunks and bytes, locates).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenMetrics text format, which Prometheus scrapes",
+         content_type = "application/openmetrics-text", body = String),
+    ),
+)]
+pub async fn h_metrics(State(svc): State<TrackerService>) -> Result<Response, ApiError> {
+    let stats = svc.stats().await?;
+    let body = svc.metrics().render(&stats);
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }

@@ -1,34 +1,54 @@
 //! The REST adapter: JSON over HTTP for people, dashboards and scripts. This file is the
 //! route table; handlers live in one module per noun and stay one-liners over
 //! [`TrackerService`]. JSON shapes are defined next to their handlers.
+//!
+//! Each handler carries its method, path, parameters and answers in `#[utoipa::path]`, and
+//! `routes!` registers it from there: the router and the OpenAPI document are built from
+//! one list, so a route cannot be served without being described.
 
 mod error;
 mod files;
 mod health;
+mod openapi;
 mod peers;
 mod sessions;
 
 use axum::Router;
-use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::TrackerService;
-pub use error::{ApiError, not_found};
+pub use error::{ApiError, method_not_allowed, not_found};
+
+/// The route table, with the description of every route.
+fn api() -> OpenApiRouter<TrackerService> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::h_health))
+        .routes(routes!(health::h_metrics))
+        .routes(routes!(health::h_stats))
+        .routes(routes!(openapi::h_openapi))
+        .routes(routes!(files::h_files_search))
+        .routes(routes!(files::h_file_get))
+        .routes(routes!(peers::h_peers_list))
+        .routes(routes!(
+            sessions::h_session_create,
+            sessions::h_session_delete
+        ))
+}
 
 /// Every REST route. The caller adds the fallback after merging in the gRPC routes (axum
 /// allows one fallback per router).
 pub fn router(svc: TrackerService) -> Router {
-    Router::new()
-        .route("/healthz", get(health::h_health))
-        .route("/api/v1/stats", get(health::h_stats))
-        .route("/api/v1/files", get(files::h_files_search))
-        .route("/api/v1/files/{id}", get(files::h_file_get))
-        .route("/api/v1/peers", get(peers::h_peers_list))
-        .route(
-            "/api/v1/sessions",
-            post(sessions::h_session_create).delete(sessions::h_session_delete),
-        )
+    let (router, _) = api().split_for_parts();
+    router
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(svc)
+}
+
+/// The OpenAPI document of every HTTP route (REST, operations and the dashboard).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
 }
 
 /// RFC 3339 (UTC, milliseconds) for a Unix-ms timestamp.

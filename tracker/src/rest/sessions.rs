@@ -7,23 +7,47 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::openapi::ErrorJson;
 use super::{ApiError, rfc3339};
 use crate::app::TrackerService;
 
-#[derive(Deserialize)]
+/// Credentials.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = Login)]
 pub struct LoginJson {
     user: String,
     password: String,
 }
 
-#[derive(Serialize)]
+/// A new session; send the token as `Authorization: Bearer TOKEN`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
 pub struct SessionJson {
+    /// 64 hex digits, shown once.
     token: String,
     user: String,
+    /// When the token stops working (RFC 3339).
     expires_at: Option<String>,
 }
 
+/// Logs in.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    request_body = LoginJson,
+    responses(
+        (status = 200, description = "Logged in", body = SessionJson),
+        (status = 400, description = "The body is not JSON", body = ErrorJson),
+        (status = 401, description = "Invalid user or password", body = ErrorJson),
+        (status = 415, description = "The body is not `application/json`", body = ErrorJson),
+        (status = 422, description = "The JSON lacks `user` or `password` strings", body = ErrorJson),
+        (status = 429, description = "Too many failed attempts for this user or address", body = ErrorJson,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+)]
 pub async fn h_session_create(
     State(svc): State<TrackerService>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -40,6 +64,18 @@ pub async fn h_session_create(
     }))
 }
 
+/// Logs out the session named by `Authorization: Bearer TOKEN`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "No token, or an unknown, expired or revoked one", body = ErrorJson,
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+    ),
+)]
 pub async fn h_session_delete(
     State(svc): State<TrackerService>,
     headers: HeaderMap,

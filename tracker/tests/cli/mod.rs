@@ -87,3 +87,52 @@ async fn should_add_a_user_then_serve_on_the_printed_address() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn should_log_one_json_object_per_line_with_log_format_json() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let db = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let mut serve = tracker()
+            .env("RUST_LOG", "info")
+            .args(["--database-url", &db, "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(serve.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("tracker listening on http://"), "{line:?}");
+        // A clean stop logs the shutdown too; then stderr ends.
+        let pid = serve.id().to_string();
+        let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(term.success());
+        let stderr = BufReader::new(serve.stderr.take().unwrap());
+        let mut messages = Vec::new();
+        for l in stderr.lines() {
+            let l = l.unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+            messages.push(
+                v["fields"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        assert!(serve.wait().unwrap().success());
+        assert!(
+            messages.iter().any(|m| m.contains("serving gRPC and HTTP")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("shutting down")),
+            "{messages:?}"
+        );
+    })
+    .await
+}

@@ -50,12 +50,22 @@ impl TestTracker {
         Self::start_with(Config::ephemeral(dir.path())).await
     }
 
-    pub async fn start_with(cfg: Config) -> TestTracker {
+    /// Starts a tracker with `cfg`. Under `TRACKER_TEST_BACKEND=postgres` an SQLite URL is
+    /// swapped for a PostgreSQL database of its own (see [`backend_url`]).
+    pub async fn start_with(mut cfg: Config) -> TestTracker {
         init_logging();
+        cfg.database_url = backend_url(&cfg.database_url).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let handle = tokio::spawn(tracker::run(cfg.clone(), listener, token.child_token()));
+        let run = tracker::run(cfg.clone(), listener, token.child_token());
+        let handle = tokio::spawn(async move {
+            let res = run.await;
+            if let Err(e) = &res {
+                eprintln!("the tracker stopped: {e:#}");
+            }
+            res
+        });
         TestTracker {
             addr,
             token,
@@ -172,6 +182,105 @@ pub async fn announce(
         .into_inner()
         .file
         .unwrap()
+}
+
+/// Whether every test should run on PostgreSQL (`TRACKER_TEST_BACKEND=postgres`).
+///
+/// # Panics
+/// When PostgreSQL is asked for but `TRACKER_TEST_DATABASE_URL` is not set: a run that
+/// claims to test PostgreSQL must not quietly test SQLite.
+pub fn postgres_backend() -> Option<String> {
+    let wanted = std::env::var("TRACKER_TEST_BACKEND").is_ok_and(|b| b == "postgres");
+    if !wanted {
+        return None;
+    }
+    Some(
+        postgres_admin_url()
+            .expect("TRACKER_TEST_BACKEND=postgres needs TRACKER_TEST_DATABASE_URL"),
+    )
+}
+
+/// The database a test's tracker uses for `url`: `url` itself, or under
+/// `TRACKER_TEST_BACKEND=postgres` and for an SQLite URL, a PostgreSQL database named after
+/// that URL (so trackers started on one temp dir, together or one after another, share it),
+/// created on first use. Databases of test processes that have ended are dropped first.
+pub async fn backend_url(url: &str) -> String {
+    let Some(admin) = postgres_backend() else {
+        return url.to_string();
+    };
+    if !url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    let name = format!("{PG_PREFIX}{}_{:016x}", std::process::id(), h.finish());
+    let _guard = PG_SETUP.lock().await;
+    drop_stale_databases(&admin).await;
+    create_database(&admin, &name).await;
+    with_db_name(&admin, &name)
+}
+
+/// Names of databases made by [`backend_url`]: the prefix, then the test process's id.
+const PG_PREFIX: &str = "tessera_t_";
+
+/// Serialises database creation within this process (PostgreSQL may refuse concurrent
+/// `CREATE DATABASE` from one template).
+static PG_SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Creates `name` unless it exists.
+async fn create_database(admin: &str, name: &str) {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(admin).await.unwrap();
+    let exists = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ))
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    db.close().await.unwrap();
+}
+
+/// Drops the databases of test processes that are no longer running (a test binary cannot
+/// drop its own at exit, so each run cleans up after the earlier ones).
+async fn drop_stale_databases(admin: &str) {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let db = Database::connect(admin).await.unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT datname FROM pg_database WHERE datname LIKE '{PG_PREFIX}%'"),
+        ))
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.try_get("", "datname").unwrap();
+        let pid = name[PG_PREFIX.len()..].split('_').next().unwrap_or("");
+        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = db
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+    db.close().await.unwrap();
+}
+
+/// `admin` with its database name replaced by `name`.
+fn with_db_name(admin: &str, name: &str) -> String {
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+    format!("{base}/{name}")
 }
 
 /// The PostgreSQL admin URL for tests, when configured.

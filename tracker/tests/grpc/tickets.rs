@@ -8,7 +8,9 @@ use proto::tracker::v1 as pb;
 use tempfile::TempDir;
 use tracker::Config;
 
-use crate::common::{TestTracker, announce, authed, locate, manifest, peer_id, register, within};
+use crate::common::{
+    TestTracker, announce, authed, backend_url, locate, manifest, peer_id, register, within,
+};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -98,9 +100,8 @@ async fn should_share_one_key_between_trackers_on_one_database_and_across_restar
         a.stop().await;
         let again = TestTracker::start(&dir).await;
         assert_eq!(login_key(&again, "alice").await, key_a);
-        let minted = tracker::admin::ticket_signer(&Config::ephemeral(dir.path()).database_url)
-            .await
-            .unwrap();
+        let url = backend_url(&Config::ephemeral(dir.path()).database_url).await;
+        let minted = tracker::admin::ticket_signer(&url).await.unwrap();
         assert_eq!(minted.public_key().to_vec(), key_a);
         again.stop().await;
     })

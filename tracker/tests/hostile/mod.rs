@@ -2,6 +2,8 @@
 //! JSON `{"error"}` (REST), never a crash and never a 5xx; and a crowd of peers heartbeating
 //! at once is never wrongly marked down.
 
+mod sqlite_busy;
+
 use std::time::Duration;
 
 use proto::tracker::v1 as pb;
@@ -477,7 +479,12 @@ async fn should_answer_every_bad_rest_request_with_a_json_4xx() {
             (Method::POST, "/healthz", None, ""),
             (Method::DELETE, &unknown, None, ""),
         ];
-        let client = reqwest::Client::new();
+        // A fresh connection per case: the server may close one after refusing an oversized
+        // body, and a pooled client would hand that closed connection to the next case.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let mut failures = Vec::new();
         for (method, path, ctype, body) in &cases {
             let mut req = client

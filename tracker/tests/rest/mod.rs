@@ -1,5 +1,9 @@
 //! The REST contract: routes, JSON shapes and status codes of CONTRACT.md.
 
+mod dashboard_data;
+mod metrics;
+mod openapi;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;

@@ -1,0 +1,185 @@
+//! Tracker failover with real processes: two `tracker` processes on one database (a fresh
+//! PostgreSQL database when `TRACKER_TEST_DATABASE_URL` names a server, else one shared
+//! SQLite file), peers given both with `--tracker A,B`; tracker A is SIGKILLed in the middle
+//! of a get, and the get finishes byte-identical through B.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
+
+/// The `tracker` binary cargo built next to the `peer` binary, if it did.
+fn tracker_bin() -> Option<PathBuf> {
+    let dir = Path::new(peer_bin()).parent()?;
+    let bin = dir.join(format!("tracker{}", std::env::consts::EXE_SUFFIX));
+    bin.exists().then_some(bin)
+}
+
+/// A `tracker` process on `127.0.0.1:0`; killed when dropped.
+struct TrackerProcess {
+    child: Child,
+    url: String,
+}
+
+impl TrackerProcess {
+    async fn start(bin: &Path, database_url: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["--database-url", database_url, "--listen", "127.0.0.1:0"])
+            .args(["--peer-timeout", "3s"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("the tracker did not get ready")??
+            .context("the tracker exited before it was ready")?;
+        let Some(addr) = line.trim().strip_prefix("tracker listening on http://") else {
+            bail!("unexpected first line from the tracker: {line:?}");
+        };
+        let url = format!("http://{addr}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, url })
+    }
+}
+
+/// A database both trackers share, dropped at the end when it is a PostgreSQL one.
+struct SharedDb {
+    url: String,
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl SharedDb {
+    async fn create() -> anyhow::Result<Self> {
+        use sea_orm::{ConnectionTrait, Database};
+        let dir = tempfile::tempdir()?;
+        let admin = std::env::var("TRACKER_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"));
+        let Some(admin) = admin else {
+            eprintln!("TRACKER_TEST_DATABASE_URL is not set: the trackers share an SQLite file");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+            return Ok(Self {
+                url,
+                pg: None,
+                _dir: dir,
+            });
+        };
+        let name = format!("tessera_failover_{}", std::process::id());
+        let db = Database::connect(&admin).await?;
+        db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        db.close().await?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            pg: Some((admin.clone(), name)),
+            _dir: dir,
+        })
+    }
+
+    async fn drop_db(&self) -> anyhow::Result<()> {
+        use sea_orm::{ConnectionTrait, Database};
+        if let Some((admin, name)) = &self.pg {
+            let db = Database::connect(admin).await?;
+            db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+            db.close().await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> anyhow::Result<()> {
+    let Some(bin) = tracker_bin() else {
+        eprintln!(
+            "no tracker binary next to the peer binary (cargo test --workspace builds it); skipping"
+        );
+        return Ok(());
+    };
+    let db = SharedDb::create().await?;
+    let res = bounded(async {
+        let mut a = TrackerProcess::start(&bin, &db.url).await?;
+        let b = TrackerProcess::start(&bin, &db.url).await?;
+        let urls = format!("{},{}", a.url, b.url);
+
+        let src = tempfile::tempdir()?;
+        let (path, sha) = random_file(src.path(), "shared.bin", 24 * CHUNK)?;
+        let mut seed = TestPeer::with_tracker_urls(&urls, "seed")?;
+        seed.run_stdin(
+            &["register", "--user", "seed", "--password-stdin"],
+            PASSWORD,
+        )
+        .await?
+        .ok()?;
+        let files = seed.index(&path).await?;
+        let id = files[0]["id"].as_str().context("id")?.to_string();
+        seed.serve(&["--max-upload-rate", "3M"]).await?;
+
+        let getter = TestPeer::with_tracker_urls(&urls, "getter")?;
+        getter
+            .run_stdin(
+                &["register", "--user", "getter", "--password-stdin"],
+                PASSWORD,
+            )
+            .await?
+            .ok()?;
+        let out = tempfile::tempdir()?;
+        let child = getter.spawn_get(&id, out.path())?;
+        wait_until(Duration::from_secs(30), "some chunks", || {
+            getter.held_chunks(&id) >= 3
+        })
+        .await?;
+        assert!(getter.held_chunks(&id) < 24, "the get ended before A died");
+        a.child.kill().await?;
+
+        let done = child.wait_with_output().await?;
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
+        // B has heard of the getter's copy (reported to it after A died).
+        let client = reqwest::Client::new();
+        let mut recorded = false;
+        for _ in 0..100 {
+            let f: serde_json::Value = client
+                .get(format!("{}/api/v1/files/{id}", b.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if f["chunk_map"][23]["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2)
+            {
+                recorded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recorded, "B does not list the getter as a holder");
+        let mut b = b;
+        b.child.kill().await?;
+        Ok(())
+    })
+    .await;
+    db.drop_db().await?;
+    res
+}

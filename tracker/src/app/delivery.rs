@@ -1,0 +1,290 @@
+//! Delivery of replication tasks on [`TrackerService`]: each node's `Tasks` stream, the
+//! pushing of its due tasks under a lease, and what a node reports back when it is done.
+//! The planner that creates the tasks is in `replication`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Bitfield, PeerId, TicketSigner};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::holdings::{claim_peer, holding_record, not_yours};
+use super::index::{Holding, Index};
+use super::{
+    Assignment, Caller, FetchAssignment, HolderView, TaskStream, TrackerService, duration_ms, lock,
+};
+use crate::Error;
+use crate::db::writer::WriteOp;
+use crate::model::{HoldingKind, TaskKind, TaskState, now_ms};
+use crate::replication::tasks::Failed;
+
+/// Tasks a node may have delivered and not completed; more are pushed as it completes.
+const MAX_IN_FLIGHT: usize = 32;
+/// Capacity of a node's task channel.
+const STREAM_CAPACITY: usize = 64;
+/// Retry delay for a task that could not be pushed (no source up, channel full).
+const PUSH_RETRY: Duration = Duration::from_secs(1);
+
+impl TrackerService {
+    /// [`Self::push_due`] for each of `peers`.
+    pub(super) fn push_due_all<'a>(
+        &self,
+        ix: &mut Index,
+        peers: impl IntoIterator<Item = &'a PeerId>,
+        now: i64,
+    ) -> Vec<WriteOp> {
+        peers
+            .into_iter()
+            .flat_map(|p| self.push_due(ix, p, now))
+            .collect()
+    }
+
+    /// Pushes `peer`'s due tasks on its stream, if it has one open, up to the in-flight
+    /// limit. Returns the rows to persist (delivered, with their lease).
+    pub(super) fn push_due(&self, ix: &mut Index, peer: &PeerId, now: i64) -> Vec<WriteOp> {
+        let Some((conn, tx)) = lock(&self.inner.streams)
+            .get(peer)
+            .map(|s| (s.conn, s.tx.clone()))
+        else {
+            return Vec::new();
+        };
+        let lease_until = now.saturating_add(duration_ms(self.inner.cfg.task_lease));
+        let ticket_ttl = duration_ms(self.inner.cfg.ticket_ttl);
+        let retry_at = now.saturating_add(duration_ms(PUSH_RETRY));
+        let ids = ix.tasks.of_peer(peer);
+        let mut in_flight = ids
+            .iter()
+            .filter(|&&id| {
+                ix.tasks
+                    .get(id)
+                    .is_some_and(|t| t.rec.state == TaskState::Delivered)
+            })
+            .count();
+        let mut ops = Vec::new();
+        for id in ids {
+            if in_flight >= MAX_IN_FLIGHT {
+                break;
+            }
+            if !ix.tasks.is_due(id, now) {
+                continue;
+            }
+            let Some(a) = assignment(ix, id, now, &self.inner.tickets, ticket_ttl) else {
+                // No source is up right now: try again later.
+                ix.tasks.requeue(id, retry_at);
+                continue;
+            };
+            match tx.try_send(a) {
+                Ok(()) => {
+                    in_flight += 1;
+                    if let Some(rec) = ix.tasks.deliver(id, lease_until) {
+                        ops.push(WriteOp::Task(rec));
+                    }
+                }
+                Err(TrySendError::Full(_)) => {
+                    ix.tasks.requeue(id, retry_at);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    let mut streams = lock(&self.inner.streams);
+                    if streams.get(peer).is_some_and(|s| s.conn == conn) {
+                        streams.remove(peer);
+                    }
+                    break;
+                }
+            }
+        }
+        ops
+    }
+
+    /// Opens `peer`'s task stream (replacing an older one) and pushes its due tasks.
+    ///
+    /// # Errors
+    /// `PermissionDenied` for another user's peer.
+    pub async fn open_tasks(
+        &self,
+        caller: &Caller,
+        peer: &PeerId,
+    ) -> Result<mpsc::Receiver<Assignment>, Error> {
+        let now = now_ms();
+        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        {
+            let mut ix = self.index_mut();
+            let mut ops: Vec<WriteOp> = claim_peer(&mut ix, caller, peer, now)?
+                .into_iter()
+                .collect();
+            let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+            lock(&self.inner.streams).insert(peer.clone(), TaskStream { conn, tx });
+            let expired = ix.tasks.expire_leases(peer, now);
+            ops.extend(expired.into_iter().map(WriteOp::Task));
+            ops.extend(self.push_due(&mut ix, peer, now));
+            self.inner.writer.queue(ops)?;
+        }
+        self.inner.writer.ready().await;
+        Ok(rx)
+    }
+
+    /// Records a task's outcome: a fetched chunk becomes a replica holding, a drop clears
+    /// one, a failure is retried with back-off (and given up after five).
+    ///
+    /// # Errors
+    /// `NotFound` for a task unknown to this peer (or cancelled), `PermissionDenied` for
+    /// another user's peer.
+    pub async fn complete_task(
+        &self,
+        caller: &Caller,
+        peer: &PeerId,
+        task: u64,
+        ok: bool,
+        error: &str,
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let unknown = || Error::not_found(format!("unknown task {task}"));
+        {
+            let mut ix = self.index_mut();
+            match ix.peers.get(peer) {
+                None => return Err(unknown()),
+                Some(p) if p.rec.user_id != caller.user_id => return Err(not_yours(peer)),
+                Some(_) => {}
+            }
+            let t = ix
+                .tasks
+                .get(task)
+                .filter(|t| t.rec.peer_id == *peer)
+                .ok_or_else(unknown)?;
+            let (kind, file, chunks) = (t.rec.kind, t.rec.file_id, t.rec.chunks.clone());
+            let mut ops = Vec::new();
+            if ok {
+                ix.tasks.remove(task);
+                ops.push(WriteOp::TaskDelete(task));
+                let held = ix.files.get(&file).map(|f| {
+                    let count = f.manifest.chunk_count();
+                    let h = f.holdings.get(peer).cloned();
+                    (count, h)
+                });
+                match (kind, held) {
+                    (TaskKind::Fetch, Some((count, h))) => {
+                        let mut h = h.unwrap_or_else(|| Holding {
+                            kind: HoldingKind::Replica,
+                            have: Bitfield::new(count),
+                            updated_at_ms: now,
+                        });
+                        if let Some(f) = ix.files.get(&file) {
+                            let valid: Vec<u32> =
+                                chunks.iter().copied().filter(|&c| c < count).collect();
+                            let (n, bytes) =
+                                super::holdings::fresh_chunks(&f.manifest, &h.have, &valid);
+                            self.inner.metrics.chunks_reported(
+                                crate::metrics::Source::Replication,
+                                n,
+                                bytes,
+                            );
+                        }
+                        for &c in chunks.iter().filter(|&&c| c < count) {
+                            h.have.set(c);
+                        }
+                        h.updated_at_ms = now;
+                        ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
+                        ix.set_holding(file, peer, h);
+                    }
+                    (TaskKind::Drop, Some((count, Some(mut h))))
+                        if h.kind == HoldingKind::Replica =>
+                    {
+                        for &c in chunks.iter().filter(|&&c| c < count) {
+                            h.have.clear(c);
+                        }
+                        if h.have.count() == 0 && count > 0 {
+                            ix.take_holding(&file, peer);
+                            ops.push(WriteOp::HoldingDelete(peer.clone(), file));
+                        } else {
+                            h.updated_at_ms = now;
+                            ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
+                            ix.set_holding(file, peer, h);
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                let error: String = error.chars().take(1000).collect();
+                match ix.tasks.fail(task, error, now) {
+                    Some(Failed::Retry(rec)) => ops.push(WriteOp::Task(rec)),
+                    Some(Failed::GaveUp(t)) => {
+                        tracing::debug!(
+                            task,
+                            peer = %peer,
+                            file = %file,
+                            error = t.rec.last_error.as_deref().unwrap_or(""),
+                            "task given up"
+                        );
+                        ops.push(WriteOp::TaskDelete(task));
+                        ix.dirty.insert(file);
+                    }
+                    None => {}
+                }
+            }
+            ops.extend(self.push_due(&mut ix, peer, now));
+            self.inner.writer.queue(ops)?;
+        }
+        self.inner.writer.ready().await;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// The message for a task, with a fetch's current sources and a fresh ticket for its node;
+/// `None` when a fetch has no source up (or its file is gone).
+fn assignment(
+    ix: &Index,
+    id: u64,
+    now: i64,
+    tickets: &TicketSigner,
+    ticket_ttl: i64,
+) -> Option<Assignment> {
+    let t = ix.tasks.get(id)?;
+    let file = t.rec.file_id;
+    if t.rec.kind == TaskKind::Drop {
+        return Some(Assignment::Drop {
+            id,
+            file,
+            chunks: t.rec.chunks.clone(),
+        });
+    }
+    let f = ix.files.get(&file)?;
+    let chunk = *t.rec.chunks.first()?;
+    let m = &f.manifest;
+    if chunk >= m.chunk_count() {
+        return None;
+    }
+    let mut sources: Vec<HolderView> = f
+        .holdings
+        .iter()
+        .filter(|(p, h)| **p != t.rec.peer_id && h.have.get(chunk) && ix.is_serving(p, now))
+        .filter_map(|(p, _)| {
+            Some(HolderView {
+                peer_id: p.clone(),
+                addr: ix.peers.get(p)?.rec.addr.clone(),
+                have: None,
+            })
+        })
+        .collect();
+    if sources.is_empty() {
+        return None;
+    }
+    sources.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    let range = m.chunk_range(chunk);
+    let node = &t.rec.peer_id;
+    let user = ix.peers.get(node).map_or("", |p| p.user.as_str());
+    let ticket = super::tickets::issue(tickets, ticket_ttl, file, Some(node.clone()), user);
+    Some(Assignment::Fetch(FetchAssignment {
+        id,
+        file,
+        chunk,
+        sha256: m.chunk_hashes[chunk as usize],
+        len: u32::try_from(range.end - range.start).unwrap_or(u32::MAX),
+        name: m.name.clone(),
+        file_size: m.size,
+        chunk_size: m.chunk_size,
+        sources,
+        ticket: Box::new(ticket),
+    }))
+}
