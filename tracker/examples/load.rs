@@ -27,6 +27,7 @@ use futures::StreamExt;
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient;
 use sha2::{Digest, Sha256};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 /// Words that synthetic file names are made of (and that Search looks for).
@@ -208,11 +209,17 @@ impl World {
 
 /// A request carrying a session token.
 fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    with_auth(msg, &bearer(token))
+}
+
+/// The `authorization` value for a token, made once per worker rather than per request.
+fn bearer(token: &str) -> AsciiMetadataValue {
+    format!("Bearer {token}").parse().expect("ascii token")
+}
+
+fn with_auth<T>(msg: T, auth: &AsciiMetadataValue) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
+    req.metadata_mut().insert("authorization", auth.clone());
     req
 }
 
@@ -334,14 +341,18 @@ struct Sample {
 
 /// A closed loop: `concurrency` workers, each sending its next request when the last one
 /// answers, for warm-up plus duration; only the requests started after the warm-up count.
+/// Ids and the token are formatted before the clock starts: the client shares the cores
+/// with the tracker it measures.
 async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId], op: Op) -> Sample {
+    let ids: Arc<Vec<String>> = Arc::new(targets.iter().map(FileId::to_string).collect());
+    let auth = bearer(token);
     let start = Instant::now();
     let counted_from = start + w.args.warmup;
     let end = counted_from + w.args.duration;
     let workers = (0..w.args.concurrency.max(1)).map(|k| {
         let mut c = clients[k % clients.len()].clone();
-        let token = token.to_string();
-        let targets = targets.to_vec();
+        let auth = auth.clone();
+        let targets = ids.clone();
         let seed = w.seed ^ (k as u64) << 32;
         tokio::spawn(async move {
             let mut r = Rng::new(seed);
@@ -353,8 +364,8 @@ async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId],
                 }
                 let res = match op {
                     Op::Locate => {
-                        let id = targets[r.below(targets.len() as u64) as usize].to_string();
-                        c.locate(authed(pb::LocateRequest { file_id: id }, &token))
+                        let id = targets[r.below(targets.len() as u64) as usize].clone();
+                        c.locate(with_auth(pb::LocateRequest { file_id: id }, &auth))
                             .await
                             .map(|_| ())
                     }
@@ -364,7 +375,7 @@ async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId],
                             query: q.to_string(),
                             ..Default::default()
                         };
-                        c.search(authed(req, &token)).await.map(|_| ())
+                        c.search(with_auth(req, &auth)).await.map(|_| ())
                     }
                 };
                 if t0 < counted_from {

@@ -91,8 +91,14 @@ fn manifest(m: Option<pb::Manifest>) -> Result<Manifest, Status> {
 }
 
 fn file_info(f: FileView) -> pb::FileInfo {
+    let id = f.id.to_string();
+    file_info_with_id(f, id)
+}
+
+/// [`file_info`] with the id already in hex (Locate's ticket names it too).
+fn file_info_with_id(f: FileView, id: String) -> pb::FileInfo {
     pb::FileInfo {
-        id: f.id.to_string(),
+        id,
         name: f.name,
         size: f.size,
         sha256: f.sha256.to_hex(),
@@ -106,7 +112,7 @@ fn file_info(f: FileView) -> pb::FileInfo {
 
 fn holder(h: HolderView) -> pb::Holder {
     pb::Holder {
-        peer_id: h.peer_id.to_string(),
+        peer_id: h.peer_id.into(),
         addr: h.addr,
         have: h
             .have
@@ -116,9 +122,15 @@ fn holder(h: HolderView) -> pb::Holder {
 }
 
 fn ticket(t: Ticket) -> peer_pb::Ticket {
+    let id = t.claims.file_id.to_string();
+    ticket_with_id(t, id)
+}
+
+/// [`ticket`] with the file id already in hex.
+fn ticket_with_id(t: Ticket, file_id: String) -> peer_pb::Ticket {
     let c = t.claims;
     peer_pb::Ticket {
-        file_id: c.file_id.to_string(),
+        file_id,
         peer_id: c.peer_id.map(|p| p.to_string()).unwrap_or_default(),
         user: c.user,
         expires_at_ms: c.expires_at_ms,
@@ -319,8 +331,10 @@ impl Tracker for Grpc {
         let file = file_id(&req.into_inner().file_id)?;
         let l = self.svc.locate(&caller, &file)?;
         let m = &l.manifest;
+        // The view, the ticket and the request name the same file: hex it once.
+        let id = file.to_string();
         Ok(Response::new(pb::LocateResponse {
-            file: Some(file_info(l.file)),
+            file: Some(file_info_with_id(l.file, id.clone())),
             manifest: Some(pb::Manifest {
                 name: m.name.clone(),
                 size: m.size,
@@ -329,7 +343,7 @@ impl Tracker for Grpc {
                 chunk_hashes: l.packed_hashes.clone(),
             }),
             holders: l.holders.into_iter().map(holder).collect(),
-            ticket: Some(ticket(l.ticket)),
+            ticket: Some(ticket_with_id(l.ticket, id)),
         }))
     }
 

@@ -242,12 +242,13 @@ fn duration_ms(d: Duration) -> i64 {
 fn file_view(ix: &Index, f: &FileEntry, now: i64) -> FileView {
     FileView {
         min_copies: Some(ix.min_copies(f, now)),
-        ..file_view_for_locate(ix, f, now)
+        ..file_view_with(f, ix.holders(f, now))
     }
 }
 
-/// A file without the copy count, which Locate (the hot path) does not answer with.
-fn file_view_for_locate(ix: &Index, f: &FileEntry, now: i64) -> FileView {
+/// A file with its `holders` count and without the copy count, which Locate (the hot
+/// path) counts itself and does not answer with.
+fn file_view_with(f: &FileEntry, holders: u32) -> FileView {
     let m = &f.manifest;
     FileView {
         id: f.id,
@@ -257,7 +258,7 @@ fn file_view_for_locate(ix: &Index, f: &FileEntry, now: i64) -> FileView {
         file_type: f.file_type,
         chunk_size: m.chunk_size,
         chunks: m.chunk_count(),
-        holders: ix.holders(f, now),
+        holders,
         min_copies: None,
         created_at_ms: f.created_at_ms,
     }

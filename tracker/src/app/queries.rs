@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use common::{FileId, PeerId};
+use common::{Bitfield, FileId, PeerId};
 
 use super::index::{self, Holding, Search};
 use super::{
     Caller, ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage,
-    SearchQuery, Stats, TrackerService, file_view, file_view_for_locate,
+    SearchQuery, Stats, TrackerService, file_view, file_view_with,
 };
 use crate::Error;
 use crate::model::{HoldingKind, now_ms};
@@ -59,6 +59,10 @@ impl TrackerService {
     /// A file's manifest and the serving peers that hold some of it, with a ticket for the
     /// caller's user to fetch from them.
     ///
+    /// The hot path of every getter: one pass over the file's holdings under the read lock
+    /// finds the holders and their count (what [`index::Index::holders`] counts), and the
+    /// manifest, its packed hashes and the ticket are shared, not rebuilt.
+    ///
     /// # Errors
     /// `NotFound` for an unknown file.
     pub fn locate(&self, caller: &Caller, file: &FileId) -> Result<Located, Error> {
@@ -68,21 +72,42 @@ impl TrackerService {
             .files
             .get(file)
             .ok_or_else(|| Error::not_found(format!("unknown file {file}")))?;
-        let mut holders: Vec<HolderView> = f
-            .holdings
-            .iter()
-            .filter(|(_, h)| h.have.count() > 0 || h.have.is_empty())
-            .filter_map(|(p, h)| {
-                let peer = ix.peers.get(p)?;
-                ix.is_serving(p, now).then(|| HolderView {
-                    peer_id: p.clone(),
-                    addr: peer.rec.addr.clone(),
-                    have: (!h.have.is_complete()).then(|| h.have.clone()),
-                })
-            })
-            .collect();
-        holders.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        let view = file_view_for_locate(&ix, f, now);
+        let chunks = f.manifest.chunk_count();
+        let mut holders: Vec<HolderView> = Vec::with_capacity(f.holdings.len());
+        // Together they hold every chunk once one holds all (a file of no chunks counts).
+        let mut complete = chunks == 0;
+        let mut union: Option<Bitfield> = None;
+        for (p, h) in &f.holdings {
+            let Some(peer) = ix.peers.get(p) else {
+                continue;
+            };
+            if peer.rec.addr.is_empty() || !index::is_up(peer.rec.last_seen_ms, now, ix.timeout_ms)
+            {
+                continue;
+            }
+            let have = if chunks == 0 || h.have.is_complete() {
+                complete = true;
+                None
+            } else if h.have.count() == 0 {
+                continue;
+            } else {
+                if !complete {
+                    union
+                        .get_or_insert_with(|| Bitfield::new(chunks))
+                        .union_with(&h.have);
+                }
+                Some(h.have.clone())
+            };
+            holders.push(HolderView {
+                peer_id: p.clone(),
+                addr: peer.rec.addr.clone(),
+                have,
+            });
+        }
+        complete = complete || union.is_some_and(|u| u.is_complete());
+        holders.sort_unstable_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let n = if complete { holders.len() as u32 } else { 0 };
+        let view = file_view_with(f, n);
         let (manifest, packed_hashes) = (f.manifest.clone(), f.packed_hashes.clone());
         drop(ix);
         self.inner.metrics.located(caller.user_id, *file);
@@ -91,7 +116,7 @@ impl TrackerService {
             manifest,
             packed_hashes,
             holders,
-            ticket: self.located_ticket(*file, &caller.user, now),
+            ticket: self.located_ticket(*file, caller, now),
         })
     }
 

@@ -172,13 +172,25 @@ impl NameIndex {
         lists.sort_by_key(|l| l.len());
         let mut out = lists[0].clone();
         for l in &lists[1..] {
-            out.retain(|s| l.binary_search(s).is_ok());
+            intersect(&mut out, l);
             if out.is_empty() {
                 break;
             }
         }
         Some(out)
     }
+}
+
+/// Keeps the slots of `out` that are also in `other` (both ascending): one merge pass,
+/// which beats a binary search per slot when the lists are of like length (a common word).
+fn intersect(out: &mut Vec<u32>, other: &[u32]) {
+    let mut j = 0;
+    out.retain(|&s| {
+        while j < other.len() && other[j] < s {
+            j += 1;
+        }
+        j < other.len() && other[j] == s
+    });
 }
 
 /// The ids of `offset..offset + limit` of `hits` in (name, id) order: only the first

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use common::{FileId, PeerId, Ticket, TicketClaims, TicketSigner};
 use rand::RngExt;
 
-use super::{TrackerService, duration_ms, lock};
+use super::{Caller, TrackerService, duration_ms, lock};
 use crate::Error;
 use crate::db::Store;
 use crate::model::now_ms;
@@ -40,11 +40,11 @@ impl TrackerService {
 
     /// A Locate ticket for `user` to fetch chunks of `file`: valid for at least half of
     /// `--ticket-ttl` from `now`.
-    pub(super) fn located_ticket(&self, file: FileId, user: &str, now: i64) -> Ticket {
+    pub(super) fn located_ticket(&self, file: FileId, caller: &Caller, now: i64) -> Ticket {
         let ttl = duration_ms(self.inner.cfg.ticket_ttl);
         self.inner
             .located_tickets
-            .get_or_sign(&self.inner.tickets, ttl, file, user, now)
+            .get_or_sign(&self.inner.tickets, ttl, file, caller, now)
     }
 
     /// A ticket for `user` (and, for replication, the node `peer`) to fetch chunks of
@@ -62,9 +62,10 @@ impl TrackerService {
 
 /// Tickets handed out by Locate, by file and user. A getter calls Locate every few seconds
 /// and a popular file is located by many; signing each time would be most of Locate's cost.
+/// Keyed by user id, so a lookup allocates nothing.
 #[derive(Default)]
 pub(super) struct TicketCache {
-    tickets: Mutex<HashMap<(FileId, String), Ticket>>,
+    tickets: Mutex<HashMap<(FileId, i32), Ticket>>,
 }
 
 /// Entries kept before the cache starts over (each is a few hundred bytes).
@@ -77,17 +78,19 @@ impl TicketCache {
         signer: &TicketSigner,
         ttl_ms: i64,
         file: FileId,
-        user: &str,
+        caller: &Caller,
         now: i64,
     ) -> Ticket {
-        let key = (file, user.to_string());
+        let key = (file, caller.user_id);
         let mut tickets = lock(&self.tickets);
+        // The name is checked too, in case a removed user's id is given to a new one.
         if let Some(t) = tickets.get(&key)
             && t.claims.expires_at_ms - now > ttl_ms / 2
+            && t.claims.user == caller.user
         {
             return t.clone();
         }
-        let t = issue(signer, ttl_ms, file, None, user);
+        let t = issue(signer, ttl_ms, file, None, &caller.user);
         if tickets.len() >= TICKET_CACHE_MAX {
             tickets.clear();
         }
