@@ -47,7 +47,7 @@ if [ -z "${CALLGRIND:-}" ] && perf record -e cpu-clock -o /dev/null true 2>/dev/
   kill -INT "$REC"; wait "$REC" 2>/dev/null || true
   for who in getter node; do
     echo "== $who: self time by function (perf cpu-clock, ≥ 1 %)"
-    perf report -i "$WORK/$who.perf" --no-children --percent-limit 1 --stdio --sort dso,sym 2>/dev/null |
+    perf report -i "$WORK/$who.perf" --no-inline --no-children --percent-limit 1 --stdio --sort dso,sym 2>/dev/null |
       grep -E '^ +[0-9.]+%' | awk -v n="$TOP" 'NR <= n'
   done
   cmp -s "$WORK/out/file.bin" "$WORK/src/file.bin" || die "the copy differs"

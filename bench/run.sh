@@ -45,6 +45,8 @@ WORK=$(mktemp -d -t tessera-bench.XXXXXX)
 RES=$WORK/results
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+# shellcheck source=bench/tracker_load.sh
+. "$ROOT/bench/tracker_load.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 put size "$SIZE"
@@ -144,19 +146,13 @@ NGX
   put curl "$CURL"
   put httpd "$HTTPD"
 
-  # rqbit seeding to rqbit through a local opentracker (Debian's build serves only
-  # whitelisted info hashes, and reads the whitelist after chrooting into its rootdir).
+  # rqbit seeding to rqbit through a local opentracker.
   say "single source: rqbit -> rqbit through opentracker"
-  OT=$WORK/ot
   OT_PORT=$(free_port)
-  mkdir -p "$OT" "$WORK/rq"
+  mkdir -p "$WORK/rq"
   mktorrent -a "http://127.0.0.1:$OT_PORT/announce" -l 20 -t 2 -o "$WORK/rq/f.torrent" "$SRC" >/dev/null
   IH=$(aria2c -S "$WORK/rq/f.torrent" | awk '/^Info Hash:/ {print $3}')
-  echo "$IH" >"$OT/whitelist.txt"
-  printf 'tracker.rootdir %s\naccess.whitelist /whitelist.txt\n' "$OT" >"$OT/opentracker.conf"
-  opentracker -f "$OT/opentracker.conf" -i 127.0.0.1 -p "$OT_PORT" -P "$OT_PORT" -A 127.0.0.1 \
-    >"$WORK/ot.log" 2>&1 &
-  PIDS+=("$!")
+  start_opentracker "$OT_PORT" "$IH"
   RQ=(rqbit --disable-dht --disable-dht-persistence --disable-lsd --disable-upnp-port-forward --listen-ip 127.0.0.1)
   SEED_PORT=$(free_port)
   "${RQ[@]}" --listen-port "$SEED_PORT" --announce-port "$SEED_PORT" download --disable-http-api \
@@ -180,14 +176,7 @@ NGX
   put rqbit "$RQBIT"
 
   # opentracker's HTTP announce rate under wrk (the hash is whitelisted above).
-  say "opentracker announce under wrk"
-  QIH=$(echo "$IH" | sed 's/../%&/g')
-  wrk -t 2 -c 64 -d "${LOAD_SECONDS}s" --latency \
-    "http://127.0.0.1:$OT_PORT/announce?info_hash=$QIH&peer_id=-BE0001-000000000000&port=6881&uploaded=0&downloaded=0&left=0&compact=1" \
-    >"$WORK/wrk.out" 2>&1 || die "wrk failed: $(cat "$WORK/wrk.out")"
-  put ot_rps "$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.out")"
-  put ot_p50 "$(awk '$1 == "50%" {print $2}' "$WORK/wrk.out")"
-  put ot_p99 "$(awk '$1 == "99%" {print $2}' "$WORK/wrk.out")"
+  ot_announce "$OT_PORT" "$IH"
 fi
 
 # --- Multi-source: 1, 2 and 4 nodes sharing the same file, each capped at MULTI_RATE.
@@ -214,62 +203,15 @@ for p in "${MULTI_PIDS[@]}"; do stop_pid "$p"; done
 rm -rf "$WORK/out"
 
 # --- Swarm: 1 seed + N getters starting together, every node capped at SWARM_RATE; each
-# getter's home also runs `peer serve`, so it serves what it holds while it downloads.
-say "swarm: 1 seed + $SWARM_GETTERS getters at $SWARM_RATE each"
-SW=$WORK/swsrc/swarm.bin
-mkdir -p "$WORK/swsrc"
-head -c "$SWARM_SIZE" "$SRC" >"$SW"
-put swarm_bytes "$(stat -c %s "$SW")"
-put swarm_rate "$SWARM_RATE"
-put swarm_getters "$SWARM_GETTERS"
-new_home seed
-SWARM_ID=$(share seed "$SW")
-start_node seed --max-upload-rate "$SWARM_RATE"
-for g in $(seq "$SWARM_GETTERS"); do
-  new_home "sw$g"
-  start_node "sw$g" --max-upload-rate "$SWARM_RATE"
-  fresh "$WORK/sw/$g"
-done
-t0=$(now)
-GETS=()
-for g in $(seq "$SWARM_GETTERS"); do
-  peer_cmd "sw$g" get -o "$WORK/sw/$g" "$SWARM_ID" >/dev/null 2>"$WORK/sw$g.err" &
-  GETS+=("$!")
-  PIDS+=("$!")
-done
-for g in $(seq "$SWARM_GETTERS"); do
-  wait "${GETS[$((g - 1))]}" || die "swarm getter $g failed: $(cat "$WORK/sw$g.err")"
-done
-put swarm "$(since "$t0")"
-for g in $(seq "$SWARM_GETTERS"); do
-  cmp -s "$WORK/sw/$g/"* "$SW" || die "swarm getter $g's copy differs"
-done
-rm -rf "$WORK/sw"
+# getter's home also runs `peer serve`, so it serves what it holds while it downloads
+# (bench/swarm.sh, which also runs alone).
+# shellcheck source=bench/swarm.sh
+. "$ROOT/bench/swarm.sh"
+swarm_bench "$SRC" >/dev/null
 
 # --- Tracker: Locate (1,000-chunk files) and Search under 64 requests in flight, against
 # a tracker holding LOAD_FILES files and LOAD_PEERS heartbeating peers; its memory after.
-say "tracker load: $LOAD_FILES files, $LOAD_PEERS peers"
-start_tracker load
-LOAD_TRACKER=$LAST_PID
-HOT=64
-"$LOAD" --tracker "$TRACKER_URL" --files $((LOAD_FILES - HOT)) --chunks 1 --hot-files $HOT \
-  --hot-chunks 1000 --peers "$LOAD_PEERS" --holders 2 --op locate --op search \
-  --concurrency 64 --duration "${LOAD_SECONDS}s" >"$WORK/load.json" 2>"$WORK/load.err" ||
-  die "load client failed: $(tail -3 "$WORK/load.err")"
-python3 - "$WORK/load.json" >>"$RES" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    d = json.loads(line)
-    if d["op"] == "populate":
-        print("populate_s", d["seconds"])
-    else:
-        if d["errors"]:
-            sys.exit(f"{d['op']}: {d['errors']} errors")
-        for k in ("rps", "p50_ms", "p99_ms"):
-            print(f"{d['op']}_{k}", d[k])
-PY
-put rss_tracker_kib "$(peak_rss "$LOAD_TRACKER")"
-stop_pid "$LOAD_TRACKER"
+tracker_load
 
 python3 "$ROOT/bench/table.py" "$RES" >"$WORK/table.md"
 cat "$WORK/table.md"

@@ -16,6 +16,7 @@
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
 //! - [`metrics`]: Prometheus counters of this process and the node's `/metrics` endpoint.
 //! - [`ratelimit`]: a token bucket shared by all transfers of one process.
+//! - [`upload_ledger`]: how often the node sent each chunk, for super-seeding.
 //! - [`progress`]: indicatif bars fed from atomics the downloader updates.
 //! - [`output`]: tables and JSON shapes of the commands.
 
@@ -31,6 +32,7 @@ pub mod replica;
 pub mod server;
 pub mod tracker_client;
 pub mod transport;
+pub mod upload_ledger;
 
 /// An error that has already been printed to stderr (one `error: ...` line per failed item);
 /// `main` exits 1 without printing anything more.

@@ -106,10 +106,11 @@ impl Peer for FakeNode {
                 v.resize(17 << 20, 0);
                 one(i, v.into())
             }
-            Mode::OtherIndex => {
-                let j = (i + 1) % n;
-                one(j, self.chunk(j))
-            }
+            // A chunk neither asked for nor offered as a candidate (`pick`), else one past the end.
+            Mode::OtherIndex => match (0..n).find(|j| !req.indices.contains(j)) {
+                Some(j) => one(j, self.chunk(j)),
+                None => one(n, good),
+            },
             Mode::Endless => {
                 let sent = self.sent.clone();
                 futures::stream::repeat(good)

@@ -81,6 +81,7 @@ async fn get_chunks(
         file_id: file.into(),
         indices,
         ticket,
+        pick: 0,
     };
     let mut stream = node.get_chunks(req).await?.into_inner();
     let mut out = Vec::new();

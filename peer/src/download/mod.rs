@@ -3,7 +3,7 @@
 //! final name only when every chunk is verified. Chunk states are in `STATE.md`.
 //!
 //! One coordinator per file (this module) owns the source list: it asks the tracker for
-//! holders (at start, every few seconds, and when no source is left), starts a
+//! holders (at start, every second, and when no source is left), starts a
 //! [`worker`] per usable source, reports verified chunks to the tracker and writes the
 //! store record on a short cadence (so a `serve` in the same home serves what is already
 //! here), and gives up only when nothing has moved for a long time. Workers pull chunks
@@ -46,7 +46,8 @@ pub struct DownloadConfig {
     /// Fail when no chunk arrived and no source was usable for this long
     /// (env `PEER_GIVE_UP_AFTER`).
     pub give_up_after: Duration,
-    /// How often to ask the tracker for holders again.
+    /// How often to ask the tracker for holders again: often, because other getters can
+    /// serve only once this one knows what they hold.
     pub relocate_every: Duration,
     /// How often to report verified chunks and write the store record.
     pub report_every: Duration,
@@ -59,8 +60,8 @@ impl Default for DownloadConfig {
         Self {
             stall_timeout: Duration::from_secs(20),
             give_up_after: Duration::from_secs(120),
-            relocate_every: Duration::from_secs(3),
-            report_every: Duration::from_millis(500),
+            relocate_every: Duration::from_secs(1),
+            report_every: Duration::from_millis(250),
             max_in_flight: 4,
         }
     }

@@ -7,13 +7,18 @@
 //! - endgame: when a source is idle and nothing it holds is Missing, it may duplicate an
 //!   InFlight chunk (the one with the fewest copies in flight); the first verified copy wins;
 //! - a source that fails or is dropped releases its chunks; those in flight nowhere else go
-//!   back to Missing.
+//!   back to Missing;
+//! - a full holder (a seed, a finished getter) is offered a candidate set instead of one
+//!   chunk, and chooses the chunk it has sent least (super-seeding): the Missing chunks no
+//!   other source holds, or every Missing chunk when there are none. They stay Missing
+//!   until one arrives, so chunks other getters hold go to those getters, not the seed.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use common::Bitfield;
 use rand::RngExt;
+use rand::seq::SliceRandom;
 
 /// The state of one chunk (see STATE.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +207,36 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         Some(i)
     }
 
+    /// Whether `s` holds every chunk: a seed or a finished getter, likely serving others too.
+    pub fn is_full_holder(&self, s: &S) -> bool {
+        self.sources
+            .get(s)
+            .is_some_and(|b| b.count() == self.chunk_count())
+    }
+
+    /// The candidate set to offer `s`, which then sends the one it has sent least: the
+    /// Missing chunks that only `s` holds, or, when there are none, every Missing chunk it
+    /// holds; a random `max` of them when there are more. The chunks stay Missing (the
+    /// answer says which one comes); empty when nothing `s` holds is Missing.
+    pub fn candidates_for(&self, s: &S, max: usize, rng: &mut impl rand::Rng) -> Vec<u32> {
+        let Some(have) = self.sources.get(s) else {
+            return Vec::new();
+        };
+        let missing = |i: &u32| self.states[*i as usize] == ChunkState::Missing;
+        let mut out: Vec<u32> = have
+            .iter_ones()
+            .filter(|i| missing(i) && self.avail[*i as usize] <= 1)
+            .collect();
+        if out.is_empty() {
+            out = have.iter_ones().filter(missing).collect();
+        }
+        if out.len() > max {
+            out.shuffle(rng);
+            out.truncate(max);
+        }
+        out
+    }
+
     /// Chunks not yet Verified.
     pub fn remaining(&self) -> u32 {
         self.chunk_count() - self.verified
@@ -324,6 +359,36 @@ mod tests {
         // A bitfield of the wrong length is ignored.
         s.add_source("c", Bitfield::new(5));
         assert!(!s.has_source(&"c"));
+    }
+
+    #[test]
+    fn a_full_holder_is_offered_only_what_no_other_source_holds() {
+        let mut s = Scheduler::new(6);
+        s.add_source("seed", Bitfield::full(6));
+        s.add_source("peer", bits(6, &[0, 1]));
+        let mut rng = rand::rng();
+        assert!(s.is_full_holder(&"seed"));
+        assert!(!s.is_full_holder(&"peer"));
+        s.mark_verified(5);
+        let taken = s.next_for(&"peer", true, &mut rng).unwrap();
+        assert!(taken == 0 || taken == 1);
+        let mut c = s.candidates_for(&"seed", 10, &mut rng);
+        c.sort();
+        // Not 0 or 1 (peer holds them), not 5 (Verified); still Missing until one arrives.
+        assert_eq!(c, vec![2, 3, 4]);
+        assert_eq!(s.state(2), &ChunkState::Missing);
+        assert_eq!(s.candidates_for(&"seed", 2, &mut rng).len(), 2);
+        // The chunk that arrives becomes Verified; the others stay Missing.
+        assert!(s.mark_verified(3));
+        let mut c = s.candidates_for(&"seed", 10, &mut rng);
+        c.sort();
+        assert_eq!(c, vec![2, 4]);
+        // With nothing only it holds, the seed is offered every Missing chunk it holds.
+        s.add_source("peer", bits(6, &[0, 1, 2, 4]));
+        let mut c = s.candidates_for(&"seed", 10, &mut rng);
+        c.sort();
+        assert!(c == vec![0, 2, 4] || c == vec![1, 2, 4], "{c:?}");
+        assert!(s.candidates_for(&"unknown", 10, &mut rng).is_empty());
     }
 
     #[test]

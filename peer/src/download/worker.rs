@@ -1,5 +1,7 @@
 //! One worker per source: it keeps up to `max_in_flight` requests going to its source,
 //! pulling chunks from the scheduler, so faster sources naturally get more of the work.
+//! A full holder is asked to pick one chunk of a candidate set (super-seeding, see
+//! `scheduler::Scheduler::candidates_for`); any other source is asked for one chunk.
 //! Every chunk is checked (index, length, SHA-256) before it is written at its offset.
 
 use std::os::unix::fs::FileExt;
@@ -13,6 +15,16 @@ use tokio::time::Instant;
 
 use super::{Event, Shared};
 use crate::transport::{ChunkTransport, FetchError};
+
+/// Most candidates offered in one request (the node's limit on indices per request).
+const MAX_CANDIDATES: usize = 256;
+
+/// One request: a chunk the scheduler marked InFlight from this source, or a candidate set
+/// for the source to choose one chunk from (they stay Missing).
+enum Ask {
+    One(u32),
+    Pick(Vec<u32>),
+}
 
 /// How a worker ended.
 #[derive(Debug)]
@@ -73,14 +85,24 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                 return WorkerEnd::Gone("dropped".into());
             }
             let mut rng = rand::rng();
+            let full = sched.is_full_holder(source);
             while in_flight.len() < sh.cfg.max_in_flight {
-                let Some(i) = sched.next_for(source, in_flight.is_empty(), &mut rng) else {
+                let cands = if full {
+                    sched.candidates_for(source, MAX_CANDIDATES, &mut rng)
+                } else {
+                    Vec::new()
+                };
+                let ask = if !cands.is_empty() {
+                    Ask::Pick(cands)
+                } else if let Some(i) = sched.next_for(source, in_flight.is_empty(), &mut rng) {
+                    Ask::One(i)
+                } else {
                     break;
                 };
                 if in_flight.is_empty() {
                     last_chunk = Instant::now();
                 }
-                in_flight.push(fetch_one(sh.clone(), addr.to_string(), i));
+                in_flight.push(fetch_one(sh.clone(), addr.to_string(), ask));
             }
         }
         if in_flight.is_empty() {
@@ -92,17 +114,20 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
             continue;
         }
         tokio::select! {
-            Some((i, r)) = in_flight.next() => match r {
-                Ok(()) => {
+            Some((asked, r)) = in_flight.next() => match r {
+                Ok(i) => {
                     last_chunk = Instant::now();
                     if sh.sched().mark_verified(i) {
                         let _ = sh.events.send(Event::Verified { index: i, source: source.clone() });
                     }
                 }
                 Err(fail) => {
-                    sh.sched().release(i, source);
+                    if let Some(i) = asked {
+                        sh.sched().release(i, source);
+                    }
+                    let what = asked.map_or_else(|| "picked chunk".to_string(), |i| format!("chunk {i}"));
                     return match fail {
-                        Fail::Bad(m) => WorkerEnd::Bad(format!("chunk {i}: {m}")),
+                        Fail::Bad(m) => WorkerEnd::Bad(format!("{what}: {m}")),
                         Fail::Gone(m) => WorkerEnd::Gone(m),
                         Fail::Local(e) => {
                             let _ = sh.events.send(Event::Fatal(e));
@@ -122,30 +147,56 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
     }
 }
 
-/// Fetches chunk `i`, checks it and writes it at its offset.
+/// Fetches the chunk asked for, checks it and writes it at its offset. Returns the chunk
+/// the scheduler marked InFlight (to release on failure) and the chunk that arrived.
 async fn fetch_one<T: ChunkTransport>(
     sh: Arc<Shared<T>>,
     addr: String,
-    i: u32,
-) -> (u32, Result<(), Fail>) {
-    (i, fetch_inner(&sh, &addr, i).await)
+    ask: Ask,
+) -> (Option<u32>, Result<u32, Fail>) {
+    let asked = match ask {
+        Ask::One(i) => Some(i),
+        Ask::Pick(_) => None,
+    };
+    (asked, fetch_inner(&sh, &addr, ask).await)
 }
 
-async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, i: u32) -> Result<(), Fail> {
-    let range = sh.manifest.chunk_range(i);
-    crate::ratelimit::acquire(sh.rate.as_deref(), range.end - range.start).await;
+async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) -> Result<u32, Fail> {
     let ticket = sh.ticket();
-    let mut stream = sh
-        .transport
-        .fetch(addr, &sh.file_id, &[i], ticket.as_deref())
-        .await?;
-    let (index, data) = match stream.next().await {
-        Some(r) => r?,
-        None => return Err(Fail::Gone(format!("stream ended before chunk {i}"))),
+    let (mut stream, expect) = match &ask {
+        Ask::One(i) => {
+            let r = sh.manifest.chunk_range(*i);
+            crate::ratelimit::acquire(sh.rate.as_deref(), r.end - r.start).await;
+            let one = [*i];
+            let s = sh
+                .transport
+                .fetch(addr, &sh.file_id, &one, ticket.as_deref());
+            (s.await?, format!("chunk {i}"))
+        }
+        Ask::Pick(cands) => {
+            crate::ratelimit::acquire(sh.rate.as_deref(), sh.manifest.chunk_size as u64).await;
+            let s = sh
+                .transport
+                .fetch_pick(addr, &sh.file_id, cands, 1, ticket.as_deref());
+            (s.await?, "a chunk".to_string())
+        }
     };
-    if index != i {
-        return Err(Fail::Bad(format!("sent chunk {index} instead")));
+    let (i, data) = match stream.next().await {
+        Some(r) => r?,
+        None => return Err(Fail::Gone(format!("stream ended before {expect}"))),
+    };
+    // The rest of the stream (an old node sends every candidate) is not wanted.
+    drop(stream);
+    let asked_for = match &ask {
+        Ask::One(want) => *want == i,
+        Ask::Pick(cands) => cands.contains(&i),
+    };
+    if !asked_for {
+        return Err(Fail::Bad(format!(
+            "sent chunk {i}, which was not asked for"
+        )));
     }
+    let range = sh.manifest.chunk_range(i);
     let (m, f) = (sh.manifest.clone(), sh.file.clone());
     let written = tokio::task::spawn_blocking(move || {
         if !m.check_chunk(i, &data) {
@@ -158,7 +209,7 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, i: u32) -> R
     match written {
         Ok(true) => {
             crate::metrics::metrics().chunk_fetched(range.end - range.start);
-            Ok(())
+            Ok(i)
         }
         Ok(false) => {
             crate::metrics::metrics().verification_failures.inc();
