@@ -5,6 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use common::{Bitfield, Manifest};
@@ -215,5 +217,33 @@ mod tests {
         std::fs::write(&part, vec![0u8; m.size as usize + 99]).unwrap();
         let (f, len) = open_part(&part, m.size).unwrap();
         assert_eq!((len, f.metadata().unwrap().len()), (m.size, m.size));
+    }
+}
+
+/// Starts writing a part file's data to disk while the download goes on, so the `fsync`
+/// before the final rename waits for the last few chunks instead of the whole file (about
+/// 0.3 s per GiB here). One `fdatasync` at a time runs on a blocking thread every
+/// [`Writeback::EVERY`] bytes written; a failure is left for the final `fsync` to report.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    unsynced: AtomicU64,
+    running: Arc<AtomicBool>,
+}
+
+impl Writeback {
+    pub const EVERY: u64 = 64 << 20;
+
+    /// Counts `bytes` just written to `file`; starts a background sync when due.
+    pub fn wrote(&self, file: &Arc<File>, bytes: u64) {
+        let total = self.unsynced.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total < Self::EVERY || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.unsynced.store(0, Ordering::Relaxed);
+        let (file, running) = (file.clone(), self.running.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = file.sync_data();
+            running.store(false, Ordering::Release);
+        });
     }
 }

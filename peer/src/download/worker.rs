@@ -208,6 +208,7 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) ->
     .map_err(|e| Fail::Local(std::io::Error::other(e)))?;
     match written {
         Ok(true) => {
+            sh.writeback.wrote(&sh.file, range.end - range.start);
             crate::metrics::metrics().chunk_fetched(range.end - range.start);
             Ok(i)
         }
