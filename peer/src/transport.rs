@@ -278,6 +278,27 @@ impl GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    /// Sends one `GetChunks` and returns the answer's stream of chunks.
+    async fn request(
+        &self,
+        addr: &str,
+        file_id: &FileId,
+        indices: &[u32],
+        pick: u32,
+        ticket: Option<&Ticket>,
+    ) -> Result<tonic::Streaming<pb::Chunk>, FetchError> {
+        let mut client = peer_client(self.channel(addr)?);
+        let req = pb::GetChunksRequest {
+            file_id: file_id.to_string(),
+            indices: indices.to_vec(),
+            ticket: ticket.map(ticket_to_pb),
+            pick,
+        };
+        Ok(client.get_chunks(req).await.map_err(classify)?.into_inner())
+    }
+}
+
 impl ChunkTransport for GrpcTransport {
     async fn fetch(
         &self,
@@ -286,14 +307,7 @@ impl ChunkTransport for GrpcTransport {
         indices: &[u32],
         ticket: Option<&Ticket>,
     ) -> Result<ChunkStream, FetchError> {
-        let mut client = peer_client(self.channel(addr)?);
-        let req = pb::GetChunksRequest {
-            file_id: file_id.to_string(),
-            indices: indices.to_vec(),
-            ticket: ticket.map(ticket_to_pb),
-            pick: 0,
-        };
-        let stream = client.get_chunks(req).await.map_err(classify)?.into_inner();
+        let stream = self.request(addr, file_id, indices, 0, ticket).await?;
         let expected = indices.to_vec();
         let mut pos = 0usize;
         let s = stream.map(move |item| {
@@ -319,14 +333,9 @@ impl ChunkTransport for GrpcTransport {
         pick: u32,
         ticket: Option<&Ticket>,
     ) -> Result<ChunkStream, FetchError> {
-        let mut client = peer_client(self.channel(addr)?);
-        let req = pb::GetChunksRequest {
-            file_id: file_id.to_string(),
-            indices: candidates.to_vec(),
-            ticket: ticket.map(ticket_to_pb),
-            pick,
-        };
-        let stream = client.get_chunks(req).await.map_err(classify)?.into_inner();
+        let stream = self
+            .request(addr, file_id, candidates, pick, ticket)
+            .await?;
         let mut left: std::collections::HashSet<u32> = candidates.iter().copied().collect();
         // An old node ignores `pick` and streams every candidate: take the first `pick`.
         let s = stream.take(pick as usize).map(move |item| {

@@ -11,31 +11,10 @@ use anyhow::Context;
 use common::*;
 use proto::peer::v1 as peer_pb;
 use proto::peer::v1::peer_client::PeerClient;
-use proto::tracker::v1 as pb;
-use proto::tracker::v1::tracker_client::TrackerClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
-
-/// Locate over gRPC with `token`; returns the ticket it carries.
-async fn locate_ticket(
-    tracker: &TestTracker,
-    token: &str,
-    file: &str,
-) -> anyhow::Result<peer_pb::Ticket> {
-    let mut c = TrackerClient::connect(tracker.url()).await?;
-    let mut req = tonic::Request::new(pb::LocateRequest {
-        file_id: file.into(),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    c.locate(req)
-        .await?
-        .into_inner()
-        .ticket
-        .context("locate carries a ticket")
-}
 
 /// Asks the node to pick `pick` of `candidates`; the indices that arrived, each checked
 /// against the file's bytes.

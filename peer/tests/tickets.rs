@@ -12,8 +12,6 @@ use bytes::Bytes;
 use common::*;
 use proto::peer::v1 as peer_pb;
 use proto::peer::v1::peer_client::PeerClient;
-use proto::tracker::v1 as pb;
-use proto::tracker::v1::tracker_client::TrackerClient;
 use rand::RngExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -49,25 +47,6 @@ fn mint(signer: &TicketSigner, file: &str, user: &str, expires_at_ms: i64) -> pe
         user: user.into(),
         expires_at_ms,
     }))
-}
-
-/// Locate over gRPC with `token`; returns the ticket it carries.
-async fn locate_ticket(
-    tracker: &TestTracker,
-    token: &str,
-    file: &str,
-) -> anyhow::Result<peer_pb::Ticket> {
-    let mut c = TrackerClient::connect(tracker.url()).await?;
-    let mut req = tonic::Request::new(pb::LocateRequest {
-        file_id: file.into(),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    c.locate(req)
-        .await?
-        .into_inner()
-        .ticket
-        .context("locate carries a ticket")
 }
 
 /// Calls the node's GetChunks; `Ok` with every chunk that arrived, or the refusal.

@@ -511,3 +511,22 @@ pub fn good_chunks(part: &Path, m: &common::Manifest) -> anyhow::Result<u32> {
         })
         .count() as u32)
 }
+
+/// Locate over gRPC with `token`; returns the ticket it carries.
+pub async fn locate_ticket(
+    tracker: &TestTracker,
+    token: &str,
+    file: &str,
+) -> anyhow::Result<proto::peer::v1::Ticket> {
+    let mut c = proto::tracker::v1::tracker_client::TrackerClient::connect(tracker.url()).await?;
+    let mut req = tonic::Request::new(proto::tracker::v1::LocateRequest {
+        file_id: file.into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    c.locate(req)
+        .await?
+        .into_inner()
+        .ticket
+        .context("locate carries a ticket")
+}
