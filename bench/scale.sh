@@ -2,7 +2,8 @@
 # Scale simulation (issue: scale-out): a tracker holding SCALE_PEERS peers and SCALE_FILES
 # files of SCALE_CHUNKS chunks each, measured with the load client's Locate loop (64 in
 # flight) on SQLite and, when a server answers, on PostgreSQL (a fresh database per run).
-# Prints one line per backend: populate time, locate rps / p50 / p99, tracker peak RSS.
+# Prints per backend: populate time, tracker peak RSS, and rps / p50 / p99 of a getter's
+# first Locate (with the manifest) and of its repeated one (holders and ticket only).
 #
 #   bench/scale.sh                    10k peers, 1,000 files x 1,000 chunks (1M chunks)
 #   SCALE_PEERS=1000 SCALE_FILES=100 bench/scale.sh      a quick run
@@ -39,7 +40,7 @@ run_backend() {
   local populate
   populate=$(since "$t0")
   "$BIN/examples/load" --tracker "$url_t" --files "$FILES" --chunks "$CHUNKS" --peers "$PEERS" \
-    --users 50 --holders 2 --skip-populate --op locate --concurrency 64 \
+    --users 50 --holders 2 --skip-populate --op locate --op relocate --concurrency 64 \
     --duration "$SECONDS_RUN" >"$WORK/$name.locate" 2>&1
   local rss
   rss=$(peak_rss "$pid")
@@ -49,10 +50,11 @@ run_backend() {
 import json, sys
 name, populate, rss, path = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 lines = [json.loads(l) for l in open(path) if l.startswith("{")]
-m = [l for l in lines if l.get("op") == "locate"][-1]
-print(f"{name:<10} populate {populate:6.1f} s   locate {m['rps']:8.0f} req/s   "
-      f"p50 {m['p50_ms']:6.2f} ms   p99 {m['p99_ms']:6.2f} ms   errors {m['errors']}   "
-      f"tracker peak RSS {rss / 1024:6.0f} MiB")
+print(f"{name:<10} populate {populate:6.1f} s   tracker peak RSS {rss / 1024:6.0f} MiB")
+for op in ("locate", "relocate"):
+    m = [l for l in lines if l.get("op") == op][-1]
+    print(f"{name:<10} {op:<9} {m['rps']:8.0f} req/s   p50 {m['p50_ms']:6.2f} ms   "
+          f"p99 {m['p99_ms']:6.2f} ms   errors {m['errors']}")
 EOF
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Bitfield, FileId, Manifest, PeerId};
+use common::{FileId, Manifest, PeerId};
 use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
@@ -21,8 +21,10 @@ use crate::replica::tasks::Task;
 use crate::transport::{ClientTls, status_detail};
 
 mod views;
-pub use views::{Beat, FileView, Granted, HolderView, HoldingIn, Located, PeerView};
-use views::{kind_to_pb, manifest_from_pb, manifest_to_pb, task_from_pb, ticket_in};
+pub use views::{Beat, FileView, Granted, HolderView, HoldingIn, Located, PeerView, Relocated};
+use views::{
+    holders_from_pb, kind_to_pb, manifest_from_pb, manifest_to_pb, task_from_pb, ticket_in,
+};
 
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
@@ -379,9 +381,11 @@ impl TrackerClient {
         Ok(r.files.into_iter().map(FileView::from).collect())
     }
 
+    /// A file's manifest (to be checked against the id), live holders and a ticket.
     pub async fn locate(&self, file_id: &FileId) -> Result<Located, TrackerError> {
         let req = pb::LocateRequest {
             file_id: file_id.to_string(),
+            have_manifest: false,
         };
         let r = self
             .call(req, true, |mut c, r| async move { c.locate(r).await })
@@ -394,29 +398,28 @@ impl TrackerClient {
             r.manifest
                 .ok_or_else(|| TrackerError::BadAnswer("locate answered no manifest".into()))?,
         )?;
-        let n = manifest.chunk_count();
-        let holders = r
-            .holders
-            .into_iter()
-            .filter_map(|h| {
-                let peer_id = h.peer_id.parse().ok()?;
-                let have = if h.have.is_empty() {
-                    Bitfield::full(n)
-                } else {
-                    Bitfield::from_bytes(&h.have, n).ok()?
-                };
-                Some(HolderView {
-                    peer_id,
-                    addr: h.addr,
-                    have,
-                })
-            })
-            .filter(|h| !h.addr.is_empty())
-            .collect();
+        let holders = holders_from_pb(r.holders, manifest.chunk_count());
         Ok(Located {
             file,
             manifest,
             holders,
+            ticket: ticket_in(r.ticket.as_ref(), "a located file"),
+        })
+    }
+
+    /// Locate again, for a caller that holds the verified manifest of the file's `chunks`
+    /// chunks: only the live holders and a fresh ticket (the tracker leaves the 32 bytes per
+    /// chunk of hashes out).
+    pub async fn relocate(&self, file_id: &FileId, chunks: u32) -> Result<Relocated, TrackerError> {
+        let req = pb::LocateRequest {
+            file_id: file_id.to_string(),
+            have_manifest: true,
+        };
+        let r = self
+            .call(req, true, |mut c, r| async move { c.locate(r).await })
+            .await?;
+        Ok(Relocated {
+            holders: holders_from_pb(r.holders, chunks),
             ticket: ticket_in(r.ticket.as_ref(), "a located file"),
         })
     }

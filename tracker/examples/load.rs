@@ -44,8 +44,12 @@ const EXTS: &[&str] = &["mkv", "mp3", "jpg", "pdf", "zip", "bin"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Op {
-    /// `Locate` of a random target file by id (the hot files when there are any).
+    /// `Locate` of a random target file by id (the hot files when there are any), with
+    /// the manifest: a getter's first Locate.
     Locate,
+    /// The same with `have_manifest`: holders and a ticket only, what a getter sends every
+    /// second while it downloads.
+    Relocate,
     /// `Search` for one random word of the names.
     Search,
 }
@@ -363,11 +367,12 @@ async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId],
                     break;
                 }
                 let res = match op {
-                    Op::Locate => {
-                        let id = targets[r.below(targets.len() as u64) as usize].clone();
-                        c.locate(with_auth(pb::LocateRequest { file_id: id }, &auth))
-                            .await
-                            .map(|_| ())
+                    Op::Locate | Op::Relocate => {
+                        let req = pb::LocateRequest {
+                            file_id: targets[r.below(targets.len() as u64) as usize].clone(),
+                            have_manifest: op == Op::Relocate,
+                        };
+                        c.locate(with_auth(req, &auth)).await.map(|_| ())
                     }
                     Op::Search => {
                         let q = WORDS[r.below(WORDS.len() as u64) as usize];

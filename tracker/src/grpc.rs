@@ -328,14 +328,15 @@ impl Tracker for Grpc {
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
         let caller = self.svc.authenticate(token(&req))?;
-        let file = file_id(&req.into_inner().file_id)?;
+        let req = req.into_inner();
+        let file = file_id(&req.file_id)?;
         let l = self.svc.locate(&caller, &file)?;
         let m = &l.manifest;
         // The view, the ticket and the request name the same file: hex it once.
         let id = file.to_string();
         Ok(Response::new(pb::LocateResponse {
             file: Some(file_info_with_id(l.file, id.clone())),
-            manifest: Some(pb::Manifest {
+            manifest: (!req.have_manifest).then(|| pb::Manifest {
                 name: m.name.clone(),
                 size: m.size,
                 sha256: Bytes::copy_from_slice(&m.sha256.0),

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::home::{Home, Kind, StoreRecord, part_path};
 use crate::progress::FileProgress;
 use crate::ratelimit::RateLimiter;
-use crate::tracker_client::{Located, TrackerClient, TrackerError};
+use crate::tracker_client::{HolderView, Located, Relocated, TrackerClient, TrackerError};
 use crate::transport::ChunkTransport;
 use scheduler::Scheduler;
 use worker::WorkerEnd;
@@ -185,7 +185,7 @@ pub(crate) enum Event {
         end: WorkerEnd,
     },
     Fatal(std::io::Error),
-    Located(Result<Located, TrackerError>),
+    Relocated(Result<Relocated, TrackerError>),
     Reported(Result<(), (Vec<u32>, TrackerError)>),
 }
 
@@ -313,7 +313,14 @@ pub async fn download<T: ChunkTransport>(
     let mut tick = tokio::time::interval(cx.cfg.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    add_holders(&cx, &job, &sh, &mut sources, located);
+    add_holders(
+        &cx,
+        &job,
+        &sh,
+        &mut sources,
+        located.holders,
+        located.ticket,
+    );
 
     // Every first verification sends exactly one Verified event, so counting them (not
     // peeking at the scheduler) keeps `fetched`, `suppliers` and `pending` exact.
@@ -357,7 +364,7 @@ pub async fn download<T: ChunkTransport>(
                 Event::Fatal(e) => {
                     return Err(e).with_context(|| format!("cannot write {}", part.display()));
                 }
-                Event::Located(r) => {
+                Event::Relocated(r) => {
                     relocating = false;
                     match r {
                         Ok(loc) => {
@@ -367,7 +374,7 @@ pub async fn download<T: ChunkTransport>(
                             tracker_ok = true;
                             locate_backoff = Duration::from_secs(1);
                             next_locate = Instant::now() + cx.cfg.relocate_every;
-                            add_holders(&cx, &job, &sh, &mut sources, loc);
+                            add_holders(&cx, &job, &sh, &mut sources, loc.holders, loc.ticket);
                         }
                         Err(e) => {
                             if tracker_ok {
@@ -407,7 +414,7 @@ pub async fn download<T: ChunkTransport>(
                     relocating = true;
                     let (t, id, tx) = (cx.tracker.clone(), job.file_id, events_tx.clone());
                     tokio::spawn(async move {
-                        let _ = tx.send(Event::Located(t.locate(&id).await));
+                        let _ = tx.send(Event::Relocated(t.relocate(&id, n).await));
                     });
                 }
                 let (in_flight, remaining) = {
@@ -448,8 +455,6 @@ pub async fn download<T: ChunkTransport>(
     Ok(outcome(suppliers.len(), fetched, reused))
 }
 
-/// Adds the holders of a Locate answer as sources (minus this peer, restricted to
-/// `--from`), refreshes what known ones hold, and starts workers for usable ones.
 /// Whether `peer` may be a source of this job: not this peer itself, and matching `--from`.
 fn usable<T>(cx: &Context<T>, job: &Job, peer: &PeerId) -> bool {
     *peer != cx.peer_id
@@ -470,17 +475,20 @@ fn uncovered<T>(cx: &Context<T>, job: &Job, loc: &Located, n: u32) -> u32 {
     n - union.count()
 }
 
+/// Adds the holders of a Locate answer as sources (minus this peer, restricted to
+/// `--from`), refreshes what known ones hold, and starts workers for usable ones.
 fn add_holders<T: ChunkTransport>(
     cx: &Context<T>,
     job: &Job,
     sh: &Arc<Shared<T>>,
     sources: &mut HashMap<PeerId, Source>,
-    loc: Located,
+    holders: Vec<HolderView>,
+    ticket: Option<Arc<Ticket>>,
 ) {
     let now = Instant::now();
     let mut changed = false;
-    sh.renew_ticket(loc.ticket);
-    for h in loc.holders {
+    sh.renew_ticket(ticket);
+    for h in holders {
         if !usable(cx, job, &h.peer_id) {
             continue;
         }

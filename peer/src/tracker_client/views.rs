@@ -74,6 +74,13 @@ pub struct Located {
     pub ticket: Option<Arc<Ticket>>,
 }
 
+/// The live holders of a file and a fresh ticket, for a caller that has its manifest.
+#[derive(Debug, Clone)]
+pub struct Relocated {
+    pub holders: Vec<HolderView>,
+    pub ticket: Option<Arc<Ticket>>,
+}
+
 /// A holding reported by SyncHoldings.
 #[derive(Debug, Clone)]
 pub struct HoldingIn {
@@ -210,4 +217,26 @@ pub(super) fn manifest_to_pb(m: &Manifest) -> pb::Manifest {
         chunk_size: m.chunk_size,
         chunk_hashes: m.packed_hashes().into(),
     }
+}
+
+/// The holders of a Locate answer for a file of `n` chunks; holders without an address or
+/// with a malformed id or chunk set are left out.
+pub(super) fn holders_from_pb(holders: Vec<pb::Holder>, n: u32) -> Vec<HolderView> {
+    holders
+        .into_iter()
+        .filter_map(|h| {
+            let peer_id = h.peer_id.parse().ok()?;
+            let have = if h.have.is_empty() {
+                Bitfield::full(n)
+            } else {
+                Bitfield::from_bytes(&h.have, n).ok()?
+            };
+            Some(HolderView {
+                peer_id,
+                addr: h.addr,
+                have,
+            })
+        })
+        .filter(|h| !h.addr.is_empty())
+        .collect()
 }

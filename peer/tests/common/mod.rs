@@ -521,6 +521,7 @@ pub async fn locate_ticket(
     let mut c = proto::tracker::v1::tracker_client::TrackerClient::connect(tracker.url()).await?;
     let mut req = tonic::Request::new(proto::tracker::v1::LocateRequest {
         file_id: file.into(),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

@@ -2,8 +2,11 @@
 //! upserted or deleted in one transaction together with its change-feed entry.
 
 use common::FileType;
+use common::PeerId;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait,
+};
 
 use super::changes::{self, BatchChange, Change};
 use super::entities::{files, holdings, peers, tasks};
@@ -11,6 +14,9 @@ use super::writer::Batch;
 use super::{INSERT_CHUNK, Store};
 use crate::Error;
 use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
+
+/// New files per INSERT statement (a 1,000-chunk file's row is 32 KB of hashes).
+const FILE_INSERT_CHUNK: usize = 32;
 
 impl Store {
     /// Writes one coalesced batch in one transaction.
@@ -35,8 +41,11 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        for f in batch.files.values().flatten() {
-            files::Entity::insert(file_model(f))
+        // A few rows per statement: each carries 32 bytes per chunk of hashes.
+        let file_rows: Vec<files::ActiveModel> =
+            batch.files.values().flatten().map(file_model).collect();
+        for chunk in file_rows.chunks(FILE_INSERT_CHUNK) {
+            files::Entity::insert_many(chunk.to_vec())
                 .on_conflict(
                     // The domain queues an insert only for a file new to it, so a row that
                     // exists is a forgotten file coming back: take the new name and time.
@@ -51,22 +60,33 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        for peer in &batch.cleared {
+        let cleared: Vec<&str> = batch.cleared.iter().map(PeerId::as_str).collect();
+        for peers in cleared.chunks(INSERT_CHUNK) {
             holdings::Entity::delete_many()
-                .filter(holdings::Column::PeerId.eq(peer.as_str()))
+                .filter(holdings::Column::PeerId.is_in(peers.iter().copied()))
                 .exec(&txn)
                 .await?;
         }
         let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
         for ((peer, file), h) in &batch.holdings {
             match h {
                 Some(h) => upserts.push(holding_model(h)),
-                None => {
-                    holdings::Entity::delete_by_id((peer.to_string(), file.to_string()))
-                        .exec(&txn)
-                        .await?;
-                }
+                None => deletes.push((peer.as_str(), file.to_string())),
             }
+        }
+        for pairs in deletes.chunks(INSERT_CHUNK) {
+            let any = pairs.iter().fold(Condition::any(), |any, (peer, file)| {
+                any.add(
+                    Condition::all()
+                        .add(holdings::Column::PeerId.eq(*peer))
+                        .add(holdings::Column::FileId.eq(file.as_str())),
+                )
+            });
+            holdings::Entity::delete_many()
+                .filter(any)
+                .exec(&txn)
+                .await?;
         }
         for chunk in upserts.chunks(INSERT_CHUNK) {
             holdings::Entity::insert_many(chunk.to_vec())
@@ -82,12 +102,15 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        for (id, f) in &batch.files {
-            if f.is_none() {
-                files::Entity::delete_by_id(id.to_string())
-                    .exec(&txn)
-                    .await?;
-            }
+        let gone: Vec<String> = (batch.files.iter())
+            .filter(|(_, f)| f.is_none())
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for ids in gone.chunks(INSERT_CHUNK) {
+            files::Entity::delete_many()
+                .filter(files::Column::Id.is_in(ids.iter().map(String::as_str)))
+                .exec(&txn)
+                .await?;
         }
         let mut task_rows = Vec::new();
         let mut task_deletes = Vec::new();

@@ -30,6 +30,8 @@ use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Queued ops that trigger a write before the interval ends.
 pub const MAX_PENDING: usize = 1000;
+/// Most ops a flush folds in from the queue before it writes (group commit).
+const GROUP_LIMIT: usize = 8 * MAX_PENDING;
 /// Queued ops beyond which [`Writer::ready`] waits (backpressure) for the database.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 
@@ -194,23 +196,40 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, backlog: Arc<Ba
     let mut failing = false;
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let take = |batch: &mut Batch, op: WriteOp| {
+        if backlog.queued.fetch_sub(1, Ordering::Relaxed) == QUEUE_CAPACITY + 1 {
+            backlog.drained.notify_waiters();
+        }
+        batch.push(op);
+    };
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(Msg::Op(op)) => {
-                    if backlog.queued.fetch_sub(1, Ordering::Relaxed) == QUEUE_CAPACITY + 1 {
-                        backlog.drained.notify_waiters();
-                    }
-                    batch.push(op);
+                    take(&mut batch, op);
                     if batch.ops() >= MAX_PENDING && !failing {
                         failing = write(&store, &mut batch).await.is_err();
                     }
                 }
                 Some(Msg::Flush(done)) => {
+                    // Group commit: fold in what is already queued behind this flush (in
+                    // queue order, so change order holds), and let one transaction answer
+                    // every flush among it. Many concurrent announces then cost a few
+                    // commits, not one each (which an fsync per commit makes slow).
+                    let mut waiters = vec![done];
+                    while batch.ops() < GROUP_LIMIT {
+                        match rx.try_recv() {
+                            Ok(Msg::Op(op)) => take(&mut batch, op),
+                            Ok(Msg::Flush(done)) => waiters.push(done),
+                            Err(_) => break,
+                        }
+                    }
                     let res = write(&store, &mut batch).await;
                     failing = res.is_err();
-                    // The caller may have gone away; the write stands either way.
-                    let _ = done.send(res);
+                    // A caller may have gone away; the write stands either way.
+                    for done in waiters {
+                        let _ = done.send(res.clone());
+                    }
                 }
                 None => break,
             },

@@ -53,6 +53,7 @@ async fn whoami_ok(t: &TestTracker, token: &str) -> bool {
     let mut c = t.grpc().await;
     let req = pb::LocateRequest {
         file_id: "ab".repeat(32),
+        ..Default::default()
     };
     match c.locate(authed(req, token)).await {
         Ok(_) => true,
@@ -102,7 +103,13 @@ async fn should_share_sessions_peers_and_files_between_trackers_within_the_bound
         let took = until(BOUND, || async { !whoami_ok(&b, &token).await }).await;
         eprintln!("logout on A refused on B after {took:?}");
         let err = cb
-            .locate(authed(pb::LocateRequest { file_id: file.id }, &token))
+            .locate(authed(
+                pb::LocateRequest {
+                    file_id: file.id,
+                    ..Default::default()
+                },
+                &token,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);

@@ -156,7 +156,13 @@ pub async fn locate(
     file_id: String,
 ) -> pb::LocateResponse {
     client
-        .locate(authed(pb::LocateRequest { file_id }, token))
+        .locate(authed(
+            pb::LocateRequest {
+                file_id,
+                ..Default::default()
+            },
+            token,
+        ))
         .await
         .unwrap()
         .into_inner()

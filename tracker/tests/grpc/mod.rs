@@ -335,6 +335,7 @@ async fn should_refuse_bad_reports_manifests_and_unknown_files() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: unknown_id,
+                    ..Default::default()
                 },
                 &alice,
             ))
@@ -417,6 +418,7 @@ async fn should_forget_a_file_when_its_last_holder_unindexes_it() {
         c.locate(authed(
             pb::LocateRequest {
                 file_id: f.id.clone(),
+                ..Default::default()
             },
             &alice,
         ))
@@ -427,6 +429,7 @@ async fn should_forget_a_file_when_its_last_holder_unindexes_it() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: f.id.clone(),
+                    ..Default::default()
                 },
                 &alice,
             ))
@@ -524,6 +527,49 @@ async fn should_replace_holdings_on_sync_and_report_unknown_files() {
             .await
             .unwrap_err();
         assert_eq!(bad_bits.code(), Code::InvalidArgument);
+        t.stop().await;
+    })
+    .await
+}
+
+/// A getter locates again every second while it downloads; once it holds the verified
+/// manifest the answer carries only holders and a ticket, not 32 bytes per chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn should_leave_out_the_manifest_when_the_caller_has_it() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let t = TestTracker::start(&dir).await;
+        let mut c = t.grpc().await;
+        let alice = register(&mut c, "alice").await;
+        let p1 = peer_id(1);
+        heartbeat(&mut c, &alice, &p1, "127.0.0.1:9001").await;
+        let f = announce(&mut c, &alice, &p1, manifest("big.bin", 1000, 7)).await;
+        let ask = |have_manifest| {
+            authed(
+                pb::LocateRequest {
+                    file_id: f.id.clone(),
+                    have_manifest,
+                },
+                &alice,
+            )
+        };
+        let full = c.locate(ask(false)).await.unwrap().into_inner();
+        let lean = c.locate(ask(true)).await.unwrap().into_inner();
+        assert_eq!(
+            full.manifest.as_ref().unwrap().chunk_hashes.len(),
+            32 * 1000
+        );
+        assert!(lean.manifest.is_none());
+        assert_eq!(lean.holders, full.holders);
+        assert_eq!(lean.holders.len(), 1);
+        assert_eq!(lean.file, full.file);
+        let ticket = lean.ticket.as_ref().expect("a ticket");
+        assert_eq!(ticket.file_id, f.id);
+        assert!(
+            prost::Message::encoded_len(&lean) < 1024,
+            "lean answer of {} bytes",
+            prost::Message::encoded_len(&lean)
+        );
         t.stop().await;
     })
     .await

@@ -414,6 +414,7 @@ async fn should_drop_replicas_when_the_sharer_unindexes() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: f.id.clone(),
+                    ..Default::default()
                 },
                 &sharer.token,
             ))

@@ -103,6 +103,7 @@ async fn should_answer_malformed_and_unknown_ids_with_invalid_argument_or_not_fo
                 .locate(authed(
                     pb::LocateRequest {
                         file_id: bad.into(),
+                        ..Default::default()
                     },
                     &token,
                 ))
@@ -163,6 +164,7 @@ async fn should_answer_malformed_and_unknown_ids_with_invalid_argument_or_not_fo
             .locate(authed(
                 pb::LocateRequest {
                     file_id: unknown_file.clone(),
+                    ..Default::default()
                 },
                 &token,
             ))

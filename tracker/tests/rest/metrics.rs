@@ -139,6 +139,7 @@ async fn should_expose_levels_and_move_counters_with_real_requests() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: "0".repeat(64),
+                    ..Default::default()
                 },
                 &bob,
             ))
