@@ -7,8 +7,9 @@
 //! sessions as they come, tasks in commit order with tombstones (a task removed here is
 //! never brought back by a late update from elsewhere). A change therefore reaches every
 //! tracker within the writer's flush interval (200 ms; announce, unindex, accounts and
-//! sessions commit before they answer) plus one poll (200 ms) plus the time to apply it: the staleness bound the
-//! cluster tests check (0.6 s for batched updates, 1 s end to end for an announce).
+//! sessions commit before they answer) plus one poll (200 ms) plus the time to apply it.
+//! The cluster tests check 1 s end to end (sessions, a search after an announce, a logout,
+//! peers seen up through batched heartbeats).
 //!
 //! Only the holder of the `planner` lease plans replication, sweeps liveness and repairs;
 //! the others deliver the tasks of the nodes whose `Tasks` stream they hold, learning new

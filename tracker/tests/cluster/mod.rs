@@ -3,6 +3,8 @@
 //! `TRACKER_TEST_BACKEND=postgres`), and what one learns the other knows within the
 //! staleness bound of ARCHITECTURE.md: writer flush 200 ms + feed poll 200 ms.
 
+mod handover;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
