@@ -5,7 +5,9 @@
 #   docker run --entrypoint peer -v alice:/var/lib/tessera tessera --tracker http://HOST:7070 status
 # The build needs only cargo (protobuf is compiled in Rust, SQLite is bundled, TLS is rustls).
 
-ARG RUST_VERSION=1.94
+# The toolchain the workspace is built and tested with (Cargo.toml's rust-version is the
+# oldest it may build with).
+ARG RUST_VERSION=1.95
 ARG DEBIAN=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS build

@@ -1,8 +1,9 @@
 //! The tracker's web dashboard in a real headless Chromium: a real tracker, three real
 //! `peer serve` nodes and two shared files (one with a hostile name), the page driven over
-//! WebDriver. It must show the peers and files, search, open a chunk map, notice a killed
-//! node without a reload, and say when the tracker is gone. A screenshot is kept in
-//! `target/test-artifacts/dashboard.png`.
+//! WebDriver. It must show the peers and files, search, open a chunk map, show replication
+//! health and bytes per peer, notice a killed node and the chunks it leaves
+//! under-replicated without a reload, and say when the tracker is gone. A screenshot is
+//! kept in `target/test-artifacts/dashboard.png`.
 
 mod common;
 #[path = "dashboard/webdriver.rs"]
@@ -26,6 +27,8 @@ const TITLE: &str = "Tessera tracker";
 /// Markup in a file name: it must show up as these characters, never as an element.
 const HOSTILE: &str = "<img src=x onerror=\"document.title='pwned'\"> & co.bin";
 const ALBUM: &str = "Abbey Road.flac";
+/// Both files together: 4 MiB + 12,346 B, as the page writes it.
+const BOTH_FILES: &str = "4.01 MiB";
 
 fn dashboard_config(cfg: &mut tracker::Config) {
     cfg.peer_timeout = DASH_PEER_TIMEOUT;
@@ -43,6 +46,11 @@ return {
   marker: window.__dashboardTestMarker || null,
   injected: document.querySelectorAll('body img').length,
   peersUp: document.getElementById('s-peers-up').textContent,
+  under: document.getElementById('s-under').textContent,
+  target: document.getElementById('s-target').textContent,
+  pending: document.getElementById('s-pending').textContent,
+  bytesTotal: document.getElementById('s-bytes-total').textContent,
+  chunksTotal: document.getElementById('s-chunks-total').textContent,
   peers: rows('#peers tbody tr').map(tr => ({
     id: tr.dataset.peerId,
     state: tr.dataset.state,
@@ -81,6 +89,15 @@ async fn wait_page(
 
 fn peer_row<'a>(s: &'a Value, id: &str) -> Option<&'a Value> {
     s["peers"].as_array()?.iter().find(|p| p["id"] == id)
+}
+
+/// The Shared and Held cells of a peer's row.
+fn bytes_cells(s: &Value, id: &str) -> Option<(String, String)> {
+    let cells = &peer_row(s, id)?["cells"];
+    Some((
+        cells[4].as_str()?.to_string(),
+        cells[5].as_str()?.to_string(),
+    ))
 }
 
 fn file_names(s: &Value) -> Vec<String> {
@@ -217,6 +234,30 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
             );
         }
 
+        // Replication has settled: nothing under-replicated or pending, every node holds
+        // both files, and only alice shares them. Bob and carol each fetched the 6 chunks
+        // (4 + 2) of both files as replicas: that is all the tracker saw moving.
+        let s = wait_page(&b, Duration::from_secs(10), "replication settled", |s| {
+            s["under"] == "0"
+                && s["pending"] == "0"
+                && s["chunksTotal"] == "12"
+                && ids.iter().all(|id| {
+                    bytes_cells(s, id).is_some_and(|(_, held)| held == BOTH_FILES)
+                })
+        })
+        .await?;
+        assert_eq!(s["target"], REPLICATION.to_string());
+        assert_eq!(s["bytesTotal"], "8.02 MiB", "twice both files");
+        for (p, shared) in peers.iter().zip([BOTH_FILES, "0 B", "0 B"]) {
+            let id = p.peer_id.as_deref().context("id")?;
+            assert_eq!(
+                bytes_cells(&s, id),
+                Some((shared.to_string(), BOTH_FILES.to_string())),
+                "{}'s Shared and Held cells",
+                p.name
+            );
+        }
+
         // A node dies: the page (not reloaded) shows it down within the peer timeout.
         b.eval("window.__dashboardTestMarker = 'same page';").await?;
         let bob = peers[1].peer_id.clone().context("bob's id")?;
@@ -235,6 +276,20 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
             let id = p.peer_id.as_deref().context("id")?;
             assert_eq!(peer_row(&s, id).context("row")?["state"], "up");
         }
+
+        // Each of the 6 chunks now has 2 live copies of 3. Repair waits for the grace
+        // period (60 s), so nothing is pending; the tracker still records what bob held.
+        let s = wait_page(&b, POLL_SLACK, "6 under-replicated chunks", |s| {
+            s["under"] == "6"
+        })
+        .await?;
+        assert_eq!(s["pending"], "0", "no repair task within the grace period");
+        assert_eq!(s["target"], REPLICATION.to_string());
+        assert_eq!(
+            bytes_cells(&s, &bob),
+            Some(("0 B".to_string(), BOTH_FILES.to_string())),
+            "bob's row once he is down"
+        );
 
         let errors = b.console_errors().await?;
         assert!(errors.is_empty(), "the page logged errors: {errors:#?}");

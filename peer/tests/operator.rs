@@ -1,6 +1,6 @@
 //! What operators and new users see: the node's Prometheus endpoint, JSON log lines that
-//! never carry a secret, shell completions and the hints of `peer status`. Real tracker,
-//! real `peer` processes on 127.0.0.1.
+//! never carry a secret, a default log without a line per chunk, shell completions and the
+//! hints of `peer status`. Real tracker, real `peer` processes on 127.0.0.1.
 
 mod common;
 
@@ -333,6 +333,65 @@ async fn should_write_json_log_lines_without_tokens_or_passwords() -> anyhow::Re
             "the node logs its start: {}",
             node.log()
         );
+        Ok(())
+    })
+    .await
+}
+
+/// The lines a log holds, blank ones aside.
+fn log_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+/// An operator reads the default log to follow a node; a line per chunk would bury the
+/// events in noise (a 1 GB file is a thousand chunks). Every process runs with the
+/// defaults (no RUST_LOG, text): the uploader, a node that fetches the file as a
+/// replica, and the getter.
+#[tokio::test(flavor = "multi_thread")]
+async fn should_log_fewer_lines_than_chunks_at_the_default_level() -> anyhow::Result<()> {
+    bounded(async {
+        let tracker = TestTracker::start().await?;
+        let alice = TestPeer::register(&tracker, "alice").await?;
+        let bob = TestPeer::register(&tracker, "bob").await?;
+        let carol = TestPeer::register(&tracker, "carol").await?;
+        let uploader = Node::start(&alice, &["--storage-quota", "100M"], &[]).await?;
+
+        let chunks = 17;
+        let size = 16 * CHUNK + 100;
+        let src = tempfile::tempdir()?;
+        let (path, sha) = random_file(src.path(), "big.bin", size)?;
+        let file = &alice.index(&path).await?[0];
+        assert_eq!(file["chunks"], chunks, "{file}");
+        let id = file["id"].as_str().context("id")?.to_string();
+
+        let out = tempfile::tempdir()?;
+        let dir = out.path().to_str().context("utf-8")?;
+        let got = run(&bob, &["get", &id, "--output", dir], &[], "")
+            .await?
+            .ok()?;
+        assert_eq!(sha256_of(&out.path().join("big.bin"))?, sha);
+
+        // A second node with room fetches every chunk as a replica.
+        let replica = Node::start(&carol, &["--storage-quota", "100M"], &[]).await?;
+        wait_until(Duration::from_secs(60), "carol's replica", || {
+            carol.held_chunks(&id) == chunks
+        })
+        .await?;
+
+        let (up, rep) = (uploader.log(), replica.log());
+        assert!(up.contains("node up"), "info is on by default: {up}");
+        for (who, log) in [
+            ("uploader", &up),
+            ("replica", &rep),
+            ("getter", &got.stderr),
+        ] {
+            let lines = log_lines(log);
+            assert!(
+                (lines.len() as u32) < chunks,
+                "the {who} wrote {} lines for {chunks} chunks:\n{log}",
+                lines.len()
+            );
+        }
         Ok(())
     })
     .await

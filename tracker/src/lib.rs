@@ -43,6 +43,20 @@ pub use error::Error;
 /// How long open connections may finish after shutdown starts before they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Everything the one port serves: gRPC for peers, then every HTTP route from the REST
+/// route table (API, operations, dashboard), which is also what the OpenAPI document is
+/// generated from. Add routes to that table, not here: a unit test in `rest/openapi.rs`
+/// lists the paths this router serves and fails on any the document does not describe.
+pub(crate) fn app(svc: TrackerService) -> axum::Router {
+    let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
+    rest::router(svc.clone())
+        .merge(grpc_routes)
+        .fallback(rest::not_found)
+        // Counts every request, REST and gRPC, under its route template.
+        .layer(axum::middleware::from_fn_with_state(svc, metrics::track))
+        .layer(TraceLayer::new_for_http())
+}
+
 /// Serves gRPC (peers) and HTTP (REST) on the given, already bound listener and runs the
 /// replication planner until `shutdown` is cancelled; flushes pending DB writes before
 /// returning.
@@ -69,18 +83,7 @@ pub async fn run(
     // Its own token, so it also stops when serving fails.
     let stop_planner = shutdown.child_token();
     let planner = tokio::spawn(svc.clone().replicate(stop_planner.clone()));
-    let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
-    let app = rest::router(svc.clone())
-        .merge(dashboard::router())
-        .method_not_allowed_fallback(rest::method_not_allowed)
-        .merge(grpc_routes)
-        .fallback(rest::not_found)
-        // Counts every request, REST and gRPC, under its route template.
-        .layer(axum::middleware::from_fn_with_state(
-            svc.clone(),
-            metrics::track,
-        ))
-        .layer(TraceLayer::new_for_http());
+    let app = app(svc.clone());
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;

@@ -1,7 +1,7 @@
 //! The web dashboard at `GET /`: one HTML page, a script and a style sheet, compiled into
 //! the binary so the tracker needs no files, CDN or network to show it. The page reads the
 //! public JSON API (`/api/v1/stats`, `/api/v1/peers`, `/api/v1/files`) and polls it; this
-//! module only serves the three assets.
+//! module only answers for the three assets.
 //!
 //! Every asset carries a strong `ETag` (a hash of its bytes) and `Cache-Control: no-cache`,
 //! so browsers revalidate with a cheap 304 and never show a page older than the binary.
@@ -10,10 +10,8 @@
 
 use std::sync::LazyLock;
 
-use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 /// One embedded file with the headers it is served with.
 struct Asset {
@@ -83,24 +81,49 @@ static SCRIPT: LazyLock<Asset> =
 static STYLE: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(include_str!("style.css"), "text/css; charset=utf-8"));
 
-/// `GET /` and the page's two assets; merged into the tracker's HTTP router.
-pub fn router() -> Router {
-    Router::new()
-        .route("/", get(|h: HeaderMap| async move { INDEX.respond(&h) }))
-        .route(
-            "/dashboard/app.js",
-            get(|h: HeaderMap| async move { SCRIPT.respond(&h) }),
-        )
-        .route(
-            "/dashboard/style.css",
-            get(|h: HeaderMap| async move { STYLE.respond(&h) }),
-        )
-        .method_not_allowed_fallback(|| async {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                axum::Json(serde_json::json!({ "error": "method not allowed" })),
-            )
-        })
+// The handlers describe themselves for the OpenAPI document and are registered with the
+// REST routes (`rest::api`), so the dashboard is served from the same list it is described by.
+
+/// The web dashboard: peers, files, replication health and live transfers.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+    ),
+)]
+pub async fn h_index(h: HeaderMap) -> Response {
+    INDEX.respond(&h)
+}
+
+/// The dashboard's script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.js",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The script", content_type = "text/javascript", body = String),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+    ),
+)]
+pub async fn h_script(h: HeaderMap) -> Response {
+    SCRIPT.respond(&h)
+}
+
+/// The dashboard's style sheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/style.css",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The style sheet", content_type = "text/css", body = String),
+        (status = 304, description = "The client's copy (If-None-Match) is current"),
+    ),
+)]
+pub async fn h_style(h: HeaderMap) -> Response {
+    STYLE.respond(&h)
 }
 
 #[cfg(test)]
@@ -117,28 +140,23 @@ mod tests {
         assert_eq!(INDEX.respond(&h).status(), StatusCode::NOT_MODIFIED);
     }
 
+    // Other methods on these paths get the REST router's JSON 405, which
+    // `tracker/tests/rest/openapi.rs` checks for every described path.
     #[tokio::test]
-    async fn serves_the_page_and_refuses_other_methods_in_json() {
-        use axum::body::Body;
-        use axum::http::Request;
-        use tower::ServiceExt;
-
-        let get = Request::get("/").body(Body::empty()).expect("request");
-        let resp = router().oneshot(get).await.expect("infallible");
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            "text/html; charset=utf-8"
-        );
-        assert!(resp.headers().contains_key(header::CONTENT_SECURITY_POLICY));
-
-        let post = Request::post("/").body(Body::empty()).expect("request");
-        let resp = router().oneshot(post).await.expect("infallible");
-        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let body = axum::body::to_bytes(resp.into_body(), 1024)
-            .await
-            .expect("body");
-        assert_eq!(&body[..], br#"{"error":"method not allowed"}"#);
+    async fn serves_each_asset_with_its_type_and_policy() {
+        for (resp, content_type) in [
+            (h_index(HeaderMap::new()).await, "text/html; charset=utf-8"),
+            (
+                h_script(HeaderMap::new()).await,
+                "text/javascript; charset=utf-8",
+            ),
+            (h_style(HeaderMap::new()).await, "text/css; charset=utf-8"),
+        ] {
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], content_type);
+            assert!(resp.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+            assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-cache");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Each handler carries its method, path, parameters and answers in `#[utoipa::path]`, and
 //! `routes!` registers it from there: the router and the OpenAPI document are built from
-//! one list, so a route cannot be served without being described.
+//! one list, so a route cannot be served without being described. The dashboard's assets
+//! are registered here too. A unit test in `openapi.rs` reads the paths the assembled
+//! router (`crate::app`) really serves and fails on any that the document lacks.
 
 mod error;
 mod files;
@@ -19,7 +21,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::TrackerService;
-pub use error::{ApiError, method_not_allowed, not_found};
+use crate::dashboard;
+pub use error::{ApiError, not_found};
 
 /// The route table, with the description of every route.
 fn api() -> OpenApiRouter<TrackerService> {
@@ -35,10 +38,13 @@ fn api() -> OpenApiRouter<TrackerService> {
             sessions::h_session_create,
             sessions::h_session_delete
         ))
+        .routes(routes!(dashboard::h_index))
+        .routes(routes!(dashboard::h_script))
+        .routes(routes!(dashboard::h_style))
 }
 
-/// Every REST route. The caller adds the fallback after merging in the gRPC routes (axum
-/// allows one fallback per router).
+/// Every HTTP route but gRPC's: the REST API, operations and the dashboard. The caller
+/// adds the fallback after merging in the gRPC routes (axum allows one fallback per router).
 pub fn router(svc: TrackerService) -> Router {
     let (router, _) = api().split_for_parts();
     router

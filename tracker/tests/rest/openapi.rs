@@ -1,6 +1,9 @@
 //! `GET /api/v1/openapi.json`: the document describes every route of CONTRACT.md, every
 //! route it describes is served (and no other method on its paths), and every 4xx it
 //! describes is the `{error}` schema.
+//!
+//! The other direction, that nothing is served undescribed, is the unit test in
+//! `tracker/src/rest/openapi.rs`: it lists the routes of the assembled router itself.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
