@@ -44,6 +44,31 @@ pub fn parse_size(text: &str) -> Result<u64, SizeParseError> {
     Ok(bytes.round() as u64)
 }
 
+/// The text is not a rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateParseError {
+    /// The number and unit are not a size.
+    #[error(transparent)]
+    Size(#[from] SizeParseError),
+    /// Zero would stall every transfer.
+    #[error("a rate must be more than 0 bytes per second")]
+    Zero,
+}
+
+/// Parses a rate in bytes per second: a size as [`parse_size`] reads it, with an optional
+/// `/s` suffix (`50M` and `50MB/s` are both 50 MB/s).
+///
+/// # Errors
+/// [`RateParseError::Size`] when the rest is not a size, [`RateParseError::Zero`] for zero.
+pub fn parse_rate(text: &str) -> Result<u64, RateParseError> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    match parse_size(t)? {
+        0 => Err(RateParseError::Zero),
+        v => Ok(v),
+    }
+}
+
 /// `1536` → `1.5 KiB`: binary units, as file managers show sizes.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -104,6 +129,25 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("20000000T").is_err());
+    }
+
+    #[test]
+    fn parses_rates_with_or_without_per_second() {
+        assert_eq!(parse_rate("50M"), Ok(50_000_000));
+        assert_eq!(parse_rate("2MB/s"), Ok(2_000_000));
+        assert_eq!(parse_rate(" 1.5GiB/s "), Ok(1_610_612_736));
+        assert_eq!(parse_rate("0"), Err(RateParseError::Zero));
+        assert_eq!(parse_rate("0K/s"), Err(RateParseError::Zero));
+        assert_eq!(
+            parse_rate("0").unwrap_err().to_string(),
+            "a rate must be more than 0 bytes per second"
+        );
+        for bad in ["fast", "", "/s", "5M/s/s", "-1/s", "5/m"] {
+            assert!(
+                matches!(parse_rate(bad), Err(RateParseError::Size(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

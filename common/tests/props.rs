@@ -3,8 +3,9 @@
 
 use common::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_count};
 use common::names::{printable, safe_file_name};
-use common::units::parse_size;
-use common::{Bitfield, Manifest, Sha256Digest};
+use common::ticket::{SIGNATURE_LEN, TicketClaims, TicketSigner};
+use common::units::{RateParseError, parse_rate, parse_size};
+use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest, Ticket};
 use proptest::prelude::*;
 
 /// Names built from the characters that make trouble, mixed with ordinary ones.
@@ -93,6 +94,114 @@ proptest! {
     }
 
     #[test]
+    fn parse_rate_never_panics(s in any::<String>()) {
+        let _ = parse_rate(&s);
+    }
+
+    #[test]
+    fn parse_rate_never_panics_on_rate_like_text(
+        s in "[ ]?[0-9.]{0,25}[ ]?(|b|K|kb|KiB|M|MB|MiB|G|GiB|T|TiB|x|é)(|/s|/S|/|s|/s/s)[ ]?"
+    ) {
+        if let Ok(v) = parse_rate(&s) {
+            prop_assert!(v > 0, "{s:?} gave a zero rate");
+        }
+    }
+
+    #[test]
+    fn parse_rate_is_parse_size_per_second(
+        n in 0u64..(1 << 40),
+        unit in prop_oneof![
+            Just(""), Just("B"), Just("K"), Just("kb"), Just("M"), Just("MB"), Just("MiB"),
+            Just("G"), Just("GiB"), Just("T"), Just("TiB"),
+        ],
+        per_second in any::<bool>(),
+    ) {
+        let size = parse_size(&format!("{n}{unit}"));
+        let rate = parse_rate(&format!("{n}{unit}{}", if per_second { "/s" } else { "" }));
+        match size {
+            Ok(0) => prop_assert_eq!(rate, Err(RateParseError::Zero)),
+            Ok(v) => prop_assert_eq!(rate, Ok(v)),
+            Err(e) => prop_assert_eq!(rate, Err(RateParseError::Size(e))),
+        }
+    }
+
+    #[test]
+    fn file_id_parsing_never_panics_and_round_trips(
+        s in prop_oneof![any::<String>(), "[0-9a-fA-F]{63,65}"],
+    ) {
+        if let Ok(id) = s.parse::<FileId>() {
+            prop_assert_eq!(id.to_string(), s.to_ascii_lowercase());
+            prop_assert_eq!(id.to_string().parse::<FileId>(), Ok(id));
+        } else {
+            prop_assert!(
+                s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()),
+                "refused a valid file id {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_ids_of_any_digest_round_trip(bytes in any::<[u8; 32]>(), upper in any::<bool>()) {
+        let id = FileId(Sha256Digest(bytes));
+        let text = id.to_string();
+        prop_assert_eq!(text.len(), 64);
+        prop_assert_eq!(text.parse::<FileId>(), Ok(id));
+        if upper {
+            prop_assert_eq!(text.to_ascii_uppercase().parse::<FileId>(), Ok(id));
+        }
+        prop_assert!(text[..63].parse::<FileId>().is_err());
+        let longer = format!("{text}0");
+        prop_assert!(longer.parse::<FileId>().is_err());
+    }
+
+    #[test]
+    fn peer_id_parsing_never_panics_and_round_trips(
+        s in prop_oneof![any::<String>(), "[0-9a-fA-F]{30,34}"],
+    ) {
+        if let Ok(id) = s.parse::<PeerId>() {
+            prop_assert_eq!(id.as_str(), s.as_str());
+            prop_assert_eq!(id.to_string().parse::<PeerId>(), Ok(id));
+        } else {
+            prop_assert!(
+                s.len() != 32 || s.bytes().any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "refused a valid peer id {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn peer_ids_of_any_bytes_round_trip(bytes in any::<[u8; 16]>()) {
+        let id = PeerId::from_random(bytes);
+        let text = id.to_string();
+        prop_assert_eq!(text.parse::<PeerId>(), Ok(id.clone()));
+        // Peer ids are lowercase only: an uppercase spelling is another (refused) text.
+        if text.bytes().any(|b| b.is_ascii_alphabetic()) {
+            prop_assert!(text.to_ascii_uppercase().parse::<PeerId>().is_err());
+        }
+    }
+
+    #[test]
+    fn ticket_from_parts_never_panics(
+        file_id in prop_oneof![any::<String>(), "[0-9a-f]{64}"],
+        peer_id in prop_oneof![any::<String>(), Just(String::new()), "[0-9a-f]{32}"],
+        user in any::<String>(),
+        expires_at_ms in any::<i64>(),
+        signature in prop::collection::vec(any::<u8>(), 0..130),
+    ) {
+        let r = Ticket::from_parts(&file_id, &peer_id, user.clone(), expires_at_ms, &signature);
+        let parts_ok = file_id.parse::<FileId>().is_ok()
+            && (peer_id.is_empty() || peer_id.parse::<PeerId>().is_ok())
+            && signature.len() == SIGNATURE_LEN;
+        prop_assert_eq!(r.is_ok(), parts_ok);
+        if let Ok(t) = r {
+            prop_assert_eq!(t.claims.user, user);
+            prop_assert_eq!(t.claims.expires_at_ms, expires_at_ms);
+            prop_assert_eq!(t.claims.peer_id.is_none(), peer_id.is_empty());
+            prop_assert_eq!(&t.signature[..], &signature[..]);
+        }
+    }
+
+    #[test]
     fn from_parts_never_panics(
         name in any::<String>(),
         size in any::<u64>(),
@@ -162,5 +271,44 @@ proptest! {
         let b = Bitfield::from_bytes(&bytes, len);
         prop_assert!(b.is_ok());
         prop_assert!(b.unwrap().count() <= len);
+    }
+}
+
+proptest! {
+    // Ed25519 signing is slow unoptimised: fewer cases, each a full sign-and-verify.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn signed_tickets_round_trip_through_their_wire_parts(
+        seed in any::<[u8; 32]>(),
+        file in any::<[u8; 32]>(),
+        peer in prop::option::of(any::<[u8; 16]>()),
+        user in any::<String>(),
+        expires_at_ms in any::<i64>(),
+    ) {
+        let signer = TicketSigner::from_secret(&seed);
+        let claims = TicketClaims {
+            file_id: FileId(Sha256Digest(file)),
+            peer_id: peer.map(PeerId::from_random),
+            user,
+            expires_at_ms,
+        };
+        let sent = signer.sign(claims.clone());
+        let peer_text = claims.peer_id.as_ref().map_or(String::new(), ToString::to_string);
+        let got = Ticket::from_parts(
+            &claims.file_id.to_string(),
+            &peer_text,
+            claims.user.clone(),
+            claims.expires_at_ms,
+            &sent.signature,
+        );
+        prop_assert_eq!(got.as_ref(), Ok(&sent));
+        let got = got.unwrap();
+        // Verified just before its expiry; refused once altered.
+        let now = expires_at_ms.saturating_sub(1);
+        prop_assert!(signer.verifier().verify(&got, &claims.file_id, now).is_ok());
+        let mut altered = got.clone();
+        altered.claims.expires_at_ms = expires_at_ms.wrapping_add(1);
+        prop_assert!(signer.verifier().verify(&altered, &claims.file_id, now).is_err());
     }
 }

@@ -185,13 +185,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a rate (bytes per second, same suffixes as sizes; an optional `/s` is allowed).
 /// Zero is refused: it would stall every transfer.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let v = common::units::parse_size(t).map_err(|e| e.to_string())?;
-    if v == 0 {
-        return Err("a rate must be more than 0 bytes per second".into());
-    }
-    Ok(v)
+    common::units::parse_rate(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

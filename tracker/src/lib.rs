@@ -54,7 +54,18 @@ pub(crate) fn app(svc: TrackerService) -> axum::Router {
         .fallback(rest::not_found)
         // Counts every request, REST and gRPC, under its route template.
         .layer(axum::middleware::from_fn_with_state(svc, metrics::track))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: a query string may carry what a client should never
+        // have put there (a token), and logs must not repeat it.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |r: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %r.method(),
+                    path = %r.uri().path(),
+                    version = ?r.version()
+                )
+            },
+        ))
 }
 
 /// Serves gRPC (peers) and HTTP (REST) on the given, already bound listener and runs the

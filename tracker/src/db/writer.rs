@@ -30,6 +30,8 @@ use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Queued ops that trigger a write before the interval ends.
 pub const MAX_PENDING: usize = 1000;
+/// Tries of the last write at shutdown, a second apart.
+const FINAL_ATTEMPTS: u32 = 5;
 /// Most ops a flush folds in from the queue before it writes (group commit).
 const GROUP_LIMIT: usize = 8 * MAX_PENDING;
 /// Queued ops beyond which [`Writer::ready`] waits (backpressure) for the database.
@@ -238,8 +240,16 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, backlog: Arc<Ba
             }
         }
     }
-    if let Err(e) = write(&store, &mut batch).await {
-        tracing::error!(cause = %e, "final database write failed; recent updates are lost");
+    // The last write at shutdown: a database that is briefly locked or unreachable gets a
+    // few more chances before what is queued is given up.
+    for attempt in 1..=FINAL_ATTEMPTS {
+        match write(&store, &mut batch).await {
+            Ok(()) => return,
+            Err(e) if attempt == FINAL_ATTEMPTS => {
+                tracing::error!(cause = %e, "final database write failed; recent updates are lost");
+            }
+            Err(_) => tokio::time::sleep(FLUSH_INTERVAL * 5).await,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The real `tracker` binary: `user add` from stdin, then `serve` on a free port.
 
+mod secrets;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 

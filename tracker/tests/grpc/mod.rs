@@ -9,6 +9,7 @@ use tracker::Config;
 
 mod persistence;
 mod replication;
+mod sessions;
 mod tickets;
 
 use crate::common::{

@@ -3,6 +3,7 @@
 //! at once is never wrongly marked down.
 
 mod crowd;
+mod grpc_frames;
 mod grpc_input;
 mod rest_input;
 mod sqlite_busy;
