@@ -91,8 +91,11 @@ pub(crate) fn serve(
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.cancelled_owned();
     Ok(match tls {
+        // No Nagle (the TLS path sets it in `handshake`): a small answer (a re-Locate, a
+        // heartbeat) is several HTTP/2 frames written one after another, and Nagle held
+        // the last ones back for the client's delayed ACK (~40 ms each).
         None => Box::pin(
-            axum::serve(listener, make)
+            axum::serve(listener.tap_io(no_delay), make)
                 .with_graceful_shutdown(stop)
                 .into_future(),
         ),
@@ -103,6 +106,12 @@ pub(crate) fn serve(
                 .into_future(),
         ),
     })
+}
+
+fn no_delay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 /// A listener whose connections have completed a TLS handshake; serve it with
