@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Tessera: both binaries in one image. The tracker is the default entrypoint:
 #   docker build -t tessera .
 #   docker run -p 7070:7070 -v tessera:/var/lib/tessera tessera
