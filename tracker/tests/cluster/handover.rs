@@ -2,7 +2,6 @@
 //! SIGKILLed (no clean release), and in-process tracker B on the same database takes the
 //! lease over once it expires, then plans and repairs alone, each placement once.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tracker::Config;
 
-use super::{BOUND, FakeNode, Seen, settled, until, whoami_ok};
+use super::{BOUND, FakeNode, Seen, delivered_once, settled, until, whoami_ok};
 use crate::common::{TestTracker, announce, backend_url, manifest, peer_id, register, within};
 
 /// A `tracker` process, killed when dropped (a failing test leaves nothing running).
@@ -129,13 +128,7 @@ async fn should_hand_the_planner_lease_over_when_its_holder_dies_and_place_once(
         .await;
         eprintln!("repaired after {:?}", t0.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = seen.lock().unwrap().clone();
-        let ids: HashSet<u64> = after.iter().map(|t| t.0).collect();
-        assert_eq!(
-            ids.len(),
-            after.len(),
-            "a task was delivered twice: {after:?}"
-        );
+        let after = delivered_once(&seen);
         assert_eq!(
             after.len(),
             (chunks * 4) as usize + held_by_5,

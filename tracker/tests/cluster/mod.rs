@@ -129,6 +129,18 @@ struct FakeNode {
 
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
 
+/// The (task id, node) pairs delivered so far, asserting that no task id came twice.
+fn delivered_once(seen: &Seen) -> Vec<(u64, String)> {
+    let tasks = seen.lock().unwrap().clone();
+    let ids: HashSet<u64> = tasks.iter().map(|t| t.0).collect();
+    assert_eq!(
+        ids.len(),
+        tasks.len(),
+        "a task was delivered twice: {tasks:?}"
+    );
+    tasks
+}
+
 impl FakeNode {
     async fn start(t: &TestTracker, token: &str, n: u8, seen: Seen) -> FakeNode {
         let stop = CancellationToken::new();
@@ -222,13 +234,7 @@ async fn should_replicate_once_with_nodes_on_different_trackers_and_repair_once(
             settled(&a).await && settled(&b).await
         })
         .await;
-        let tasks = seen.lock().unwrap().clone();
-        let ids: HashSet<u64> = tasks.iter().map(|t| t.0).collect();
-        assert_eq!(
-            ids.len(),
-            tasks.len(),
-            "a task was delivered twice: {tasks:?}"
-        );
+        let tasks = delivered_once(&seen);
         assert_eq!(
             tasks.len(),
             (chunks * 2) as usize,
@@ -258,13 +264,7 @@ async fn should_replicate_once_with_nodes_on_different_trackers_and_repair_once(
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = seen.lock().unwrap().clone();
-        let ids: HashSet<u64> = after.iter().map(|t| t.0).collect();
-        assert_eq!(
-            ids.len(),
-            after.len(),
-            "a task was delivered twice: {after:?}"
-        );
+        let after = delivered_once(&seen);
         assert_eq!(
             after.len() - before,
             held_by_6,
