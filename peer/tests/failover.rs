@@ -1,7 +1,9 @@
 //! Tracker failover with real processes: two `tracker` processes on one database (a fresh
 //! PostgreSQL database when `TRACKER_TEST_DATABASE_URL` names a server, else one shared
 //! SQLite file), peers given both with `--tracker A,B`; tracker A is SIGKILLed in the middle
-//! of a get, and the get finishes byte-identical through B.
+//! of a get, and the get finishes byte-identical through B. And with one tracker: it is
+//! SIGKILLed mid-get and started again on the same address and database, and the get
+//! finishes once it is back.
 
 mod common;
 
@@ -31,8 +33,12 @@ struct TrackerProcess {
 
 impl TrackerProcess {
     async fn start(bin: &Path, database_url: &str) -> anyhow::Result<Self> {
+        Self::start_on(bin, database_url, "127.0.0.1:0").await
+    }
+
+    async fn start_on(bin: &Path, database_url: &str, listen: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
-            .args(["--database-url", database_url, "--listen", "127.0.0.1:0"])
+            .args(["--database-url", database_url, "--listen", listen])
             .args(["--peer-timeout", "3s"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -177,6 +183,96 @@ async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> any
         assert!(recorded, "B does not list the getter as a holder");
         let mut b = b;
         b.child.kill().await?;
+        Ok(())
+    })
+    .await;
+    db.drop_db().await?;
+    res
+}
+
+/// The only tracker dies (SIGKILL: no flush, no goodbye) in the middle of a get and comes
+/// back on the same address and database 2 s later: the get carries on with the source it
+/// knows, finishes at the latest once the tracker is back, and writes only its file.
+#[tokio::test(flavor = "multi_thread")]
+async fn should_finish_a_get_when_its_only_tracker_is_killed_and_restarted() -> anyhow::Result<()> {
+    let Some(bin) = tracker_bin() else {
+        eprintln!(
+            "no tracker binary next to the peer binary (cargo test --workspace builds it); skipping"
+        );
+        return Ok(());
+    };
+    let db = SharedDb::create().await?;
+    let res = bounded(async {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let mut t = TrackerProcess::start_on(&bin, &db.url, &listen).await?;
+        let url = t.url.clone();
+
+        let src = tempfile::tempdir()?;
+        let (path, sha) = random_file(src.path(), "shared.bin", 24 * CHUNK)?;
+        let mut seed = TestPeer::with_tracker_urls(&url, "seed")?;
+        seed.run_stdin(
+            &["register", "--user", "seed", "--password-stdin"],
+            PASSWORD,
+        )
+        .await?
+        .ok()?;
+        let id = seed.index(&path).await?[0]["id"]
+            .as_str()
+            .context("id")?
+            .to_string();
+        seed.serve(&["--max-upload-rate", "3M"]).await?;
+        let getter = TestPeer::with_tracker_urls(&url, "getter")?;
+        getter
+            .run_stdin(
+                &["register", "--user", "getter", "--password-stdin"],
+                PASSWORD,
+            )
+            .await?
+            .ok()?;
+        let out = tempfile::tempdir()?;
+        let mut child = getter.spawn_get(&id, out.path())?;
+        wait_until(Duration::from_secs(30), "some chunks", || {
+            getter.held_chunks(&id) >= 3
+        })
+        .await?;
+        assert!(
+            getter.held_chunks(&id) < 24,
+            "the get ended before the tracker died"
+        );
+        t.child.kill().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The port was just freed; binding it again may take a moment.
+        let mut again = None;
+        for _ in 0..50 {
+            match TrackerProcess::start_on(&bin, &db.url, &listen).await {
+                Ok(p) => {
+                    again = Some(p);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let mut t = again.context("the tracker did not start again on its address")?;
+        assert_eq!(t.url, url);
+        assert!(
+            child.try_wait()?.is_none(),
+            "the get ended while the tracker was down; the test needs it to outlast the outage"
+        );
+
+        let done = child.wait_with_output().await?;
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
+        let written: Vec<_> = std::fs::read_dir(out.path())?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(written, vec![std::ffi::OsString::from("shared.bin")]);
+        t.child.kill().await?;
         Ok(())
     })
     .await;
