@@ -83,7 +83,10 @@ impl SharedDb {
                 _dir: dir,
             });
         };
-        let name = format!("tessera_failover_{}", std::process::id());
+        // Unique per test in this process as well as per process: tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tessera_failover_{}_{n}", std::process::id());
         let db = Database::connect(&admin).await?;
         db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await?;
