@@ -206,11 +206,29 @@ impl StoreRecord {
     }
 }
 
-/// `<final>.tessera-part`.
+/// `<final>.tessera-part`, or, when that would pass the 255-byte limit of a file name,
+/// the final name cut short plus `~` and 16 hex digits of its SHA-256 (so two long names
+/// that share a beginning keep apart) before the suffix.
 pub fn part_path(final_path: &Path) -> PathBuf {
-    let mut s = final_path.as_os_str().to_owned();
-    s.push(PART_SUFFIX);
-    PathBuf::from(s)
+    const MAX_NAME: usize = 255;
+    let Some(name) = final_path.file_name() else {
+        let mut s = final_path.as_os_str().to_owned();
+        s.push(PART_SUFFIX);
+        return PathBuf::from(s);
+    };
+    let bytes = name.as_encoded_bytes();
+    if bytes.len() + PART_SUFFIX.len() <= MAX_NAME {
+        let mut s = name.to_owned();
+        s.push(PART_SUFFIX);
+        return final_path.with_file_name(s);
+    }
+    let tag = &hex::encode(Sha256Digest::of(bytes).0)[..16];
+    let name = name.to_string_lossy();
+    let mut cut = MAX_NAME - PART_SUFFIX.len() - 1 - tag.len();
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    final_path.with_file_name(format!("{}~{tag}{PART_SUFFIX}", &name[..cut]))
 }
 
 /// Length and mtime (ns since the epoch) of a file, as recorded for shared files.
@@ -444,6 +462,25 @@ mod tests {
     fn manifest() -> Manifest {
         let d = Sha256Digest::of(b"x");
         Manifest::from_parts("a.txt".into(), 3, d, 1 << 20, &d.0).unwrap()
+    }
+
+    #[test]
+    fn part_names_stay_within_255_bytes_and_apart() {
+        let dir = Path::new("/out");
+        assert_eq!(
+            part_path(&dir.join("a.bin")),
+            Path::new("/out/a.bin.tessera-part")
+        );
+        let long_a = format!("{}a.bin", "é".repeat(125));
+        let long_b = format!("{}b.bin", "é".repeat(125));
+        let (pa, pb) = (part_path(&dir.join(&long_a)), part_path(&dir.join(&long_b)));
+        for p in [&pa, &pb] {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() <= 255 && name.ends_with(PART_SUFFIX), "{name}");
+            assert_eq!(p.parent(), Some(dir));
+        }
+        assert_ne!(pa, pb);
+        assert_eq!(pa, part_path(&dir.join(&long_a)), "the same name each time");
     }
 
     #[test]

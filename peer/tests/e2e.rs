@@ -196,14 +196,9 @@ async fn should_finish_from_the_others_when_a_source_dies_mid_transfer() -> anyh
         seeds[0].kill_node().await?;
 
         let done = child.wait_with_output().await?;
-        assert!(
-            done.status.success(),
-            "{}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&done.stdout)?;
+        let stdout = assert_got(&done, &out.path().join("shared.bin"), &sha)?;
+        let json: serde_json::Value = serde_json::from_slice(&stdout)?;
         assert!(json[0]["sources"].as_u64() >= Some(2), "{json}");
-        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
         Ok(())
     })
     .await
@@ -448,12 +443,7 @@ async fn should_survive_a_tracker_restart_during_a_get() -> anyhow::Result<()> {
         tracker.restart_after_stop().await?;
 
         let done = child.wait_with_output().await?;
-        assert!(
-            done.status.success(),
-            "{}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
+        assert_got(&done, &out.path().join("shared.bin"), &sha)?;
 
         // The restarted tracker learns that the getter now holds the file.
         let identity = std::fs::read_to_string(getter.home.path().join("identity.json"))?;

@@ -113,8 +113,66 @@ impl SharedDb {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> anyhow::Result<()> {
+/// A seed sharing a 24-chunk file at 3 MB/s (a get lasts ~8 s) and a getter, both
+/// registered through `urls`.
+struct Scene {
+    _src: tempfile::TempDir,
+    _seed: TestPeer,
+    getter: TestPeer,
+    id: String,
+    sha: ::common::Sha256Digest,
+}
+
+impl Scene {
+    async fn new(urls: &str) -> anyhow::Result<Self> {
+        let src = tempfile::tempdir()?;
+        let (path, sha) = random_file(src.path(), "shared.bin", 24 * CHUNK)?;
+        let mut seed = Self::registered(urls, "seed").await?;
+        let id = seed.index(&path).await?[0]["id"]
+            .as_str()
+            .context("id")?
+            .to_string();
+        seed.serve(&["--max-upload-rate", "3M"]).await?;
+        let getter = Self::registered(urls, "getter").await?;
+        Ok(Self {
+            _src: src,
+            _seed: seed,
+            getter,
+            id,
+            sha,
+        })
+    }
+
+    async fn registered(urls: &str, user: &str) -> anyhow::Result<TestPeer> {
+        let p = TestPeer::with_tracker_urls(urls, user)?;
+        p.run_stdin(&["register", "--user", user, "--password-stdin"], PASSWORD)
+            .await?
+            .ok()?;
+        Ok(p)
+    }
+
+    /// Starts the getter's `get` into `out` and waits until it holds some chunks, not all.
+    async fn get_under_way(&self, out: &Path) -> anyhow::Result<Child> {
+        let child = self.getter.spawn_get(&self.id, out)?;
+        wait_until(Duration::from_secs(30), "some chunks", || {
+            self.getter.held_chunks(&self.id) >= 3
+        })
+        .await?;
+        assert!(
+            self.getter.held_chunks(&self.id) < 24,
+            "the get ended before the tracker died"
+        );
+        Ok(child)
+    }
+}
+
+/// Runs `test` with the tracker binary and a shared database, dropped afterwards; skips
+/// when cargo did not build the tracker next to the peer.
+async fn with_trackers<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PathBuf, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let Some(bin) = tracker_bin() else {
         eprintln!(
             "no tracker binary next to the peer binary (cargo test --workspace builds it); skipping"
@@ -122,54 +180,29 @@ async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> any
         return Ok(());
     };
     let db = SharedDb::create().await?;
-    let res = bounded(async {
-        let mut a = TrackerProcess::start(&bin, &db.url).await?;
-        let b = TrackerProcess::start(&bin, &db.url).await?;
-        let urls = format!("{},{}", a.url, b.url);
+    let res = bounded(test(bin, db.url.clone())).await;
+    db.drop_db().await?;
+    res
+}
 
-        let src = tempfile::tempdir()?;
-        let (path, sha) = random_file(src.path(), "shared.bin", 24 * CHUNK)?;
-        let mut seed = TestPeer::with_tracker_urls(&urls, "seed")?;
-        seed.run_stdin(
-            &["register", "--user", "seed", "--password-stdin"],
-            PASSWORD,
-        )
-        .await?
-        .ok()?;
-        let files = seed.index(&path).await?;
-        let id = files[0]["id"].as_str().context("id")?.to_string();
-        seed.serve(&["--max-upload-rate", "3M"]).await?;
-
-        let getter = TestPeer::with_tracker_urls(&urls, "getter")?;
-        getter
-            .run_stdin(
-                &["register", "--user", "getter", "--password-stdin"],
-                PASSWORD,
-            )
-            .await?
-            .ok()?;
+#[tokio::test(flavor = "multi_thread")]
+async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> anyhow::Result<()> {
+    with_trackers(|bin, db| async move {
+        let mut a = TrackerProcess::start(&bin, &db).await?;
+        let mut b = TrackerProcess::start(&bin, &db).await?;
+        let s = Scene::new(&format!("{},{}", a.url, b.url)).await?;
         let out = tempfile::tempdir()?;
-        let child = getter.spawn_get(&id, out.path())?;
-        wait_until(Duration::from_secs(30), "some chunks", || {
-            getter.held_chunks(&id) >= 3
-        })
-        .await?;
-        assert!(getter.held_chunks(&id) < 24, "the get ended before A died");
+        let child = s.get_under_way(out.path()).await?;
         a.child.kill().await?;
 
         let done = child.wait_with_output().await?;
-        assert!(
-            done.status.success(),
-            "{}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
+        assert_got(&done, &out.path().join("shared.bin"), &s.sha)?;
         // B has heard of the getter's copy (reported to it after A died).
         let client = reqwest::Client::new();
         let mut recorded = false;
         for _ in 0..100 {
             let f: serde_json::Value = client
-                .get(format!("{}/api/v1/files/{id}", b.url))
+                .get(format!("{}/api/v1/files/{}", b.url, s.id))
                 .send()
                 .await?
                 .json()
@@ -184,13 +217,10 @@ async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> any
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(recorded, "B does not list the getter as a holder");
-        let mut b = b;
         b.child.kill().await?;
         Ok(())
     })
-    .await;
-    db.drop_db().await?;
-    res
+    .await
 }
 
 /// The only tracker dies (SIGKILL: no flush, no goodbye) in the middle of a get and comes
@@ -198,58 +228,20 @@ async fn should_finish_a_get_through_tracker_b_when_tracker_a_is_killed() -> any
 /// knows, finishes at the latest once the tracker is back, and writes only its file.
 #[tokio::test(flavor = "multi_thread")]
 async fn should_finish_a_get_when_its_only_tracker_is_killed_and_restarted() -> anyhow::Result<()> {
-    let Some(bin) = tracker_bin() else {
-        eprintln!(
-            "no tracker binary next to the peer binary (cargo test --workspace builds it); skipping"
-        );
-        return Ok(());
-    };
-    let db = SharedDb::create().await?;
-    let res = bounded(async {
+    with_trackers(|bin, db| async move {
         let listen = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .to_string();
-        let mut t = TrackerProcess::start_on(&bin, &db.url, &listen).await?;
-        let url = t.url.clone();
-
-        let src = tempfile::tempdir()?;
-        let (path, sha) = random_file(src.path(), "shared.bin", 24 * CHUNK)?;
-        let mut seed = TestPeer::with_tracker_urls(&url, "seed")?;
-        seed.run_stdin(
-            &["register", "--user", "seed", "--password-stdin"],
-            PASSWORD,
-        )
-        .await?
-        .ok()?;
-        let id = seed.index(&path).await?[0]["id"]
-            .as_str()
-            .context("id")?
-            .to_string();
-        seed.serve(&["--max-upload-rate", "3M"]).await?;
-        let getter = TestPeer::with_tracker_urls(&url, "getter")?;
-        getter
-            .run_stdin(
-                &["register", "--user", "getter", "--password-stdin"],
-                PASSWORD,
-            )
-            .await?
-            .ok()?;
+        let mut t = TrackerProcess::start_on(&bin, &db, &listen).await?;
+        let s = Scene::new(&t.url).await?;
         let out = tempfile::tempdir()?;
-        let mut child = getter.spawn_get(&id, out.path())?;
-        wait_until(Duration::from_secs(30), "some chunks", || {
-            getter.held_chunks(&id) >= 3
-        })
-        .await?;
-        assert!(
-            getter.held_chunks(&id) < 24,
-            "the get ended before the tracker died"
-        );
+        let mut child = s.get_under_way(out.path()).await?;
         t.child.kill().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         // The port was just freed; binding it again may take a moment.
         let mut again = None;
         for _ in 0..50 {
-            match TrackerProcess::start_on(&bin, &db.url, &listen).await {
+            match TrackerProcess::start_on(&bin, &db, &listen).await {
                 Ok(p) => {
                     again = Some(p);
                     break;
@@ -257,28 +249,21 @@ async fn should_finish_a_get_when_its_only_tracker_is_killed_and_restarted() -> 
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        let mut t = again.context("the tracker did not start again on its address")?;
-        assert_eq!(t.url, url);
+        let mut again = again.context("the tracker did not start again on its address")?;
+        assert_eq!(again.url, t.url);
         assert!(
             child.try_wait()?.is_none(),
             "the get ended while the tracker was down; the test needs it to outlast the outage"
         );
 
         let done = child.wait_with_output().await?;
-        assert!(
-            done.status.success(),
-            "{}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        assert_eq!(sha256_of(&out.path().join("shared.bin"))?, sha);
+        assert_got(&done, &out.path().join("shared.bin"), &s.sha)?;
         let written: Vec<_> = std::fs::read_dir(out.path())?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
         assert_eq!(written, vec![std::ffi::OsString::from("shared.bin")]);
-        t.child.kill().await?;
+        again.child.kill().await?;
         Ok(())
     })
-    .await;
-    db.drop_db().await?;
-    res
+    .await
 }

@@ -1,6 +1,7 @@
 //! The downloader: fetches one file from several sources at once into
 //! `NAME.tessera-part`, checks every chunk before writing it, and moves the file to its
-//! final name only when every chunk is verified. Chunk states are in `STATE.md`.
+//! final name only when every chunk is verified and the whole file hashes to the listed
+//! SHA-256 ([`whole`]). Chunk states are in `STATE.md`.
 //!
 //! One coordinator per file (this module) owns the source list: it asks the tracker for
 //! holders (at start, every second, and when no source is left), starts a
@@ -16,6 +17,7 @@
 
 pub mod files;
 pub mod scheduler;
+mod whole;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -297,6 +299,8 @@ pub async fn download<T: ChunkTransport>(
         ticket: Mutex::new(None),
     });
 
+    let mut whole = whole::WholeHash::start(sh.file.clone(), manifest.clone(), &have)
+        .context("cannot start hashing the file")?;
     let mut sources: HashMap<PeerId, Source> = HashMap::new();
     let mut suppliers: HashSet<PeerId> = HashSet::new();
     let mut fetched = 0u32;
@@ -330,6 +334,7 @@ pub async fn download<T: ChunkTransport>(
                 Event::Verified { index, source } => {
                     let r = manifest.chunk_range(index);
                     progress.add_done(r.end - r.start);
+                    whole.landed(index);
                     suppliers.insert(source);
                     fetched += 1;
                     pending.push(index);
@@ -440,6 +445,23 @@ pub async fn download<T: ChunkTransport>(
     }
     cancel.cancel();
 
+    let digest = whole
+        .finish()
+        .await
+        .with_context(|| format!("cannot hash {}", part.display()))?;
+    if digest != manifest.sha256 {
+        // Every chunk matched the id, so these are the bytes the id names: the listed
+        // whole-file hash is what is wrong (its sharer announced a bad one). Keep nothing
+        // that a later `get` would resume into the same failure.
+        let _ = std::fs::remove_file(&part);
+        rec_writer.forget(&job.file_id);
+        bail!(
+            "{}: the downloaded bytes match every chunk hash but their SHA-256 is {digest}, \
+             not the {} the tracker lists; the file's listing is wrong, nothing was saved",
+            common::names::printable(&manifest.name, 200),
+            manifest.sha256
+        );
+    }
     let f = sh.file.clone();
     tokio::task::spawn_blocking(move || f.sync_all())
         .await?
@@ -567,6 +589,15 @@ impl RecordWriter {
         Self {
             home: home.clone(),
             base,
+        }
+    }
+
+    /// Drops the record this download wrote (never a record of a file this home shares).
+    fn forget(&self, id: &FileId) {
+        if self.base.is_some()
+            && let Err(e) = self.home.delete_record(id)
+        {
+            tracing::warn!("cannot remove store record: {e:#}");
         }
     }
 

@@ -404,6 +404,22 @@ pub fn random_file(dir: &Path, name: &str, size: usize) -> anyhow::Result<(PathB
 }
 
 /// SHA-256 of a whole file.
+/// Asserts that a spawned `get` exited 0 and wrote `file` with SHA-256 `sha`; returns what
+/// it printed on stdout.
+pub fn assert_got(
+    done: &std::process::Output,
+    file: &Path,
+    sha: &Sha256Digest,
+) -> anyhow::Result<Vec<u8>> {
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(&sha256_of(file)?, sha, "{}", file.display());
+    Ok(done.stdout.clone())
+}
+
 pub fn sha256_of(path: &Path) -> anyhow::Result<Sha256Digest> {
     Ok(Sha256Digest::of(
         &std::fs::read(path).with_context(|| path.display().to_string())?,
