@@ -16,6 +16,7 @@
 //! - [`signals`]: Ctrl-C and SIGTERM, registered before a server says it is ready.
 
 pub mod bitfield;
+pub mod exposition;
 pub mod filetype;
 pub mod hash;
 pub mod ids;

@@ -25,10 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::replica::ReplicaStore;
 
-/// The content type of the text exposition format `prometheus-client` writes
-/// (OpenMetrics, which Prometheus scrapes natively).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Which way a transfer goes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
@@ -190,17 +186,19 @@ pub fn metrics() -> &'static NodeMetrics {
     &METRICS
 }
 
-async fn h_metrics(State(store): State<Arc<ReplicaStore>>) -> impl IntoResponse {
+/// Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it.
+async fn h_metrics(
+    State(store): State<Arc<ReplicaStore>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let m = metrics();
     m.storage_used
         .set(i64::try_from(store.used()).unwrap_or(i64::MAX));
     m.storage_quota
         .set(i64::try_from(store.quota()).unwrap_or(i64::MAX));
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        m.encode(),
-    )
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = common::exposition::negotiate(m.encode(), accept);
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// Serves `GET /metrics` on an already bound `listener` until `shutdown` is cancelled,

@@ -112,9 +112,10 @@ impl Node {
     }
 }
 
-/// Parses the text exposition format: every sample line is `NAME{LABELS} VALUE`; returns
-/// (name with labels, value) pairs. Fails on anything else, so the format is checked.
-fn parse_metrics(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
+/// Parses a text exposition: every sample line is `NAME{LABELS} VALUE`; returns (name with
+/// labels, value) pairs. Fails on anything else, so the format is checked: OpenMetrics ends
+/// with `# EOF`, Prometheus text 0.0.4 has none and types counters as `NAME_total`.
+fn parse_metrics(text: &str, openmetrics: bool) -> anyhow::Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with('#') {
@@ -137,23 +138,48 @@ fn parse_metrics(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
             .with_context(|| format!("bad value in {line:?}"))?;
         out.push((series.to_string(), v));
     }
-    if text.lines().last() != Some("# EOF") {
-        bail!("no # EOF at the end");
+    let eof = text.lines().last() == Some("# EOF");
+    if eof != openmetrics {
+        bail!("# EOF at the end: {eof}, in OpenMetrics: {openmetrics}");
+    }
+    if !openmetrics && !text.contains("# TYPE tessera_peer_chunks_served_total counter") {
+        bail!("a counter family not named NAME_total in 0.0.4:\n{text}");
     }
     Ok(out)
 }
 
+/// Scrapes as curl does (Prometheus text 0.0.4) and as Prometheus does (OpenMetrics);
+/// both must carry the same series. Returns the OpenMetrics samples.
 async fn scrape(url: &str) -> anyhow::Result<Vec<(String, f64)>> {
-    let resp = reqwest::get(url).await?;
-    anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    anyhow::ensure!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-    parse_metrics(&resp.text().await?)
+    let mut series = Vec::new();
+    let mut last = Vec::new();
+    for (accept, want) in [
+        ("*/*", "text/plain; version=0.0.4"),
+        (
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            "application/openmetrics-text",
+        ),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .header("accept", accept)
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        anyhow::ensure!(ctype.starts_with(want), "{ctype}");
+        last = parse_metrics(&resp.text().await?, want.starts_with("application"))?;
+        let mut names: Vec<String> = last.iter().map(|(s, _)| s.clone()).collect();
+        names.sort();
+        series.push(names);
+    }
+    anyhow::ensure!(series[0] == series[1], "the two formats differ: {series:?}");
+    Ok(last)
 }
 
 fn value(samples: &[(String, f64)], series: &str) -> anyhow::Result<f64> {

@@ -29,9 +29,6 @@ use crate::app::{Stats, TrackerService};
 /// How far back "recent" reaches for active transfers and throughput.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// One request as counted: the protocol, the route template and the outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

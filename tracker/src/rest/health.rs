@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::app::TrackerService;
-use crate::metrics;
 
 /// `GET /healthz`.
 #[derive(Serialize, ToSchema)]
@@ -113,12 +112,20 @@ pub async fn h_stats(State(svc): State<TrackerService>) -> Result<Json<StatsJson
     path = "/metrics",
     tag = "operations",
     responses(
-        (status = 200, description = "The OpenMetrics text format, which Prometheus scrapes",
-         content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "Prometheus text format 0.0.4; OpenMetrics 1.0 when the \
+            `Accept` header prefers `application/openmetrics-text` (as Prometheus's does)",
+         content(
+             (String = "text/plain"),
+             (String = "application/openmetrics-text"),
+         )),
     ),
 )]
-pub async fn h_metrics(State(svc): State<TrackerService>) -> Result<Response, ApiError> {
+pub async fn h_metrics(
+    State(svc): State<TrackerService>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let stats = svc.stats().await?;
-    let body = svc.metrics().render(&stats);
-    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = common::exposition::negotiate(svc.metrics().render(&stats), accept);
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }

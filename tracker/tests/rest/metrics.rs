@@ -1,4 +1,5 @@
-//! `GET /metrics`: well-formed OpenMetrics text whose levels match the directory and whose
+//! `GET /metrics`: well-formed Prometheus text (0.0.4 by default, OpenMetrics when the
+//! scraper asks for it as Prometheus does) whose levels match the directory and whose
 //! counters move with real requests (locates, chunk reports, replica fetches, REST calls).
 
 use std::collections::HashMap;
@@ -12,22 +13,61 @@ use crate::common::{
     TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
 };
 
-/// Every sample of a scrape by its series (`name{labels}`), after checking the text line by
-/// line: comments are `HELP`, `TYPE` or `UNIT` of a family, every sample belongs to a typed
-/// family, and the text ends with `# EOF`.
+/// What Prometheus 3 sends as `Accept`.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;\
+    escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,\
+    text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
+/// Every sample of a scrape by its series (`name{labels}`), scraped twice: as Prometheus
+/// does (OpenMetrics) and as curl does (no `Accept`: Prometheus text 0.0.4). Each text is
+/// checked line by line, and both must hold the same series.
 async fn scrape(t: &TestTracker) -> HashMap<String, f64> {
-    let r = reqwest::get(t.url("/metrics")).await.unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    let get = |accept: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().get(t.url("/metrics"));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        (ct, r.text().await.unwrap())
+    };
+    let (ct, open) = get(Some(PROMETHEUS_ACCEPT)).await;
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-    let text = r.text().await.unwrap();
-    parse(&text)
+    let open = parse(&open, true);
+    let (ct, plain) = get(None).await;
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    let plain = parse(&plain, false);
+    // The first scrape itself adds the `/metrics` route's series.
+    let series = |m: &HashMap<String, f64>| {
+        let mut k: Vec<String> = m
+            .keys()
+            .filter(|k| !k.contains("route=\"/metrics\""))
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        series(&plain),
+        series(&open),
+        "both formats carry the same series"
+    );
+    open
 }
 
-fn parse(text: &str) -> HashMap<String, f64> {
+/// Checks one scrape: comments are `HELP` or `TYPE` of a family (and `UNIT` in
+/// OpenMetrics, which also ends with `# EOF`; in 0.0.4 a counter family is named with its
+/// `_total`), and every sample belongs to a typed family.
+fn parse(text: &str, openmetrics: bool) -> HashMap<String, f64> {
     let mut types: HashMap<String, String> = HashMap::new();
     let mut samples = HashMap::new();
-    let body = text.strip_suffix("# EOF\n").expect("ends with # EOF");
+    let body = if openmetrics {
+        text.strip_suffix("# EOF\n").expect("ends with # EOF")
+    } else {
+        assert!(!text.contains("# EOF"), "no # EOF in 0.0.4");
+        text
+    };
     for line in body.lines() {
         if let Some(comment) = line.strip_prefix("# ") {
             let mut parts = comment.splitn(3, ' ');
@@ -37,9 +77,15 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 "TYPE" => {
                     let ty = parts.next().unwrap();
                     assert!(["counter", "gauge", "histogram"].contains(&ty), "{line:?}");
+                    assert_eq!(
+                        ty == "counter" && !openmetrics,
+                        name.ends_with("_total") && !openmetrics,
+                        "{line:?}"
+                    );
                     types.insert(name.to_string(), ty.to_string());
                 }
-                "HELP" | "UNIT" => {}
+                "HELP" => {}
+                "UNIT" if openmetrics => {}
                 _ => panic!("unexpected comment {line:?}"),
             }
             continue;
@@ -185,7 +231,11 @@ async fn should_expose_levels_and_move_counters_with_real_requests() {
         };
         assert_eq!(value(&after, &http("/api/v1/files/{id}", 404)), 1.0);
         assert_eq!(value(&after, &http("unmatched", 404)), 1.0);
-        assert_eq!(value(&after, &http("/metrics", 200)), 1.0, "the first scrape");
+        assert_eq!(
+            value(&after, &http("/metrics", 200)),
+            2.0,
+            "the first scrape, in both formats"
+        );
         let latency = "tessera_request_duration_seconds_count{protocol=\"grpc\",route=\"/tracker.v1.Tracker/Locate\"}";
         assert_eq!(value(&after, latency), 2.0);
         let inf = "tessera_request_duration_seconds_bucket{le=\"+Inf\",protocol=\"grpc\",route=\"/tracker.v1.Tracker/Locate\"}";

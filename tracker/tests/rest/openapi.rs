@@ -112,7 +112,8 @@ async fn should_describe_every_route_of_the_contract() {
         assert_eq!(link["parameters"]["id"], "$response.body#/items/0/id");
         let metrics = &spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
         assert!(
-            metrics.get("application/openmetrics-text").is_some(),
+            metrics.get("application/openmetrics-text").is_some()
+                && metrics.get("text/plain").is_some(),
             "{metrics}"
         );
         let page = &spec["paths"]["/"]["get"]["responses"]["200"]["content"];
