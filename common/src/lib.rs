@@ -7,13 +7,17 @@
 //! # Layout
 //! - [`ids`]: `FileId` (content id) and `PeerId`.
 //! - [`hash`]: the `Sha256Digest` type.
-//! - [`manifest`]: chunk layout, the content id, and streaming file hashing.
+//! - [`manifest`]: the chunk layout ([`ChunkLayout`]), the content id, and streaming file
+//!   hashing.
 //! - [`bitfield`]: which chunks a holder has.
 //! - [`filetype`]: the `type` of a file, from its extension.
 //! - [`ticket`]: the tracker's signed, short-lived permission to fetch chunks of a file.
 //! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
-//! - [`names`]: sanitising hostile file names and escaping text for terminals.
+//! - [`names`]: which file names are valid, sanitising hostile ones, and escaping text for
+//!   terminals.
 //! - [`signals`]: Ctrl-C and SIGTERM, registered before a server says it is ready.
+//! - [`telemetry`]: `--log-format` and the binaries' logging set-up.
+//! - [`exposition`]: Prometheus text or OpenMetrics, as the scraper asks.
 
 pub mod bitfield;
 pub mod exposition;
@@ -23,6 +27,7 @@ pub mod ids;
 pub mod manifest;
 pub mod names;
 pub mod signals;
+pub mod telemetry;
 pub mod ticket;
 pub mod units;
 
@@ -30,5 +35,5 @@ pub use bitfield::Bitfield;
 pub use filetype::FileType;
 pub use hash::Sha256Digest;
 pub use ids::{FileId, PeerId};
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{ChunkLayout, Manifest, ManifestError};
 pub use ticket::{Ticket, TicketClaims, TicketError, TicketSigner, TicketVerifier};

@@ -1,7 +1,9 @@
 //! How a file is cut into chunks and how every chunk is checked.
 //!
 //! A file of `size` bytes is cut into `ceil(size / chunk_size)` chunks; the last one may be
-//! short and an empty file has none. The manifest lists the SHA-256 of every chunk and of
+//! short and an empty file has none. [`ChunkLayout`] is that rule, with the chunk size
+//! checked once: manifests, replication tasks, the replica store and the chunk server all
+//! compute chunk counts and byte ranges through it. The manifest lists the SHA-256 of every chunk and of
 //! the whole file (what `sha256sum` prints). The file's id is the SHA-256 of the manifest's
 //! layout (size, chunk size, chunk hashes), so a getter who knows the id can check a chunk
 //! map before it trusts a single byte of it.
@@ -14,6 +16,7 @@ use std::sync::mpsc::sync_channel;
 
 use sha2::{Digest, Sha256};
 
+use crate::names::{MAX_NAME_LEN, is_valid_file_name};
 use crate::{FileId, Sha256Digest};
 
 /// The smallest chunk: 1 MiB, a good unit for parallel fetching and verification.
@@ -22,8 +25,6 @@ pub const MIN_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Chunk sizes grow past 1 MiB only to keep a file under this many chunks.
 const TARGET_MAX_CHUNKS: u64 = 8192;
-/// Longest file name the tracker stores, in bytes.
-pub const MAX_NAME_LEN: usize = 4096;
 
 /// The chunk size for a file of `size` bytes: 1 MiB, doubled until the file has at most
 /// 8192 chunks, at most 16 MiB.
@@ -40,6 +41,65 @@ pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(chunk_size as u64)
 }
 
+/// How a file of `size` bytes is cut into chunks of `chunk_size` bytes. The chunk size
+/// passed [`ChunkLayout::new`]'s checks (a power of two within
+/// [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`]), so every count and range below is well defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkLayout {
+    size: u64,
+    chunk_size: u32,
+}
+
+impl ChunkLayout {
+    /// The layout of a file of `size` bytes in chunks of `chunk_size` bytes.
+    ///
+    /// # Errors
+    /// [`ManifestError::BadChunkSize`] when `chunk_size` is outside
+    /// [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`] or not a power of two.
+    pub fn new(size: u64, chunk_size: u32) -> Result<Self, ManifestError> {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || !chunk_size.is_power_of_two()
+        {
+            return Err(ManifestError::BadChunkSize(chunk_size));
+        }
+        Ok(Self { size, chunk_size })
+    }
+
+    /// The layout a new file of `size` bytes gets ([`chunk_size_for`]).
+    pub fn for_size(size: u64) -> Self {
+        Self {
+            size,
+            chunk_size: chunk_size_for(size),
+        }
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The size of every chunk but the last.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u64 {
+        chunk_count(self.size, self.chunk_size)
+    }
+
+    /// Where chunk `index` lies in the file, as `(offset, len)`; `None` when the file has no
+    /// such chunk.
+    pub fn range(&self, index: u32) -> Option<(u64, u64)> {
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        (start < self.size).then(|| (start, (self.size - start).min(u64::from(self.chunk_size))))
+    }
+
+    /// Exact length of chunk `index`, or `None` when the file has no such chunk.
+    pub fn chunk_len(&self, index: u32) -> Option<u64> {
+        self.range(index).map(|(_, len)| len)
+    }
+}
+
 /// A chunk map that does not add up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -51,6 +111,9 @@ pub enum ManifestError {
     RaggedHashes(usize),
     #[error("file name is empty or longer than {MAX_NAME_LEN} bytes")]
     BadName,
+    /// The whole-file digest is not 32 bytes long (the wire carries it as bytes).
+    #[error("sha256 of {0} bytes (expected 32)")]
+    BadSha256(usize),
     #[error("manifest does not match file id {0}")]
     IdMismatch(FileId),
 }
@@ -79,17 +142,14 @@ impl Manifest {
         chunk_size: u32,
         packed_hashes: &[u8],
     ) -> Result<Self, ManifestError> {
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
+        if !is_valid_file_name(&name) {
             return Err(ManifestError::BadName);
         }
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || !chunk_size.is_power_of_two()
-        {
-            return Err(ManifestError::BadChunkSize(chunk_size));
-        }
+        let layout = ChunkLayout::new(size, chunk_size)?;
         if !packed_hashes.len().is_multiple_of(32) {
             return Err(ManifestError::RaggedHashes(packed_hashes.len()));
         }
-        let expected = chunk_count(size, chunk_size);
+        let expected = layout.chunk_count();
         let got = (packed_hashes.len() / 32) as u64;
         if got != expected {
             return Err(ManifestError::WrongChunkCount {
@@ -138,14 +198,24 @@ impl Manifest {
         self.chunk_hashes.len() as u32
     }
 
+    /// How the file is cut into chunks. The chunk size is checked by
+    /// [`Manifest::from_parts`] and chosen by [`hash_file`], the two ways a manifest is made.
+    pub fn layout(&self) -> ChunkLayout {
+        ChunkLayout {
+            size: self.size,
+            chunk_size: self.chunk_size,
+        }
+    }
+
     /// The byte range of chunk `index` within the file.
     ///
     /// # Panics
     /// When `index` is not a chunk of this file.
     pub fn chunk_range(&self, index: u32) -> Range<u64> {
-        assert!(index < self.chunk_count(), "chunk {index} out of range");
-        let start = index as u64 * self.chunk_size as u64;
-        start..(start + self.chunk_size as u64).min(self.size)
+        match self.layout().range(index) {
+            Some((start, len)) if index < self.chunk_count() => start..start + len,
+            _ => panic!("chunk {index} out of range"),
+        }
     }
 
     /// The hashes packed as 32-byte runs, as they travel on the wire and sit in the database.
@@ -177,8 +247,8 @@ const HASH_BUFFERS: usize = 4;
 pub fn hash_file(path: &Path, name: String) -> io::Result<Manifest> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
-    let chunk_size = chunk_size_for(size);
-    let count = chunk_count(size, chunk_size);
+    let layout = ChunkLayout::for_size(size);
+    let (chunk_size, count) = (layout.chunk_size(), layout.chunk_count());
     // Full buffers go to the whole-file thread, empty ones come back.
     let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(HASH_BUFFERS);
@@ -318,6 +388,45 @@ mod tests {
         assert!(!m.check_chunk(0, b"hello worle"));
         assert!(!m.check_chunk(0, b"hello worl"));
         assert!(!m.check_chunk(1, b"hello world"));
+    }
+
+    #[test]
+    fn layout_ranges_tile_the_file() {
+        let cs = MIN_CHUNK_SIZE;
+        let l = ChunkLayout::new(2 * cs as u64 + 5, cs).unwrap();
+        assert_eq!(l.chunk_count(), 3);
+        assert_eq!(l.range(0), Some((0, cs as u64)));
+        assert_eq!(l.range(1), Some((cs as u64, cs as u64)));
+        assert_eq!(l.range(2), Some((2 * cs as u64, 5)));
+        assert_eq!(l.range(3), None);
+        assert_eq!(l.chunk_len(2), Some(5));
+        let empty = ChunkLayout::new(0, cs).unwrap();
+        assert_eq!((empty.chunk_count(), empty.range(0)), (0, None));
+        let huge = ChunkLayout::new(u64::MAX, MAX_CHUNK_SIZE).unwrap();
+        assert_eq!(
+            huge.range(u32::MAX).map(|(_, len)| len),
+            Some(MAX_CHUNK_SIZE as u64)
+        );
+        assert_eq!(ChunkLayout::for_size(1).chunk_size(), MIN_CHUNK_SIZE);
+    }
+
+    #[test]
+    fn layout_refuses_bad_chunk_sizes() {
+        for bad in [
+            0,
+            1,
+            1000,
+            MIN_CHUNK_SIZE / 2,
+            MIN_CHUNK_SIZE + 1,
+            2 * MAX_CHUNK_SIZE,
+        ] {
+            assert_eq!(
+                ChunkLayout::new(1, bad),
+                Err(ManifestError::BadChunkSize(bad)),
+                "{bad}"
+            );
+        }
+        assert!(ChunkLayout::new(1, MAX_CHUNK_SIZE).is_ok());
     }
 
     #[test]

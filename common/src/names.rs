@@ -2,9 +2,21 @@
 //! tracker or a peer becomes one plain path component: no separators, no `.`/`..`, no
 //! control characters, no reserved device names, at most 255 bytes. Text shown on a terminal
 //! has its control characters escaped so it cannot move the cursor or recolour the screen.
+//!
+//! What a file name may be at all (in a manifest or a replication task) is decided here
+//! too, by [`is_valid_file_name`].
 
 /// Longest component most file systems accept, in bytes.
 const MAX_COMPONENT: usize = 255;
+/// Longest file name the tracker stores, in bytes.
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// Whether `name` may name a file in a manifest or a task: not empty, at most
+/// [`MAX_NAME_LEN`] bytes, and no NUL. Such a name is still untrusted: pass it through
+/// [`safe_file_name`] before using it as a path.
+pub fn is_valid_file_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && !name.contains('\0')
+}
 
 /// Turns an untrusted name into one safe file name component. Never fails: what cannot be
 /// kept is replaced by `_`, and an empty result becomes `unnamed`.
@@ -101,6 +113,16 @@ mod tests {
         let safe = safe_file_name(&long);
         assert_eq!(safe, "a".repeat(254));
         assert_eq!(safe_file_name(&safe), safe);
+    }
+
+    #[test]
+    fn valid_file_names_are_non_empty_short_and_nul_free() {
+        assert!(is_valid_file_name("Abbey Road.flac"));
+        assert!(is_valid_file_name("../odd\x1b name"));
+        assert!(is_valid_file_name(&"a".repeat(MAX_NAME_LEN)));
+        assert!(!is_valid_file_name(""));
+        assert!(!is_valid_file_name("a\0b"));
+        assert!(!is_valid_file_name(&"a".repeat(MAX_NAME_LEN + 1)));
     }
 
     #[test]

@@ -1,19 +1,26 @@
-//! The command line, exactly as CONTRACT.md fixes it. Global options may come before or
+//! The command line, as docs/reference.md documents it. Global options may come before or
 //! after the subcommand; usage errors exit 2 (clap's own).
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 pub use clap_complete::Shell;
 use common::FileType;
+
+/// The help heading of the options every command takes.
+const GLOBAL: &str = "Global options";
 
 /// Share, search and fetch files with Tessera.
 #[derive(Debug, Parser)]
 #[command(name = "peer", version, about)]
+// Help never shows a variable's value (in any command): it would make help depend on the
+// shell, and could print a secret.
+#[command(mut_args = |a: clap::Arg| a.hide_env_values(true))]
+#[command(mut_subcommands = |c: clap::Command| c.mut_args(|a| a.hide_env_values(true)))]
 pub struct Cli {
     /// This peer's home: identity, session, settings and local store
     /// [default: $XDG_DATA_HOME/tessera or ~/.local/share/tessera].
-    #[arg(long, env = "PEER_HOME", global = true, value_name = "DIR")]
+    #[arg(long, env = "PEER_HOME", global = true, help_heading = GLOBAL, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
     /// Tracker URL; repeat or separate with commas to fail over
@@ -22,6 +29,7 @@ pub struct Cli {
         long = "tracker",
         env = "PEER_TRACKER",
         global = true,
+        help_heading = GLOBAL,
         value_delimiter = ',',
         value_name = "URL"
     )]
@@ -29,15 +37,15 @@ pub struct Cli {
 
     /// Trust the certificate authorities in this PEM file for https:// trackers and for
     /// nodes that serve TLS (without it, TLS connections are refused).
-    #[arg(long, env = "PEER_CA", global = true, value_name = "PEM")]
+    #[arg(long, env = "PEER_CA", global = true, help_heading = GLOBAL, value_name = "PEM")]
     pub ca: Option<PathBuf>,
 
     /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
     /// Do not draw progress bars.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 
     /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG).
@@ -45,6 +53,7 @@ pub struct Cli {
         long,
         env = "PEER_LOG_FORMAT",
         global = true,
+        help_heading = GLOBAL,
         value_enum,
         default_value_t = LogFormat::Text,
         value_name = "FORMAT"
@@ -101,14 +110,7 @@ pub enum Command {
     },
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
+pub use common::telemetry::LogFormat;
 
 /// The completion script of the `peer` command line for `shell`.
 pub fn completions(shell: Shell) -> String {
@@ -137,8 +139,8 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     pub listen: std::net::SocketAddr,
-    /// host:port the tracker tells other peers [default: this machine's address on the
-    /// route to the tracker, with the bound port].
+    /// The HOST:PORT the tracker tells other peers to dial [default: this machine's address
+    /// on the route to the tracker, with the bound port].
     #[arg(long, env = "PEER_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
     /// Bytes of storage offered for replicas of other peers' chunks, which the tracker
@@ -159,6 +161,10 @@ pub struct ServeArgs {
     /// 127.0.0.1:9100, or port 0 for any free port, printed at start).
     #[arg(long, env = "PEER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often shared files are checked for changes on disk (a changed one is withdrawn)
+    /// and the replica store is reconciled with its chunk files (10s, 2m).
+    #[arg(long, env = "PEER_RESCAN_EVERY", default_value = "30s", value_parser = parse_period, value_name = "DURATION")]
+    pub rescan_every: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +181,20 @@ pub struct GetArgs {
     /// Download cap in bytes per second, shared by all files (50M = 50 MB/s).
     #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate, value_name = "RATE")]
     pub max_download_rate: Option<u64>,
+    /// Drop a source that sends nothing for this long, and fetch its chunks elsewhere.
+    #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "20s", value_parser = parse_period, value_name = "DURATION")]
+    pub stall_timeout: std::time::Duration,
+    /// Fail when no chunk arrived and no source was usable for this long.
+    #[arg(long, env = "PEER_GIVE_UP_AFTER", default_value = "2m", value_parser = parse_period, value_name = "DURATION")]
+    pub give_up_after: std::time::Duration,
+}
+
+/// Parses a duration such as `500ms`, `20s` or `2m`; at least 100 ms, so a typo cannot
+/// make a loop spin.
+pub fn parse_period(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (a duration such as 500ms, 20s or 2m)"))?;
+    Ok(d.max(std::time::Duration::from_millis(100)))
 }
 
 /// Parses a size such as `500M` or `2G`.

@@ -3,13 +3,15 @@
 //! every chunk against its SHA-256 before it is written.
 //!
 //! # Layout
-//! - [`cli`]: the command line of CONTRACT.md (clap derive).
+//! - [`cli`]: the command line documented in docs/reference.md (clap derive).
 //! - [`commands`]: one function per subcommand; the only place that prints to stdout.
 //! - [`home`]: the peer's home directory (identity, session, settings, store records,
 //!   node.json), written atomically.
 //! - [`tracker_client`]: the tracker's gRPC API with auth and fail-over; converts prost types
 //!   to domain types at the edge.
-//! - [`server`]: the node's Peer gRPC service (streams chunks), used by `serve`.
+//! - [`node`]: the node that `serve` runs (`node::run(config, listener, shutdown)`):
+//!   serving, heartbeats, replication tasks, housekeeping.
+//! - [`server`]: the node's Peer gRPC service (streams chunks from a `ChunkSource`).
 //! - [`replica`]: the node's replica store and the replication tasks the tracker assigns.
 //! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), and the
 //!   HTTP/2 tuning shared with the server.
@@ -19,12 +21,15 @@
 //! - [`upload_ledger`]: how often the node sent each chunk, for super-seeding.
 //! - [`progress`]: indicatif bars fed from atomics the downloader updates.
 //! - [`output`]: tables and JSON shapes of the commands.
+//! - [`error`]: why a command failed ([`Error`]), which `main` turns into the exit code.
 
 pub mod cli;
 pub mod commands;
 pub mod download;
+pub mod error;
 pub mod home;
 pub mod metrics;
+pub mod node;
 pub mod output;
 pub mod progress;
 pub mod ratelimit;
@@ -34,11 +39,7 @@ pub mod tracker_client;
 pub mod transport;
 pub mod upload_ledger;
 
-/// An error that has already been printed to stderr (one `error: ...` line per failed item);
-/// `main` exits 1 without printing anything more.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} item(s) failed")]
-pub struct AlreadyReported(pub usize);
+pub use error::{Error, Result};
 
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use peer::cli::{Cli, Command, LogFormat};
+use peer::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<peer::AlreadyReported>() => ExitCode::FAILURE,
+        // Each failed item has its line already.
+        Err(peer::Error::AlreadyReported(_)) => ExitCode::FAILURE,
         Err(e) => {
             peer::output::report_error(&e);
             ExitCode::FAILURE
@@ -44,22 +45,11 @@ fn main() -> ExitCode {
 /// Logs to stderr, filtered by `RUST_LOG` (default: the node's own events for `serve`,
 /// warnings otherwise), as text or JSON lines (`--log-format`).
 fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,peer=info",
         _ => "warn",
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    common::telemetry::init(cli.log_format, default_filter);
 }
 
 /// A write past the file size limit (`ulimit -f`) raises SIGXFSZ, whose default action kills

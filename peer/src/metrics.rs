@@ -23,8 +23,6 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::replica::ReplicaStore;
-
 /// Which way a transfer goes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
@@ -188,33 +186,36 @@ pub fn metrics() -> &'static NodeMetrics {
 
 /// Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it.
 async fn h_metrics(
-    State(store): State<Arc<ReplicaStore>>,
+    State(storage): State<Storage>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
     let m = metrics();
-    m.storage_used
-        .set(i64::try_from(store.used()).unwrap_or(i64::MAX));
+    let (used, quota) = storage();
+    m.storage_used.set(i64::try_from(used).unwrap_or(i64::MAX));
     m.storage_quota
-        .set(i64::try_from(store.quota()).unwrap_or(i64::MAX));
+        .set(i64::try_from(quota).unwrap_or(i64::MAX));
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (content_type, body) = common::exposition::negotiate(m.encode(), accept);
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body)
 }
 
+/// Reads replica storage (used, quota) in bytes at scrape time.
+pub type Storage = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
 /// Serves `GET /metrics` on an already bound `listener` until `shutdown` is cancelled,
-/// reading replica storage from `store` at each scrape.
+/// reading replica storage from `storage` at each scrape.
 ///
 /// # Errors
 /// When the server fails (not when it is shut down).
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<ReplicaStore>,
+    storage: Storage,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(h_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(store);
+        .with_state(storage);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

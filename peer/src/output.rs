@@ -64,8 +64,9 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports one failed item on stderr, in the same form `main` uses for a fatal error.
-pub fn report_error(err: &anyhow::Error) {
+/// Reports one failed item on stderr, in the same form `main` uses for a fatal error (an
+/// `anyhow` chain, alone or inside [`crate::Error::Other`], is printed whole).
+pub fn report_error(err: &dyn std::fmt::Display) {
     eprintln!(
         "error: {}",
         common::names::printable(&format!("{err:#}"), 2000)

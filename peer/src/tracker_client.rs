@@ -14,30 +14,66 @@ use common::{FileId, Manifest, PeerId};
 use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
+use tokio_rustls::rustls;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::replica::tasks::Task;
 use crate::transport::{ClientTls, status_detail};
 
 mod views;
-pub use views::{Beat, FileView, Granted, HolderView, HoldingIn, Located, PeerView, Relocated};
-use views::{
-    holders_from_pb, kind_to_pb, manifest_from_pb, manifest_to_pb, task_from_pb, ticket_in,
+pub use views::{
+    Beat, DropTask, FetchTask, FileMeta, FileView, Granted, HolderView, HoldingIn, Located,
+    MAX_REPLICA_CHUNKS, PeerView, Relocated, Source, Task, Work,
 };
+use views::{holders_from_pb, kind_to_pb, manifest_from_pb, task_from_pb, ticket_in};
 
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
 
-/// What went wrong talking to the tracker.
+/// What went wrong talking to the tracker, by meaning. [`classify`] is the one place that
+/// reads gRPC codes and transport errors to pick a variant; the texts of the tracker's own
+/// messages are shown, never interpreted.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
-    #[error("cannot reach the tracker at {urls}: {detail}")]
-    Unreachable { urls: String, detail: String },
+    /// No session, or the tracker no longer accepts it.
     #[error("not logged in (or the session expired): run `peer login --user NAME`")]
     NotLoggedIn,
+    /// Login or registration with a user name and password the tracker does not accept.
+    #[error("invalid user or password")]
+    InvalidCredentials,
+    /// What the call names does not exist (a file, a holding, a task).
     #[error("tracker refused: {message}")]
-    Rejected { code: Code, message: String },
+    NotFound { message: String },
+    /// What the call would create exists already (a user).
+    #[error("tracker refused: {message}")]
+    AlreadyExists { message: String },
+    /// The session may not do this (closed registration, another user's peer).
+    #[error("tracker refused: {message}")]
+    PermissionDenied { message: String },
+    /// The tracker found the request malformed (a name, a query, a manifest).
+    #[error("tracker refused: {message}")]
+    InvalidInput { message: String },
+    /// Too many attempts (failed logins); the tracker takes more later.
+    #[error("tracker refused: {message}")]
+    Throttled { message: String },
+    /// A tracker answered but cannot serve now (its database, a shutdown); the other URLs
+    /// were tried too.
+    #[error("the tracker at {urls} cannot serve now: {message}")]
+    Unavailable { urls: String, message: String },
+    /// No tracker URL answered: the connection was refused, reset or timed out, or what
+    /// came back was not HTTP/2.
+    #[error("cannot reach the tracker at {urls}: {reason}")]
+    Unreachable { urls: String, reason: String },
+    /// The tracker's TLS certificate was not accepted (no `--ca`, or the wrong one).
+    #[error(
+        "cannot reach the tracker at {urls}: {reason} (give --ca the certificate of the CA that signed the tracker's)"
+    )]
+    Tls { urls: String, reason: String },
+    /// The tracker failed on its side or answered outside the protocol (INTERNAL,
+    /// UNIMPLEMENTED, ...).
+    #[error("tracker failed: {0}")]
+    Protocol(String),
+    /// An answer that does not add up (a missing field, a malformed manifest).
     #[error("tracker sent a bad answer: {0}")]
     BadAnswer(String),
     #[error("invalid tracker URL '{0}'")]
@@ -45,11 +81,41 @@ pub enum TrackerError {
 }
 
 impl TrackerError {
-    /// The gRPC code of a refusal, if it was one.
-    pub fn code(&self) -> Option<Code> {
+    /// Whether the failure is about the tracker or the session rather than this one call,
+    /// so the next call would fail the same way (commands stop instead of going on with
+    /// their other items).
+    pub fn affects_every_call(&self) -> bool {
+        matches!(
+            self,
+            TrackerError::NotLoggedIn
+                | TrackerError::Unavailable { .. }
+                | TrackerError::Unreachable { .. }
+                | TrackerError::Tls { .. }
+                | TrackerError::BadUrl(_)
+        )
+    }
+
+    /// Whether another tracker URL may do better (fail-over).
+    fn try_next(&self) -> bool {
+        matches!(
+            self,
+            TrackerError::Unavailable { .. }
+                | TrackerError::Unreachable { .. }
+                | TrackerError::Tls { .. }
+        )
+    }
+
+    /// The same failure, naming `all` the URLs tried.
+    fn at(self, all: String) -> Self {
         match self {
-            TrackerError::Rejected { code, .. } => Some(*code),
-            _ => None,
+            TrackerError::Unavailable { message, .. } => {
+                TrackerError::Unavailable { urls: all, message }
+            }
+            TrackerError::Unreachable { reason, .. } => {
+                TrackerError::Unreachable { urls: all, reason }
+            }
+            TrackerError::Tls { reason, .. } => TrackerError::Tls { urls: all, reason },
+            other => other,
         }
     }
 }
@@ -88,36 +154,95 @@ fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, TrackerError> {
         .keep_alive_timeout(Duration::from_secs(10)))
 }
 
-fn unreachable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Cancelled)
-        || (s.code() == Code::Unknown && s.message().contains("transport error"))
-        // The answer was not HTTP/2 at all (e.g. a TLS port spoken to in plain text).
-        || s.message().starts_with("h2 protocol error")
-}
-
-/// Why a tracker could not be reached, with a hint for the TLS mistakes a user can fix.
-fn unreachable_detail(url: &str, s: &Status) -> String {
-    let detail = status_detail(s);
-    if detail.contains("certificate") {
-        format!("{detail} (give --ca the certificate of the CA that signed the tracker's)")
-    } else if url.starts_with("http://")
-        && (detail.contains("h2 protocol error") || detail.contains("connection closed"))
-    {
-        // The first bytes back were not HTTP/2: most likely a TLS port.
-        format!("{detail} (does the tracker serve TLS? then use https://)")
+/// What a failed call to `url` means: the one place that interprets gRPC codes and
+/// transport errors. `auth` says whether the call carried the session, so that
+/// UNAUTHENTICATED tells an expired session from a wrong password.
+///
+/// A status with an error source was made by this side's transport: no answer came back.
+/// One without came from the other end, and its code says what it means.
+fn classify(url: &str, s: &Status, auth: bool) -> TrackerError {
+    if std::error::Error::source(s).is_some() {
+        return transport_failure(url, s);
+    }
+    let message = common::names::printable(s.message(), 300);
+    let message = if message.is_empty() {
+        s.code().description().to_string()
     } else {
-        detail
+        message
+    };
+    match s.code() {
+        Code::Unauthenticated if auth => TrackerError::NotLoggedIn,
+        Code::Unauthenticated => TrackerError::InvalidCredentials,
+        Code::NotFound => TrackerError::NotFound { message },
+        Code::AlreadyExists => TrackerError::AlreadyExists { message },
+        Code::PermissionDenied => TrackerError::PermissionDenied { message },
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            TrackerError::InvalidInput { message }
+        }
+        Code::ResourceExhausted => TrackerError::Throttled { message },
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => TrackerError::Unavailable {
+            urls: url.to_string(),
+            message,
+        },
+        Code::Ok
+        | Code::Unknown
+        | Code::Internal
+        | Code::Unimplemented
+        | Code::Aborted
+        | Code::DataLoss => TrackerError::Protocol(message),
     }
 }
 
-fn map_status(s: Status) -> TrackerError {
-    match s.code() {
-        Code::Unauthenticated => TrackerError::NotLoggedIn,
-        code => TrackerError::Rejected {
-            code,
-            message: common::names::printable(s.message(), 300),
-        },
+/// A call that got no answer from `url`: the connection or the TLS handshake failed, the
+/// call timed out, or the bytes back were not HTTP/2. Read from the error sources tonic
+/// keeps on the status (its code only says how tonic sorted them).
+fn transport_failure(url: &str, s: &Status) -> TrackerError {
+    let reason = common::names::printable(&status_detail(s), 300);
+    let (mut connecting, mut timed_out) = (false, false);
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(s);
+    while let Some(e) = next {
+        connecting |= e.is::<tonic::ConnectError>();
+        timed_out |= e.is::<tonic::TimeoutExpired>();
+        // `io::Error::source` skips the error it wraps, so look at that one directly.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if [Some(e), wrapped]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.downcast_ref::<rustls::Error>())
+            .any(is_certificate_problem)
+        {
+            return TrackerError::Tls {
+                urls: url.to_string(),
+                reason,
+            };
+        }
+        next = e.source();
     }
+    // Connected, then no HTTP/2 came back (a protocol error, or the connection closed
+    // before any answer; not a timeout): most likely a TLS port spoken to in plain text.
+    let not_http2 = !connecting && !timed_out && s.code() != Code::Unavailable;
+    let reason = if not_http2 && url.starts_with("http://") {
+        format!("{reason} (does the tracker serve TLS? then use https://)")
+    } else {
+        reason
+    };
+    TrackerError::Unreachable {
+        urls: url.to_string(),
+        reason,
+    }
+}
+
+/// Whether a TLS failure was about the tracker's certificate (which `--ca` can fix).
+fn is_certificate_problem(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType
+    )
 }
 
 /// The tasks the tracker pushes, converted (a task that does not add up arrives as
@@ -193,7 +318,10 @@ impl TrackerClient {
         };
         let n = self.urls.len();
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = String::from("no tracker URL");
+        let mut last = TrackerError::Unreachable {
+            urls: String::new(),
+            reason: "no tracker URL".into(),
+        };
         for k in 0..n {
             let i = (start + k) % n;
             let client = Grpc::new(self.channels[i].clone())
@@ -208,18 +336,17 @@ impl TrackerClient {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(resp.into_inner());
                 }
-                Err(s) if unreachable(&s) => {
-                    let detail = unreachable_detail(&self.urls[i], &s);
-                    tracing::debug!(url = %self.urls[i], "tracker unreachable: {detail}");
-                    last = common::names::printable(&detail, 300);
+                Err(s) => {
+                    let e = classify(&self.urls[i], &s, auth);
+                    if !e.try_next() {
+                        return Err(e);
+                    }
+                    tracing::debug!(url = %self.urls[i], "trying the next tracker: {e}");
+                    last = e;
                 }
-                Err(s) => return Err(map_status(s)),
             }
         }
-        Err(TrackerError::Unreachable {
-            urls: self.urls.join(", "),
-            detail: last,
-        })
+        Err(last.at(self.urls.join(", ")))
     }
 
     pub async fn register(&self, user: &str, password: &str) -> Result<Granted, TrackerError> {
@@ -230,12 +357,7 @@ impl TrackerClient {
         let s = self
             .call(req, false, |mut c, r| async move { c.register(r).await })
             .await?;
-        Ok(Granted {
-            user: s.user,
-            token: s.token,
-            expires_at_ms: s.expires_at_ms,
-            ticket_public_key: s.ticket_public_key.to_vec(),
-        })
+        Ok(Granted::from(s))
     }
 
     pub async fn login(&self, user: &str, password: &str) -> Result<Granted, TrackerError> {
@@ -246,12 +368,7 @@ impl TrackerClient {
         let s = self
             .call(req, false, |mut c, r| async move { c.login(r).await })
             .await?;
-        Ok(Granted {
-            user: s.user,
-            token: s.token,
-            expires_at_ms: s.expires_at_ms,
-            ticket_public_key: s.ticket_public_key.to_vec(),
-        })
+        Ok(Granted::from(s))
     }
 
     pub async fn logout(&self) -> Result<(), TrackerError> {
@@ -319,7 +436,7 @@ impl TrackerClient {
     pub async fn announce(&self, peer_id: &PeerId, m: &Manifest) -> Result<FileView, TrackerError> {
         let req = pb::AnnounceRequest {
             peer_id: peer_id.to_string(),
-            manifest: Some(manifest_to_pb(m)),
+            manifest: Some(pb::Manifest::from(m)),
         };
         let r = self
             .call(req, true, |mut c, r| async move { c.announce(r).await })
@@ -432,9 +549,10 @@ impl TrackerClient {
         let stream = self
             .call(req, true, |mut c, r| async move { c.tasks(r).await })
             .await?;
-        Ok(Box::pin(
-            stream.map(|item| item.map(task_from_pb).map_err(map_status)),
-        ))
+        let url = self.urls[self.current.load(Ordering::Relaxed)].clone();
+        Ok(Box::pin(stream.map(move |item| {
+            item.map(task_from_pb).map_err(|s| classify(&url, &s, true))
+        })))
     }
 
     /// Reports a task's outcome (`error` is sent only when `!ok`).
@@ -508,5 +626,179 @@ mod tests {
             no_token.search("", "").await,
             Err(TrackerError::NotLoggedIn)
         ));
+    }
+
+    #[test]
+    fn should_sort_the_trackers_answers_by_code() {
+        let url = "http://t:1";
+        let answer = |code, auth| classify(url, &Status::new(code, "m"), auth);
+        assert!(matches!(
+            answer(Code::Unauthenticated, true),
+            TrackerError::NotLoggedIn
+        ));
+        assert!(matches!(
+            answer(Code::Unauthenticated, false),
+            TrackerError::InvalidCredentials
+        ));
+        assert!(matches!(
+            answer(Code::NotFound, true),
+            TrackerError::NotFound { message } if message == "m"
+        ));
+        assert!(matches!(
+            answer(Code::AlreadyExists, false),
+            TrackerError::AlreadyExists { .. }
+        ));
+        assert!(matches!(
+            answer(Code::PermissionDenied, true),
+            TrackerError::PermissionDenied { .. }
+        ));
+        for code in [
+            Code::InvalidArgument,
+            Code::OutOfRange,
+            Code::FailedPrecondition,
+        ] {
+            assert!(
+                matches!(answer(code, true), TrackerError::InvalidInput { .. }),
+                "{code:?}"
+            );
+        }
+        assert!(matches!(
+            answer(Code::ResourceExhausted, false),
+            TrackerError::Throttled { .. }
+        ));
+        for code in [Code::Unavailable, Code::Cancelled, Code::DeadlineExceeded] {
+            let e = answer(code, true);
+            assert!(
+                matches!(&e, TrackerError::Unavailable { urls, .. } if urls == url),
+                "{code:?}: {e:?}"
+            );
+            assert!(e.try_next() && e.affects_every_call());
+        }
+        for code in [
+            Code::Ok,
+            Code::Unknown,
+            Code::Internal,
+            Code::Unimplemented,
+            Code::Aborted,
+            Code::DataLoss,
+        ] {
+            assert!(
+                matches!(answer(code, true), TrackerError::Protocol(_)),
+                "{code:?}"
+            );
+        }
+        // The tracker's words are shown as they are, whatever they say.
+        let e = classify(
+            url,
+            &Status::not_found("transport error: certificate"),
+            true,
+        );
+        assert_eq!(
+            e.to_string(),
+            "tracker refused: transport error: certificate"
+        );
+        let e = classify(url, &Status::internal(""), true);
+        assert!(
+            matches!(&e, TrackerError::Protocol(m) if !m.is_empty()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn should_sort_transport_failures_by_their_sources() {
+        use std::io::{Error as IoError, ErrorKind};
+        let local = |e: Box<dyn std::error::Error + Send + Sync>| {
+            Status::from_error(Box::new(tonic::ConnectError(e)))
+        };
+        let refused = local(Box::new(IoError::from(ErrorKind::ConnectionRefused)));
+        let e = classify("http://t:1", &refused, true);
+        assert!(
+            matches!(&e, TrackerError::Unreachable { reason, .. } if !reason.contains("TLS")),
+            "{e:?}"
+        );
+        let bad_cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls = local(Box::new(IoError::new(ErrorKind::InvalidData, bad_cert)));
+        let e = classify("https://t:1", &tls, false);
+        assert!(matches!(e, TrackerError::Tls { .. }), "{e:?}");
+        assert!(e.to_string().contains("--ca"), "{e}");
+        // Another TLS failure is no certificate problem.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        let tls = local(Box::new(IoError::new(ErrorKind::InvalidData, alert)));
+        let e = classify("https://t:1", &tls, false);
+        assert!(matches!(e, TrackerError::Unreachable { .. }), "{e:?}");
+        // Even a local status whose code is NOT_FOUND is a failure to reach the tracker.
+        let mut odd = Status::not_found("x");
+        odd.set_source(std::sync::Arc::new(IoError::from(ErrorKind::NotFound)));
+        let e = classify("http://t:1", &odd, true);
+        assert!(matches!(e, TrackerError::Unreachable { .. }), "{e:?}");
+        // Connected, then closed before any HTTP/2 answer (a TLS port spoken to in plain
+        // text loses this race or the protocol-error one): the hint either way.
+        let mut closed = Status::cancelled("connection closed");
+        closed.set_source(std::sync::Arc::new(IoError::from(
+            ErrorKind::ConnectionReset,
+        )));
+        let e = classify("http://t:1", &closed, true);
+        assert!(e.to_string().contains("use https://"), "{e}");
+        // A call that timed out is no TLS mistake.
+        let mut slow = Status::cancelled("timeout expired");
+        slow.set_source(std::sync::Arc::new(tonic::TimeoutExpired(())));
+        let e = classify("http://t:1", &slow, true);
+        assert!(!e.to_string().contains("https://"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn should_name_the_certificate_when_the_tracker_is_not_trusted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        // No --ca: nothing is trusted.
+        let c = TrackerClient::new(&[format!("https://{addr}")], None).unwrap();
+        let err = c.login("u", "p").await.unwrap_err();
+        assert!(matches!(err, TrackerError::Tls { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("certificate") && text.contains("--ca"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn should_suggest_https_when_plain_http_meets_a_tls_port() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // What the tracker's TLS port answers to plain text.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let url = format!("http://{addr}");
+        let c = TrackerClient::new(std::slice::from_ref(&url), None).unwrap();
+        let err = c.login("u", "p").await.unwrap_err();
+        assert!(matches!(err, TrackerError::Unreachable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&url) && text.contains("https://"), "{text}");
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FileId, Ticket, TicketError};
+use common::{FileId, Ticket};
 use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
@@ -203,34 +203,40 @@ pub fn peer_client(channel: Channel) -> PeerClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-/// The wire form of a ticket.
-pub(crate) fn ticket_to_pb(t: &Ticket) -> pb::Ticket {
-    let c = &t.claims;
-    pb::Ticket {
-        file_id: c.file_id.to_string(),
-        peer_id: c
-            .peer_id
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        user: c.user.clone(),
-        expires_at_ms: c.expires_at_ms,
-        signature: Bytes::copy_from_slice(&t.signature),
-    }
+/// What a running node says about itself (the Peer service's `Status`).
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub addr: String,
+    pub files: u32,
+    pub active_uploads: u32,
+    pub bytes_sent: u64,
 }
 
-/// A ticket from its wire form (not yet verified).
-///
-/// # Errors
-/// [`TicketError::Malformed`] when a field does not parse.
-pub(crate) fn ticket_from_pb(t: &pb::Ticket) -> Result<Ticket, TicketError> {
-    Ticket::from_parts(
-        &t.file_id,
-        &t.peer_id,
-        t.user.clone(),
-        t.expires_at_ms,
-        &t.signature,
-    )
+/// Asks the node at `addr` (advertised form, see [`node_uri`]) how it is doing; `None` when
+/// it does not answer within a few seconds.
+pub async fn node_status(addr: &str, tls: &ClientTls) -> Option<NodeStatus> {
+    let ep = tuned_endpoint(addr, tls)
+        .ok()?
+        .connect_timeout(Duration::from_secs(2));
+    let ask = async {
+        let s = peer_client(ep.connect().await.ok()?)
+            .status(pb::StatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        Some(NodeStatus {
+            peer_id: s.peer_id,
+            addr: s.addr,
+            files: s.files,
+            active_uploads: s.active_uploads,
+            bytes_sent: s.bytes_sent,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn classify(s: tonic::Status) -> FetchError {
@@ -292,7 +298,7 @@ impl GrpcTransport {
         let req = pb::GetChunksRequest {
             file_id: file_id.to_string(),
             indices: indices.to_vec(),
-            ticket: ticket.map(ticket_to_pb),
+            ticket: ticket.map(pb::Ticket::from),
             pick,
         };
         Ok(client.get_chunks(req).await.map_err(classify)?.into_inner())

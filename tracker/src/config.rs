@@ -1,39 +1,159 @@
-//! The tracker's settings and where they come from. Each setting is taken from the first of:
+//! The tracker's command line and settings, and where each setting comes from: the first of
 //! command-line flag, `TRACKER_*` environment variable, TOML config file, built-in default.
-//! The environment is read through a lookup function so the precedence is testable without
-//! touching the process environment.
+//!
+//! Each setting is declared once, as a clap argument on [`Config`] (or [`TlsArgs`]): its
+//! flag, variable, default and parser, with its `///` doc as the help. The config file's
+//! keys are the argument ids (the field names). [`Cli::load_from`] lets clap parse the
+//! flags, then feeds each setting they leave out from the environment or the file back
+//! through clap as that flag, so every source is parsed and checked alike. The environment
+//! is read through a lookup function, so the precedence is testable without touching the
+//! process environment.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::Error;
 
-/// Everything `tracker::run` needs to know.
-#[derive(Clone, Debug)]
+/// Tessera tracker: the directory of users, peers, files and where every chunk lives.
+#[derive(Parser, Debug)]
+#[command(name = "tracker", version)]
+// Every flag works before or after the subcommand. Help names each variable but never shows
+// its value: a database URL may hold a password.
+#[command(mut_args = |a: Arg| a.global(true).hide_env_values(true))]
+pub struct Cli {
+    /// TOML file with any of the settings below but --config and --log-format, each under its
+    /// option's name with _ for - (listen, database_url, tls_cert, …).
+    #[arg(long = "config", env = "TRACKER_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG).
+    #[arg(
+        long,
+        env = "TRACKER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// The settings, resolved and checked by [`Cli::load_from`].
+    #[command(flatten)]
+    pub settings: Config,
+    /// Folded into `settings.tls`.
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+pub use common::telemetry::LogFormat;
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the tracker (the default)
+    Serve,
+    /// Apply database migrations, then exit
+    Migrate,
+    /// Manage accounts
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Create an account; the password is the first line of stdin
+    Add { name: String },
+    /// List accounts
+    List,
+    /// Delete an account with its sessions, peers and holdings
+    Remove { name: String },
+}
+
+/// Everything `tracker::run` needs to know. The clap attributes declare the settings; the
+/// fields without them are not configurable.
+#[derive(Args, Clone, Debug)]
 pub struct Config {
-    /// Address to bind: one port serves gRPC and HTTP.
+    /// Address for gRPC and HTTP (one port serves both).
+    #[arg(
+        long,
+        env = "TRACKER_LISTEN",
+        default_value = "127.0.0.1:7070",
+        value_name = "ADDR"
+    )]
     pub listen: String,
-    /// `sqlite://…` or `postgres://…`.
+    /// sqlite://… or postgres://….
+    #[arg(
+        long,
+        env = "TRACKER_DATABASE_URL",
+        default_value = "sqlite://tracker.db?mode=rwc",
+        value_name = "URL"
+    )]
     pub database_url: String,
     /// Target number of live copies of every chunk.
+    #[arg(
+        long,
+        env = "TRACKER_REPLICATION",
+        default_value_t = 3,
+        value_name = "N"
+    )]
     pub replication: u32,
-    /// A peer with no heartbeat for this long is `down`.
+    /// A peer with no heartbeat for this long is down, e.g. 30s, 2m.
+    #[arg(
+        long,
+        env = "TRACKER_PEER_TIMEOUT",
+        default_value = "30s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
     pub peer_timeout: Duration,
-    /// How much longer than `peer_timeout` a down holder still counts as a copy; after
-    /// that its chunks are placed on other peers.
+    /// How much longer than the peer timeout a down holder still counts as a copy before its
+    /// chunks are re-placed.
+    #[arg(
+        long,
+        env = "TRACKER_REPAIR_GRACE",
+        default_value = "60s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
     pub repair_grace: Duration,
-    /// How long a node has to complete a pushed task before it is pushed again.
+    /// How long a node has to complete a replication task before it is pushed again.
+    #[arg(
+        long,
+        env = "TRACKER_TASK_LEASE",
+        default_value = "60s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
     pub task_lease: Duration,
-    /// Whether `Register` may create accounts.
+    /// Whether peers may create accounts.
+    #[arg(
+        long,
+        env = "TRACKER_OPEN_REGISTRATION",
+        default_value = "true",
+        value_name = "BOOL",
+        value_parser = parse_bool,
+        action = ArgAction::Set,
+    )]
     pub open_registration: bool,
     /// How long a session token stays valid.
+    #[arg(skip = Duration::from_secs(30 * 24 * 3600))]
     pub session_ttl: Duration,
-    /// How long a ticket (the signed permission to fetch chunks of a file) stays valid;
-    /// getters renew theirs by calling Locate again.
+    /// How long a ticket to fetch chunks of a file stays valid.
+    ///
+    /// Getters renew theirs by calling Locate again.
+    #[arg(
+        long,
+        env = "TRACKER_TICKET_TTL",
+        default_value = "10m",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
     pub ticket_ttl: Duration,
-    /// Certificate chain and private key (PEM) to serve TLS with; plain when `None`.
+    /// Certificate chain and private key to serve TLS with; plain when `None`. On the
+    /// command line these are two settings, [`TlsArgs`].
+    #[arg(skip)]
     pub tls: Option<TlsFiles>,
 }
 
@@ -44,20 +164,39 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The two settings behind [`Config::tls`]: each may come from a different source, and
+/// only both together mean TLS.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, env = "TRACKER_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TRACKER_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Why [`Cli::load_from`] gave no command line.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A bad command line, or `--help` or `--version`: clap prints it and picks the exit
+    /// code (`clap::Error::exit`).
+    #[error(transparent)]
+    Usage(#[from] clap::Error),
+    /// The config file is unreadable, or a value from it or from a variable is bad, or the
+    /// settings together are.
+    #[error(transparent)]
+    Settings(#[from] Error),
+}
+
 impl Default for Config {
+    /// The defaults the settings declare.
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:7070".to_string(),
-            database_url: "sqlite://tracker.db?mode=rwc".to_string(),
-            replication: 3,
-            peer_timeout: Duration::from_secs(30),
-            repair_grace: Duration::from_secs(60),
-            task_lease: Duration::from_secs(60),
-            open_registration: true,
-            session_ttl: Duration::from_secs(30 * 24 * 3600),
-            ticket_ttl: Duration::from_secs(600),
-            tls: None,
-        }
+        let cmd = Config::augment_args(clap::Command::new("tracker")).mut_args(|a| a.env(None));
+        let matches = cmd
+            .try_get_matches_from(["tracker"])
+            .expect("every declared default parses (tested)");
+        Config::from_arg_matches(&matches).expect("clap fills every setting (tested)")
     }
 }
 
@@ -71,194 +210,182 @@ impl Config {
         }
     }
 
-    /// Layers flags over the environment over the config file over the defaults.
+    /// Refuses values each of which parses but which the tracker cannot run with. A message
+    /// names the flag, the variable and the file key, as it cannot know which was used.
+    fn validate(&self) -> Result<(), Error> {
+        let refuse = |msg: &str| Err(Error::Config(msg.into()));
+        if self.replication == 0 {
+            return refuse(
+                "replication must be at least 1 (--replication, TRACKER_REPLICATION, replication)",
+            );
+        }
+        if self.peer_timeout.is_zero() {
+            return refuse(
+                "peer timeout must be positive (--peer-timeout, TRACKER_PEER_TIMEOUT, peer_timeout)",
+            );
+        }
+        if self.task_lease.is_zero() {
+            return refuse(
+                "task lease must be positive (--task-lease, TRACKER_TASK_LEASE, task_lease)",
+            );
+        }
+        if self.ticket_ttl.is_zero() {
+            return refuse(
+                "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl TlsArgs {
+    fn files(self) -> Result<Option<TlsFiles>, Error> {
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(Error::Config(
+                "--tls-cert needs --tls-key (TRACKER_TLS_KEY, tls_key)".into(),
+            )),
+            (None, Some(_)) => Err(Error::Config(
+                "--tls-key needs --tls-cert (TRACKER_TLS_CERT, tls_cert)".into(),
+            )),
+        }
+    }
+}
+
+impl Cli {
+    /// Parses `args` (the program name first) and fills each setting they leave out from
+    /// `env`, then from the config file (`--config`, else `TRACKER_CONFIG`), else its
+    /// default. An empty variable counts as unset. Every value in the file is checked, even
+    /// one that a flag or variable overrides.
     ///
     /// # Errors
-    /// [`Error::Config`] when a value from the environment or the file does not parse, or
-    /// the file is not valid TOML with known keys.
-    pub fn resolve(
-        args: &ConfigArgs,
-        env: impl Fn(&str) -> Option<String>,
-        file: Option<&str>,
-    ) -> Result<Config, Error> {
-        let file: FileConfig = match file {
-            Some(text) => toml::from_str(text).map_err(|e| file_error(text, &e))?,
-            None => FileConfig::default(),
-        };
-        let mut cfg = Config::default();
-        if let Some(v) = pick(args.listen.clone(), env("TRACKER_LISTEN"), file.listen, Ok)? {
-            cfg.listen = v;
-        }
-        if let Some(v) = pick(
-            args.database_url.clone(),
-            env("TRACKER_DATABASE_URL"),
-            file.database_url,
-            Ok,
-        )? {
-            cfg.database_url = v;
-        }
-        if let Some(v) = pick(
-            args.replication,
-            env("TRACKER_REPLICATION"),
-            file.replication,
-            |s| {
-                s.parse()
-                    .map_err(|_| format!("TRACKER_REPLICATION: invalid number {s:?}"))
-            },
-        )? {
-            cfg.replication = v;
-        }
-        let file_timeout = file
-            .peer_timeout
-            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("peer_timeout: {e}"))))
-            .transpose()?;
-        if let Some(v) = pick(
-            args.peer_timeout,
-            env("TRACKER_PEER_TIMEOUT"),
-            file_timeout,
-            |s| parse_duration(&s).map_err(|e| format!("TRACKER_PEER_TIMEOUT: {e}")),
-        )? {
-            cfg.peer_timeout = v;
-        }
-        let file_grace = file
-            .repair_grace
-            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("repair_grace: {e}"))))
-            .transpose()?;
-        if let Some(v) = pick(
-            args.repair_grace,
-            env("TRACKER_REPAIR_GRACE"),
-            file_grace,
-            |s| parse_duration(&s).map_err(|e| format!("TRACKER_REPAIR_GRACE: {e}")),
-        )? {
-            cfg.repair_grace = v;
-        }
-        let file_lease = file
-            .task_lease
-            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("task_lease: {e}"))))
-            .transpose()?;
-        if let Some(v) = pick(
-            args.task_lease,
-            env("TRACKER_TASK_LEASE"),
-            file_lease,
-            |s| parse_duration(&s).map_err(|e| format!("TRACKER_TASK_LEASE: {e}")),
-        )? {
-            cfg.task_lease = v;
-        }
-        let file_ticket_ttl = file
-            .ticket_ttl
-            .map(|s| parse_duration(&s).map_err(|e| Error::Config(format!("ticket_ttl: {e}"))))
-            .transpose()?;
-        if let Some(v) = pick(
-            args.ticket_ttl,
-            env("TRACKER_TICKET_TTL"),
-            file_ticket_ttl,
-            |s| parse_duration(&s).map_err(|e| format!("TRACKER_TICKET_TTL: {e}")),
-        )? {
-            cfg.ticket_ttl = v;
-        }
-        if let Some(v) = pick(
-            args.open_registration,
-            env("TRACKER_OPEN_REGISTRATION"),
-            file.open_registration,
-            |s| parse_bool(&s).map_err(|e| format!("TRACKER_OPEN_REGISTRATION: {e}")),
-        )? {
-            cfg.open_registration = v;
-        }
-        let cert = pick(
-            args.tls_cert.clone(),
-            env("TRACKER_TLS_CERT"),
-            file.tls_cert,
-            |s| Ok(PathBuf::from(s)),
-        )?;
-        let key = pick(
-            args.tls_key.clone(),
-            env("TRACKER_TLS_KEY"),
-            file.tls_key,
-            |s| Ok(PathBuf::from(s)),
-        )?;
-        cfg.tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(Error::Config(
-                    "--tls-cert needs --tls-key (TRACKER_TLS_KEY, tls_key)".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::Config(
-                    "--tls-key needs --tls-cert (TRACKER_TLS_CERT, tls_cert)".into(),
-                ));
-            }
-        };
-        if cfg.replication == 0 {
-            return Err(Error::Config(
-                "replication must be at least 1 (--replication, TRACKER_REPLICATION, replication)"
-                    .into(),
-            ));
-        }
-        if cfg.peer_timeout.is_zero() {
-            return Err(Error::Config(
-                "peer timeout must be positive (--peer-timeout, TRACKER_PEER_TIMEOUT, peer_timeout)".into(),
-            ));
-        }
-        if cfg.task_lease.is_zero() {
-            return Err(Error::Config(
-                "task lease must be positive (--task-lease, TRACKER_TASK_LEASE, task_lease)".into(),
-            ));
-        }
-        if cfg.ticket_ttl.is_zero() {
-            return Err(Error::Config(
-                "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)".into(),
-            ));
-        }
-        Ok(cfg)
+    /// [`LoadError::Usage`] for a bad command line and for `--help` and `--version`;
+    /// [`LoadError::Settings`] when the config file cannot be read, is not TOML or has an
+    /// unknown key, when a value from a variable or the file does not parse, or when the
+    /// settings together are unusable.
+    pub fn load_from<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Cli, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let argv = args.into_iter().map(Into::into).collect();
+        load(argv, env, |path| std::fs::read_to_string(path))
     }
 }
 
-/// The first of flag, environment, file that is set.
-fn pick<T>(
-    flag: Option<T>,
-    env: Option<String>,
-    file: Option<T>,
-    parse_env: impl FnOnce(String) -> Result<T, String>,
-) -> Result<Option<T>, Error> {
-    if flag.is_some() {
-        return Ok(flag);
+/// [`Cli::load_from`] with the file system as a parameter too.
+fn load(
+    argv: Vec<OsString>,
+    env: impl Fn(&str) -> Option<String>,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Cli, LoadError> {
+    let declared = Cli::command();
+    // clap read the process environment when it built `declared`; the layers read `env`.
+    let cmd = declared.clone().mut_args(|a| a.env(None));
+    let given = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| help_naming_variables(e, &declared, &argv))?;
+    let on_command_line =
+        |a: &Arg| given.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine);
+
+    // The settings a config file may hold (not --config and --log-format).
+    let keys = TlsArgs::augment_args(Config::augment_args(clap::Command::new("tracker")));
+    // Each setting the command line leaves out, with the value a layer below gives it.
+    let mut layered: Vec<(&Arg, String)> = Vec::new();
+    for arg in declared.get_arguments().filter(|a| !on_command_line(a)) {
+        let Some(var) = arg.get_env().and_then(OsStr::to_str) else {
+            continue;
+        };
+        let Some(value) = env(var).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        check(arg, &value).map_err(|m| Error::Config(format!("{var}: {m}")))?;
+        layered.push((arg, value));
     }
-    if let Some(s) = env.filter(|s| !s.is_empty()) {
-        return parse_env(s).map(Some).map_err(Error::Config);
+
+    let path = given
+        .get_one::<PathBuf>("config_file")
+        .cloned()
+        .or_else(|| {
+            layered
+                .iter()
+                .find(|(a, _)| a.get_id() == "config_file")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+    if let Some(path) = path {
+        let text = read(&path)
+            .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+        for (line, key, value) in file::entries(&text)? {
+            let at = |m: String| Error::Config(format!("config file, line {line} ({key}): {m}"));
+            let Some(arg) = keys.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+                let known: Vec<_> = keys.get_arguments().map(|a| a.get_id().as_str()).collect();
+                return Err(
+                    at(format!("unknown key, expected one of {}", known.join(", "))).into(),
+                );
+            };
+            let value = file::text(value).map_err(at)?;
+            check(arg, &value).map_err(at)?;
+            let from_env = layered.iter().any(|(a, _)| a.get_id() == arg.get_id());
+            if !on_command_line(arg) && !from_env {
+                layered.push((arg, value));
+            }
+        }
     }
-    Ok(file)
+
+    // The layered values go right after the program name: before a subcommand and its
+    // positional arguments, where a flag is always a flag.
+    let flags = layered.iter().filter_map(|(arg, value)| {
+        let long = arg.get_long()?;
+        Some(OsString::from(format!("--{long}={value}")))
+    });
+    let mut argv = argv;
+    let at = argv.len().min(1);
+    argv.splice(at..at, flags.collect::<Vec<_>>());
+    let mut cli = Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?)?;
+    cli.settings.tls = std::mem::take(&mut cli.tls).files()?;
+    cli.settings.validate()?;
+    Ok(cli)
 }
 
-/// A TOML error as one line naming where in the file it is and, when the line sets a
-/// key, which key (the error alone says only what was wrong with the value).
-fn file_error(text: &str, e: &toml::de::Error) -> Error {
-    let Some(span) = e.span() else {
-        return Error::Config(format!("config file: {}", e.message()));
-    };
-    let line_no = text
-        .bytes()
-        .take(span.start)
-        .filter(|&b| b == b'\n')
-        .count();
-    let key = text
-        .lines()
-        .nth(line_no)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-    match key {
-        Some(k) => Error::Config(format!(
-            "config file, line {} ({k}): {}",
-            line_no + 1,
-            e.message()
-        )),
-        None => Error::Config(format!(
-            "config file, line {}: {}",
-            line_no + 1,
-            e.message()
-        )),
+/// Runs `value` through the parser `arg` declares, as if it were given as the flag, so a
+/// value from any layer meets the flag's rules. The message is clap's, on one line.
+fn check(arg: &Arg, value: &str) -> Result<(), String> {
+    let long = arg.get_long().unwrap_or_default();
+    clap::Command::new("tracker")
+        .arg(arg.clone().env(None))
+        .try_get_matches_from(["tracker".to_string(), format!("--{long}={value}")])
+        .map(drop)
+        .map_err(|e| {
+            let text = e.to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            first
+                .split('\n')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+}
+
+/// Help drawn from `declared`, which still names each option's variable (the command that
+/// parsed has none); any other error as it is.
+fn help_naming_variables(
+    e: clap::Error,
+    declared: &clap::Command,
+    argv: &[OsString],
+) -> clap::Error {
+    use clap::error::ErrorKind::{DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand};
+    if !matches!(
+        e.kind(),
+        DisplayHelp | DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return e;
+    }
+    match declared.clone().try_get_matches_from(argv) {
+        Err(help) if help.kind() == e.kind() => help,
+        _ => e,
     }
 }
 
@@ -276,318 +403,63 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// The settings a command line may give; `None` means "not on the command line".
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct ConfigArgs {
-    /// Address for gRPC and HTTP [env: TRACKER_LISTEN] [default: 127.0.0.1:7070]
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// sqlite://… or postgres://… [env: TRACKER_DATABASE_URL] [default: sqlite://tracker.db?mode=rwc]
-    #[arg(long, global = true, value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Target number of live copies of every chunk [env: TRACKER_REPLICATION] [default: 3]
-    #[arg(long, global = true, value_name = "N")]
-    pub replication: Option<u32>,
-    /// A peer with no heartbeat for this long is down, e.g. 30s, 2m [env: TRACKER_PEER_TIMEOUT] [default: 30s]
-    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
-    pub peer_timeout: Option<Duration>,
-    /// How much longer than the peer timeout a down holder still counts as a copy before its chunks are re-placed [env: TRACKER_REPAIR_GRACE] [default: 60s]
-    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
-    pub repair_grace: Option<Duration>,
-    /// How long a node has to complete a replication task before it is pushed again [env: TRACKER_TASK_LEASE] [default: 60s]
-    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
-    pub task_lease: Option<Duration>,
-    /// How long a ticket to fetch chunks of a file stays valid [env: TRACKER_TICKET_TTL] [default: 10m]
-    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
-    pub ticket_ttl: Option<Duration>,
-    /// Whether peers may create accounts [env: TRACKER_OPEN_REGISTRATION] [default: true]
-    #[arg(long, global = true, value_name = "BOOL", value_parser = parse_bool)]
-    pub open_registration: Option<bool>,
-    /// Serve TLS with this certificate chain (PEM; needs --tls-key) [env: TRACKER_TLS_CERT]
-    #[arg(long, global = true, value_name = "PEM")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM) [env: TRACKER_TLS_KEY]
-    #[arg(long, global = true, value_name = "PEM")]
-    pub tls_key: Option<PathBuf>,
-}
+/// Reading the TOML config file.
+mod file {
+    use std::collections::BTreeMap;
 
-/// The keys of the TOML config file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    database_url: Option<String>,
-    replication: Option<u32>,
-    peer_timeout: Option<String>,
-    repair_grace: Option<String>,
-    task_lease: Option<String>,
-    ticket_ttl: Option<String>,
-    open_registration: Option<bool>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
+    use toml::{Spanned, Value};
+
+    use crate::Error;
+
+    /// The file's settings in file order, each with the line it is on.
+    pub(super) fn entries(text: &str) -> Result<Vec<(usize, String, Value)>, Error> {
+        let table: BTreeMap<Spanned<String>, Value> =
+            toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+        let mut entries: Vec<_> = table
+            .into_iter()
+            .map(|(key, value)| (line_of(text, key.span().start), key.into_inner(), value))
+            .collect();
+        entries.sort_by_key(|e| e.0);
+        Ok(entries)
+    }
+
+    /// A value as it would be written on the command line: `replication = 3` and
+    /// `replication = "3"` mean the same.
+    pub(super) fn text(value: Value) -> Result<String, String> {
+        match value {
+            Value::String(s) => Ok(s),
+            Value::Integer(n) => Ok(n.to_string()),
+            Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(format!(
+                "expected a string, an integer or a boolean, found {}",
+                other.type_str()
+            )),
+        }
+    }
+
+    fn line_of(text: &str, offset: usize) -> usize {
+        text.bytes().take(offset).filter(|&b| b == b'\n').count() + 1
+    }
+
+    /// A TOML error as one line naming where in the file it is and, when the line sets a
+    /// key, which key (the error alone says only what was wrong).
+    fn syntax_error(text: &str, e: &toml::de::Error) -> Error {
+        let Some(span) = e.span() else {
+            return Error::Config(format!("config file: {}", e.message()));
+        };
+        let line = line_of(text, span.start);
+        let key = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        match key {
+            Some(k) => Error::Config(format!("config file, line {line} ({k}): {}", e.message())),
+            None => Error::Config(format!("config file, line {line}: {}", e.message())),
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn should_use_defaults_when_nothing_is_set() {
-        let cfg = Config::resolve(&ConfigArgs::default(), env(&[]), None).unwrap();
-        assert_eq!(cfg.listen, "127.0.0.1:7070");
-        assert_eq!(cfg.database_url, "sqlite://tracker.db?mode=rwc");
-        assert_eq!(cfg.replication, 3);
-        assert_eq!(cfg.peer_timeout, Duration::from_secs(30));
-        assert_eq!(cfg.repair_grace, Duration::from_secs(60));
-        assert_eq!(cfg.task_lease, Duration::from_secs(60));
-        assert_eq!(cfg.ticket_ttl, Duration::from_secs(600));
-        assert!(cfg.open_registration);
-        assert_eq!(cfg.tls, None);
-    }
-
-    #[test]
-    fn tls_takes_both_files_from_any_source_and_refuses_one_alone() {
-        let file = "tls_cert = \"f.crt\"\ntls_key = \"f.key\"\n";
-        let cfg = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
-        let tls = cfg.tls.unwrap();
-        assert_eq!(
-            (tls.cert.to_str(), tls.key.to_str()),
-            (Some("f.crt"), Some("f.key"))
-        );
-        let e = env(&[("TRACKER_TLS_CERT", "e.crt"), ("TRACKER_TLS_KEY", "e.key")]);
-        let args = ConfigArgs {
-            tls_key: Some("a.key".into()),
-            ..ConfigArgs::default()
-        };
-        let tls = Config::resolve(&args, e, Some(file)).unwrap().tls.unwrap();
-        assert_eq!(
-            (tls.cert.to_str(), tls.key.to_str()),
-            (Some("e.crt"), Some("a.key"))
-        );
-        let alone = ConfigArgs {
-            tls_cert: Some("a.crt".into()),
-            ..ConfigArgs::default()
-        };
-        let err = Config::resolve(&alone, env(&[]), None).unwrap_err();
-        assert!(err.to_string().contains("--tls-key"), "{err}");
-    }
-
-    #[test]
-    fn should_prefer_flag_over_env_over_file_over_default() {
-        let file = r#"
-            listen = "0.0.0.0:1"
-            database_url = "sqlite://file.db"
-            replication = 5
-            peer_timeout = "2m"
-            repair_grace = "5m"
-            task_lease = "90s"
-            ticket_ttl = "5m"
-            open_registration = false
-        "#;
-        let from_file = Config::resolve(&ConfigArgs::default(), env(&[]), Some(file)).unwrap();
-        assert_eq!(from_file.listen, "0.0.0.0:1");
-        assert_eq!(from_file.database_url, "sqlite://file.db");
-        assert_eq!(from_file.replication, 5);
-        assert_eq!(from_file.peer_timeout, Duration::from_secs(120));
-        assert_eq!(from_file.repair_grace, Duration::from_secs(300));
-        assert_eq!(from_file.task_lease, Duration::from_secs(90));
-        assert_eq!(from_file.ticket_ttl, Duration::from_secs(300));
-        assert!(!from_file.open_registration);
-
-        let e = env(&[
-            ("TRACKER_LISTEN", "0.0.0.0:2"),
-            ("TRACKER_REPLICATION", "4"),
-            ("TRACKER_PEER_TIMEOUT", "45s"),
-            ("TRACKER_REPAIR_GRACE", "200ms"),
-            ("TRACKER_TICKET_TTL", "2m"),
-            ("TRACKER_OPEN_REGISTRATION", "true"),
-        ]);
-        let from_env = Config::resolve(&ConfigArgs::default(), &e, Some(file)).unwrap();
-        assert_eq!(from_env.listen, "0.0.0.0:2");
-        assert_eq!(from_env.database_url, "sqlite://file.db");
-        assert_eq!(from_env.replication, 4);
-        assert_eq!(from_env.peer_timeout, Duration::from_secs(45));
-        assert_eq!(from_env.repair_grace, Duration::from_millis(200));
-        assert_eq!(from_env.task_lease, Duration::from_secs(90));
-        assert_eq!(from_env.ticket_ttl, Duration::from_secs(120));
-        assert!(from_env.open_registration);
-
-        let args = ConfigArgs {
-            listen: Some("0.0.0.0:3".into()),
-            replication: Some(2),
-            open_registration: Some(false),
-            repair_grace: Some(Duration::from_secs(1)),
-            ticket_ttl: Some(Duration::from_secs(30)),
-            ..ConfigArgs::default()
-        };
-        let from_flags = Config::resolve(&args, &e, Some(file)).unwrap();
-        assert_eq!(from_flags.ticket_ttl, Duration::from_secs(30));
-        assert_eq!(from_flags.repair_grace, Duration::from_secs(1));
-        assert_eq!(from_flags.listen, "0.0.0.0:3");
-        assert_eq!(from_flags.replication, 2);
-        assert_eq!(from_flags.peer_timeout, Duration::from_secs(45));
-        assert!(!from_flags.open_registration);
-    }
-
-    #[test]
-    fn should_refuse_bad_values_naming_the_source() {
-        let bad_env = Config::resolve(
-            &ConfigArgs::default(),
-            env(&[("TRACKER_PEER_TIMEOUT", "soon")]),
-            None,
-        )
-        .unwrap_err();
-        assert!(bad_env.to_string().contains("TRACKER_PEER_TIMEOUT"));
-        let bad_grace = Config::resolve(
-            &ConfigArgs::default(),
-            env(&[("TRACKER_REPAIR_GRACE", "later")]),
-            None,
-        )
-        .unwrap_err();
-        assert!(bad_grace.to_string().contains("TRACKER_REPAIR_GRACE"));
-        let bad_ttl = Config::resolve(
-            &ConfigArgs::default(),
-            env(&[("TRACKER_TICKET_TTL", "a while")]),
-            None,
-        )
-        .unwrap_err();
-        assert!(bad_ttl.to_string().contains("TRACKER_TICKET_TTL"));
-        let zero_ttl = ConfigArgs {
-            ticket_ttl: Some(Duration::ZERO),
-            ..ConfigArgs::default()
-        };
-        assert!(Config::resolve(&zero_ttl, env(&[]), None).is_err());
-        let bad_key = Config::resolve(&ConfigArgs::default(), env(&[]), Some("lisen = \"x\""));
-        assert!(bad_key.is_err());
-        let bad_type = Config::resolve(
-            &ConfigArgs::default(),
-            env(&[]),
-            Some("listen = \"x\"\nreplication = \"three\"\n"),
-        )
-        .unwrap_err();
-        assert!(
-            bad_type
-                .to_string()
-                .starts_with("config file, line 2 (replication): "),
-            "{bad_type}"
-        );
-        let zero = ConfigArgs {
-            replication: Some(0),
-            ..ConfigArgs::default()
-        };
-        assert!(Config::resolve(&zero, env(&[]), None).is_err());
-    }
-
-    /// The keys a config file may hold, with the environment variable of each.
-    const KEYS: &[(&str, &str)] = &[
-        ("listen", "TRACKER_LISTEN"),
-        ("database_url", "TRACKER_DATABASE_URL"),
-        ("replication", "TRACKER_REPLICATION"),
-        ("peer_timeout", "TRACKER_PEER_TIMEOUT"),
-        ("repair_grace", "TRACKER_REPAIR_GRACE"),
-        ("task_lease", "TRACKER_TASK_LEASE"),
-        ("ticket_ttl", "TRACKER_TICKET_TTL"),
-        ("open_registration", "TRACKER_OPEN_REGISTRATION"),
-        ("tls_cert", "TRACKER_TLS_CERT"),
-        ("tls_key", "TRACKER_TLS_KEY"),
-    ];
-
-    /// Values of every TOML kind, and strings that are nearly durations, numbers or booleans.
-    fn value() -> impl Strategy<Value = String> {
-        prop_oneof![
-            3 => word().prop_map(|w| format!("{w:?}")),
-            1 => word().prop_map(|w| format!("'{w}'")),
-            1 => any::<i64>().prop_map(|n| n.to_string()),
-            1 => "[0-9]{15,25}",
-            1 => any::<bool>().prop_map(|b| b.to_string()),
-            1 => any::<f64>().prop_map(|f| format!("{f:?}")),
-            1 => Just("[1, \"a\"]".to_string()),
-            1 => Just("{ a = 1 }".to_string()),
-            1 => "\\PC{0,8}",
-        ]
-    }
-
-    /// Raw text that is nearly a duration, a number or a boolean.
-    fn word() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("0s".to_string()),
-            Just("1ns".to_string()),
-            Just("18446744073709551615s".to_string()),
-            Just("99999999999999999999999h".to_string()),
-            Just("584942417355y".to_string()),
-            Just("yes".to_string()),
-            Just("".to_string()),
-            "[0-9]{1,3}[a-z]{0,3}( [0-9]{1,3}[a-z]{0,3})?",
-            "\\PC{0,12}",
-        ]
-    }
-
-    fn line() -> impl Strategy<Value = String> {
-        let key = prop::sample::select(KEYS).prop_map(|(k, _)| k.to_string());
-        prop_oneof![
-            8 => (key.clone(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
-            1 => key.prop_map(|k| format!("[{k}]")),
-            1 => "\\PC{0,20}",
-        ]
-    }
-
-    /// A failure names a key (as in the file, the environment or a flag) or the file.
-    fn names_the_source(msg: &str) -> bool {
-        msg.contains("config file")
-            || KEYS.iter().any(|(k, e)| {
-                msg.contains(k)
-                    || msg.contains(e)
-                    || msg.contains(&format!("--{}", k.replace('_', "-")))
-            })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-        #[test]
-        fn should_never_panic_on_any_config_file_text(text in "\\PC{0,200}") {
-            if let Err(e) = Config::resolve(&ConfigArgs::default(), env(&[]), Some(&text)) {
-                prop_assert!(matches!(e, Error::Config(_)), "{e:?}");
-                prop_assert!(names_the_source(&e.to_string()), "{e}");
-            }
-        }
-
-        #[test]
-        fn should_refuse_bad_settings_naming_the_key(
-            keys in prop::sample::subsequence(KEYS, 0..=KEYS.len()),
-            values in prop::collection::vec(value(), KEYS.len()),
-            junk in prop::option::of(line()),
-            vars in prop::collection::vec((prop::sample::select(KEYS), word()), 0..3),
-        ) {
-            let mut lines: Vec<String> = keys
-                .iter()
-                .zip(&values)
-                .map(|((k, _), v)| format!("{k} = {v}"))
-                .collect();
-            lines.extend(junk);
-            let doc = lines.join("\n");
-            let vars: Vec<(&str, String)> = vars.iter().map(|((_, e), v)| (*e, v.clone())).collect();
-            let pairs: Vec<(&str, &str)> = vars.iter().map(|(e, v)| (*e, v.as_str())).collect();
-            if let Err(e) = Config::resolve(&ConfigArgs::default(), env(&pairs), Some(&doc)) {
-                prop_assert!(matches!(e, Error::Config(_)), "{e:?}");
-                prop_assert!(names_the_source(&e.to_string()), "{e}\n{doc}");
-            }
-        }
-    }
-
-    #[test]
-    fn ephemeral_uses_port_zero_and_a_file_in_the_dir() {
-        let cfg = Config::ephemeral(Path::new("/tmp/x"));
-        assert_eq!(cfg.listen, "127.0.0.1:0");
-        assert_eq!(cfg.database_url, "sqlite:///tmp/x/tracker.db?mode=rwc");
-    }
-}
+mod tests;

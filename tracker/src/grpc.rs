@@ -1,14 +1,16 @@
 //! The gRPC adapter for peers: `tracker.v1.Tracker` over [`TrackerService`]. Every method is
 //! thin: read the session from the `authorization` metadata, convert the prost message to
 //! `common` types (refusing what does not parse), call the domain, convert back. Prost types
-//! never leave this module, and [`Error`] becomes a `tonic::Status` only here.
+//! never leave this module, and [`Error`] becomes a `tonic::Status` only here. Tickets and
+//! manifests convert with the `From`/`TryFrom` impls of the `proto` crate, which the peer
+//! uses too.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use common::{FileId, Manifest, PeerId, Sha256Digest, Ticket};
+use common::{FileId, Manifest, ManifestError, PeerId};
 use proto::peer::v1 as peer_pb;
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_server::{Tracker, TrackerServer};
@@ -84,21 +86,17 @@ fn kind(code: i32) -> Result<Option<HoldingKind>, Status> {
 
 fn manifest(m: Option<pb::Manifest>) -> Result<Manifest, Status> {
     let m = m.ok_or_else(|| Status::invalid_argument("manifest is missing"))?;
-    let sha256 = Sha256Digest::from_slice(&m.sha256)
-        .ok_or_else(|| Status::invalid_argument("manifest sha256 must be 32 bytes"))?;
-    Manifest::from_parts(m.name, m.size, sha256, m.chunk_size, &m.chunk_hashes)
-        .map_err(|e| Status::invalid_argument(format!("invalid manifest: {e}")))
+    Manifest::try_from(m).map_err(|e| {
+        Status::invalid_argument(match e {
+            ManifestError::BadSha256(_) => "manifest sha256 must be 32 bytes".to_string(),
+            e => format!("invalid manifest: {e}"),
+        })
+    })
 }
 
 fn file_info(f: FileView) -> pb::FileInfo {
-    let id = f.id.to_string();
-    file_info_with_id(f, id)
-}
-
-/// [`file_info`] with the id already in hex (Locate's ticket names it too).
-fn file_info_with_id(f: FileView, id: String) -> pb::FileInfo {
     pb::FileInfo {
-        id,
+        id: f.id.to_string(),
         name: f.name,
         size: f.size,
         sha256: f.sha256.to_hex(),
@@ -121,23 +119,6 @@ fn holder(h: HolderView) -> pb::Holder {
     }
 }
 
-fn ticket(t: Ticket) -> peer_pb::Ticket {
-    let id = t.claims.file_id.to_string();
-    ticket_with_id(t, id)
-}
-
-/// [`ticket`] with the file id already in hex.
-fn ticket_with_id(t: Ticket, file_id: String) -> peer_pb::Ticket {
-    let c = t.claims;
-    peer_pb::Ticket {
-        file_id,
-        peer_id: c.peer_id.map(|p| p.to_string()).unwrap_or_default(),
-        user: c.user,
-        expires_at_ms: c.expires_at_ms,
-        signature: Bytes::copy_from_slice(&t.signature),
-    }
-}
-
 fn task(a: Assignment) -> pb::Task {
     match a {
         Assignment::Fetch(f) => pb::Task {
@@ -151,7 +132,7 @@ fn task(a: Assignment) -> pb::Task {
                 file_size: f.file_size,
                 chunk_size: f.chunk_size,
                 sources: f.sources.into_iter().map(holder).collect(),
-                ticket: Some(ticket(*f.ticket)),
+                ticket: Some(peer_pb::Ticket::from(&*f.ticket)),
             })),
         },
         Assignment::Drop { id, file, chunks } => pb::Task {
@@ -331,20 +312,13 @@ impl Tracker for Grpc {
         let req = req.into_inner();
         let file = file_id(&req.file_id)?;
         let l = self.svc.locate(&caller, &file)?;
-        let m = &l.manifest;
-        // The view, the ticket and the request name the same file: hex it once.
-        let id = file.to_string();
         Ok(Response::new(pb::LocateResponse {
-            file: Some(file_info_with_id(l.file, id.clone())),
-            manifest: (!req.have_manifest).then(|| pb::Manifest {
-                name: m.name.clone(),
-                size: m.size,
-                sha256: Bytes::copy_from_slice(&m.sha256.0),
-                chunk_size: m.chunk_size,
-                chunk_hashes: l.packed_hashes.clone(),
-            }),
+            // The hashes were packed once, when the file was indexed.
+            manifest: (!req.have_manifest)
+                .then(|| pb::Manifest::with_packed_hashes(&l.manifest, l.packed_hashes.clone())),
+            ticket: Some(peer_pb::Ticket::from(&l.ticket)),
+            file: Some(file_info(l.file)),
             holders: l.holders.into_iter().map(holder).collect(),
-            ticket: Some(ticket_with_id(l.ticket, id)),
         }))
     }
 

@@ -3,7 +3,8 @@
 //! It stores metadata only, never file bytes.
 //!
 //! # Layout
-//! - [`config`]: settings and their precedence (flag > env > file > default).
+//! - [`config`]: the command line ([`config::Cli`]) and the settings, each declared once,
+//!   with their precedence (flag > env > file > default).
 //! - [`error`]: the one error type, mapped to the wire in `grpc` and `rest::error`.
 //! - `app`: `TrackerService`, the domain logic, with the in-memory index and sessions.
 //! - `db`: SeaORM entities, the `Store` and the batch writer; nothing else sees SQL.
@@ -15,6 +16,8 @@
 //! - [`admin`]: what the `tracker migrate` and `tracker user …` commands do.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
 //! - [`tls`]: optional TLS on the one port (`--tls-cert`/`--tls-key`).
+//! - `testing` (feature `testing`): support for the integration tests of the tracker and
+//!   the peer.
 
 pub mod admin;
 mod app;
@@ -28,10 +31,14 @@ mod model;
 mod replication;
 mod rest;
 pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -53,7 +60,12 @@ pub(crate) fn app(svc: TrackerService) -> axum::Router {
         .merge(grpc_routes)
         .fallback(rest::not_found)
         // Counts every request, REST and gRPC, under its route template.
-        .layer(axum::middleware::from_fn_with_state(svc, metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            svc,
+            |State(svc): State<TrackerService>, req: Request, next: Next| async move {
+                metrics::track(svc.metrics(), req, next).await
+            },
+        ))
         // Spans name the path only: a query string may carry what a client should never
         // have put there (a token), and logs must not repeat it.
         .layer(TraceLayer::new_for_http().make_span_with(

@@ -2,84 +2,24 @@
 //! library (`tracker::run` for `serve`, `tracker::admin` for the rest).
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracker::config::ConfigArgs;
+use tracker::config::{Cli, Command, LoadError, UserCommand};
 use tracker::{Config, admin};
 
-/// Tessera tracker: the directory of users, peers, files and where every chunk lives.
-#[derive(Parser, Debug)]
-#[command(name = "tracker", version)]
-struct Cli {
-    /// TOML file with any of: listen, database_url, replication, peer_timeout,
-    /// repair_grace, task_lease, open_registration, tls_cert, tls_key [env: TRACKER_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG)
-    #[arg(
-        long,
-        env = "TRACKER_LOG_FORMAT",
-        global = true,
-        value_enum,
-        default_value_t = LogFormat::Text,
-        value_name = "FORMAT"
-    )]
-    log_format: LogFormat,
-    #[command(flatten)]
-    settings: ConfigArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-/// How log lines are written.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    /// Human-readable lines
-    Text,
-    /// One JSON object per line, for log collectors
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the tracker (the default)
-    Serve,
-    /// Apply database migrations, then exit
-    Migrate,
-    /// Manage accounts
-    #[command(subcommand)]
-    User(UserCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum UserCommand {
-    /// Create an account; the password is the first line of stdin
-    Add { name: String },
-    /// List accounts
-    List,
-    /// Delete an account with its sessions, peers and holdings
-    Remove { name: String },
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::load_from(std::env::args_os(), |var| std::env::var(var).ok()) {
+        Ok(cli) => cli,
+        Err(LoadError::Usage(e)) => e.exit(),
+        Err(LoadError::Settings(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let serving = matches!(cli.command, None | Some(Command::Serve));
     let default_level = if serving { "info" } else { "warn" };
-    let fmt = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        );
-    match cli.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    common::telemetry::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,28 +39,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let path = cli.config.clone().or_else(|| {
-        std::env::var_os("TRACKER_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let text = match &path {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
-    Ok(Config::resolve(
-        &cli.settings,
-        |k| std::env::var(k).ok(),
-        text.as_deref(),
-    )?)
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = load_config(&cli)?;
+    let cfg = cli.settings;
     match cli.command {
         None | Some(Command::Serve) => serve(cfg).await,
         Some(Command::Migrate) => {

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -23,8 +23,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::app::{Stats, TrackerService};
 
 /// How far back "recent" reaches for active transfers and throughput.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -106,6 +104,13 @@ pub struct Metrics {
     locates: Counter,
     start: Instant,
     activity: Mutex<Activity>,
+}
+
+/// What is read from the service at scrape time and rendered as gauges (the service's
+/// stats implement it, so this module need not know the service).
+pub trait Levels {
+    /// Name (without the `tessera_` prefix), help and value of each gauge.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)>;
 }
 
 /// Live transfer numbers for the stats endpoint.
@@ -252,58 +257,18 @@ impl Metrics {
         }
     }
 
-    /// The counters and, as gauges, the levels in `stats`, in the OpenMetrics text format
-    /// (which Prometheus scrapes natively).
-    pub fn render(&self, stats: &Stats) -> String {
-        let mut levels = Registry::with_prefix("tessera");
-        let gauges: [(&str, &str, u64); 10] = [
-            ("users", "User accounts", stats.users),
-            (
-                "peers_up",
-                "Peers whose last heartbeat is recent",
-                stats.peers_up,
-            ),
-            (
-                "peers_down",
-                "Known peers that are not up",
-                stats.peers_down,
-            ),
-            ("files", "Files in the directory", stats.files),
-            ("chunks", "Chunks of all files", stats.chunks),
-            (
-                "under_replicated_chunks",
-                "Chunks with fewer live copies than the replication target",
-                stats.under_replicated_chunks,
-            ),
-            (
-                "pending_tasks",
-                "Replication tasks queued or delivered",
-                stats.pending_tasks,
-            ),
-            (
-                "replication_target",
-                "Live copies wanted of every chunk",
-                u64::from(stats.replication),
-            ),
-            (
-                "active_transfers",
-                "Distinct (user, file) pairs that called Locate in the last 10 s",
-                stats.active_transfers,
-            ),
-            (
-                "transfer_bytes_per_second",
-                "Bytes of verified chunks reported in the last 10 s, per second",
-                stats.transfer_bytes_per_sec,
-            ),
-        ];
-        for (name, help, value) in gauges {
+    /// The counters and, as gauges, the `levels`, in the OpenMetrics text format (which
+    /// Prometheus scrapes natively).
+    pub fn render(&self, levels: &impl Levels) -> String {
+        let mut gauges = Registry::with_prefix("tessera");
+        for (name, help, value) in levels.gauges() {
             let g = Gauge::<i64>::default();
             g.set(i64::try_from(value).unwrap_or(i64::MAX));
-            levels.register(name, help, g);
+            gauges.register(name, help, g);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode_registry(&mut out, &levels);
+        let _ = encode_registry(&mut out, &gauges);
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_eof(&mut out);
         out
@@ -330,8 +295,9 @@ fn grpc_status(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-/// A middleware that counts every request, REST and gRPC alike, and times it.
-pub async fn track(State(svc): State<TrackerService>, req: Request, next: Next) -> Response {
+/// A middleware that counts every request, REST and gRPC alike, and times it. The router
+/// passes the service's `metrics`.
+pub async fn track(metrics: &Metrics, req: Request, next: Next) -> Response {
     let grpc = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -350,7 +316,7 @@ pub async fn track(State(svc): State<TrackerService>, req: Request, next: Next) 
     } else {
         ("http", resp.status().as_u16().to_string())
     };
-    svc.metrics().observe_request(protocol, route, status, took);
+    metrics.observe_request(protocol, route, status, took);
     resp
 }
 
@@ -420,10 +386,13 @@ mod tests {
             Duration::from_millis(3),
         );
         assert_eq!(m.requests_of("/api/v1/files/{id}", "404"), 1);
-        let text = m.render(&Stats {
-            peers_up: 2,
-            ..Stats::default()
-        });
+        struct Up(u64);
+        impl Levels for Up {
+            fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![("peers_up", "Peers whose last heartbeat is recent", self.0)]
+            }
+        }
+        let text = m.render(&Up(2));
         assert!(text.contains("# TYPE tessera_peers_up gauge\ntessera_peers_up 2\n"));
         assert!(text.contains(
             "tessera_requests_total{protocol=\"http\",route=\"/api/v1/files/{id}\",status=\"404\"} 1"

@@ -4,33 +4,32 @@
 
 use std::io::{BufRead, IsTerminal};
 
-use anyhow::{anyhow, bail};
-use tonic::Code;
-
 use super::Ctx;
 use crate::cli::Credentials;
+use crate::error::{Error, Result};
 use crate::home::{SessionFile, Settings};
 use crate::output;
 use crate::tracker_client::{Granted, TrackerError};
 
-fn first_line_of_stdin() -> anyhow::Result<String> {
+fn first_line_of_stdin() -> std::io::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
     let pw = if from_stdin || !std::io::stdin().is_terminal() {
-        first_line_of_stdin()?
+        first_line_of_stdin().map_err(Error::ReadPassword)?
     } else {
-        let pw = rpassword::prompt_password("Password: ")?;
-        if confirm && rpassword::prompt_password("Repeat password: ")? != pw {
-            bail!("the passwords do not match");
+        let prompt = |p| rpassword::prompt_password(p).map_err(Error::ReadPassword);
+        let pw = prompt("Password: ")?;
+        if confirm && prompt("Repeat password: ")? != pw {
+            return Err(Error::PasswordsDiffer);
         }
         pw
     };
     if pw.is_empty() {
-        bail!("empty password");
+        return Err(Error::EmptyPassword);
     }
     Ok(pw)
 }
@@ -49,71 +48,52 @@ fn save(cx: &Ctx, g: &Granted) -> anyhow::Result<()> {
     cx.home.save_settings(&settings)
 }
 
-fn say(cx: &Ctx, verb: &str, g: &Granted) -> anyhow::Result<()> {
+fn say(cx: &Ctx, verb: &str, g: &Granted) -> Result<()> {
     let expires = crate::rfc3339_ms(g.expires_at_ms);
     if cx.json {
-        return output::json(&serde_json::json!({
+        output::json(&serde_json::json!({
             "user": g.user,
             "expires_at": expires,
             "trackers": cx.trackers,
-        }));
+        }))?;
+        return Ok(());
     }
     let until = expires.map(|e| format!(" until {e}")).unwrap_or_default();
     output::println(&format!("{verb} as {}{until}", output::safe(&g.user)));
     Ok(())
 }
 
-pub async fn register(cx: &Ctx, c: Credentials) -> anyhow::Result<()> {
+pub async fn register(cx: &Ctx, c: Credentials) -> Result<()> {
     let pw = read_password(c.password_stdin, true)?;
     let client = cx.client()?;
     let g = client.register(&c.user, &pw).await.map_err(|e| match e {
-        TrackerError::Rejected {
-            code: Code::AlreadyExists,
-            ..
-        } => {
-            anyhow!("user '{}' already exists", output::safe(&c.user))
-        }
-        TrackerError::Rejected {
-            code: Code::PermissionDenied,
-            ..
-        } => {
-            anyhow!("registration is closed on this tracker; ask its operator for an account")
-        }
-        TrackerError::Rejected {
-            code: Code::InvalidArgument,
-            message,
-        } => {
-            anyhow!("cannot register: {message}")
-        }
+        TrackerError::AlreadyExists { .. } => Error::UserExists {
+            user: c.user.clone(),
+        },
+        TrackerError::PermissionDenied { .. } => Error::RegistrationClosed,
+        TrackerError::InvalidInput { message } => Error::CannotRegister(message),
         e => e.into(),
     })?;
     save(cx, &g)?;
     say(cx, "registered and logged in", &g)
 }
 
-pub async fn login(cx: &Ctx, c: Credentials) -> anyhow::Result<()> {
+pub async fn login(cx: &Ctx, c: Credentials) -> Result<()> {
     let pw = read_password(c.password_stdin, false)?;
     let client = cx.client()?;
     let g = client.login(&c.user, &pw).await.map_err(|e| match e {
-        TrackerError::NotLoggedIn => anyhow!("invalid user or password"),
-        TrackerError::Rejected {
-            code: Code::ResourceExhausted,
-            ..
-        } => {
-            anyhow!("too many login attempts; wait a minute and try again")
-        }
+        TrackerError::Throttled { .. } => Error::TooManyLogins,
         e => e.into(),
     })?;
     save(cx, &g)?;
     say(cx, "logged in", &g)
 }
 
-pub async fn logout(cx: &Ctx) -> anyhow::Result<()> {
+pub async fn logout(cx: &Ctx) -> Result<()> {
     if cx.home.session()?.is_none() {
         if cx.json {
-            return output::json(
-                &serde_json::json!({"logged_out": false, "tracker_notified": false}),
-            );
+            output::json(&serde_json::json!({"logged_out": false, "tracker_notified": false}))?;
+            return Ok(());
         }
         output::println("not logged in");
         return Ok(());
@@ -124,10 +104,11 @@ pub async fn logout(cx: &Ctx) -> anyhow::Result<()> {
     };
     cx.home.delete_session()?;
     if cx.json {
-        return output::json(&serde_json::json!({
+        output::json(&serde_json::json!({
             "logged_out": true,
             "tracker_notified": note.is_none(),
-        }));
+        }))?;
+        return Ok(());
     }
     match note {
         None => output::println("logged out"),

@@ -4,16 +4,14 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
 use common::FileId;
 use common::units::{format_rate, format_size};
 use serde::Serialize;
-use tonic::Code;
 
 use super::Ctx;
-use crate::AlreadyReported;
 use crate::cli::GetArgs;
 use crate::download::{self, DownloadConfig, Job, Outcome};
+use crate::error::{Error, Result, Scope};
 use crate::output::{self, safe};
 use crate::progress::{Bars, FileProgress, bars_wanted};
 use crate::ratelimit::RateLimiter;
@@ -21,34 +19,36 @@ use crate::tracker_client::{FileView, TrackerClient, TrackerError};
 use crate::transport::GrpcTransport;
 
 /// The error for a term that matched no file or several.
-pub fn resolution_error(term: &str, files: &[FileView]) -> Option<anyhow::Error> {
+pub fn resolution_error(term: &str, files: &[FileView]) -> Option<Error> {
     match files.len() {
         1 => None,
-        0 => Some(anyhow!("no file matches '{}'", safe(term))),
-        n => Some(anyhow!(
-            "'{}' matches {n} files: {}",
-            safe(term),
-            files
+        0 => Some(Error::NoSuchFile {
+            term: term.to_string(),
+            scope: Scope::Tracker,
+        }),
+        _ => Some(Error::Ambiguous {
+            term: term.to_string(),
+            scope: Scope::Tracker,
+            candidates: files
                 .iter()
-                .map(|f| format!(
-                    "{} {} ({})",
-                    f.id.get(..12).unwrap_or(&f.id),
-                    safe(&f.name),
-                    format_size(f.size)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+                .map(|f| {
+                    format!(
+                        "{} {} ({})",
+                        f.id.get(..12).unwrap_or(&f.id),
+                        safe(&f.name),
+                        format_size(f.size)
+                    )
+                })
+                .collect(),
+        }),
     }
 }
 
-async fn resolve(client: &TrackerClient, term: &str) -> anyhow::Result<FileId> {
+async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
     let files = match client.resolve(term).await {
         Ok(f) => f,
-        Err(TrackerError::Rejected {
-            code: Code::InvalidArgument | Code::NotFound,
-            ..
-        }) => Vec::new(),
+        // A term the tracker cannot read matches nothing either.
+        Err(TrackerError::InvalidInput { .. } | TrackerError::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     if let Some(e) = resolution_error(term, &files) {
@@ -57,7 +57,7 @@ async fn resolve(client: &TrackerClient, term: &str) -> anyhow::Result<FileId> {
     files[0]
         .id
         .parse()
-        .map_err(|_| anyhow!("the tracker answered a bad file id"))
+        .map_err(|_| TrackerError::BadAnswer("a malformed file id".into()).into())
 }
 
 #[derive(Serialize)]
@@ -93,15 +93,22 @@ fn summary(o: &Outcome) -> String {
     )
 }
 
-pub async fn get(cx: &Ctx, a: GetArgs) -> anyhow::Result<()> {
+pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
     let client = cx.client()?;
     let peer_id = cx.home.peer_id()?;
-    let cfg = DownloadConfig::from_env()?;
+    let cfg = DownloadConfig {
+        stall_timeout: a.stall_timeout,
+        give_up_after: a.give_up_after,
+        ..DownloadConfig::default()
+    };
     let output_dir = std::path::absolute(&a.output).unwrap_or_else(|_| a.output.clone());
-    std::fs::create_dir_all(&output_dir)
-        .with_context(|| format!("cannot create {}", output_dir.display()))?;
+    std::fs::create_dir_all(&output_dir).map_err(|source| Error::Path {
+        action: "create",
+        path: output_dir.clone(),
+        source,
+    })?;
     if !output_dir.is_dir() {
-        bail!("{} is not a directory", output_dir.display());
+        return Err(Error::NotADirectory(output_dir));
     }
 
     let mut failed = 0usize;
@@ -110,15 +117,8 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> anyhow::Result<()> {
         match resolve(&client, term).await {
             Ok(id) if ids.iter().any(|(_, x)| *x == id) => {}
             Ok(id) => ids.push((term.clone(), id)),
+            Err(Error::Tracker(e)) if e.affects_every_call() => return Err(e.into()),
             Err(e) => {
-                if e.downcast_ref::<TrackerError>().is_some_and(|t| {
-                    matches!(
-                        t,
-                        TrackerError::NotLoggedIn | TrackerError::Unreachable { .. }
-                    )
-                }) {
-                    return Err(e);
-                }
                 output::report_error(&e);
                 failed += 1;
             }
@@ -191,7 +191,7 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        return Err(AlreadyReported(failed).into());
+        return Err(Error::AlreadyReported(failed));
     }
     Ok(())
 }

@@ -12,10 +12,9 @@ use anyhow::{Context, anyhow, bail};
 use common::{Bitfield, FileId, Manifest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tonic::Code;
 
 use super::Ctx;
-use crate::AlreadyReported;
+use crate::error::{Error, Result, Scope};
 use crate::home::{Kind, StoreRecord, len_and_mtime};
 use crate::output;
 use crate::tracker_client::{FileView, TrackerError};
@@ -30,8 +29,12 @@ fn collect(path: &Path, top: bool, out: &mut Vec<PathBuf>, errors: &mut usize) {
     };
     let meta = match meta {
         Ok(m) => m,
-        Err(e) => {
-            output::report_error(&anyhow!("cannot read {}: {e}", path.display()));
+        Err(source) => {
+            output::report_error(&Error::Path {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
             *errors += 1;
             return;
         }
@@ -57,8 +60,12 @@ fn collect(path: &Path, top: bool, out: &mut Vec<PathBuf>, errors: &mut usize) {
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(e) => {
-                output::report_error(&anyhow!("cannot read {}: {e}", path.display()));
+            Err(source) => {
+                output::report_error(&Error::Path {
+                    action: "read",
+                    path: path.to_path_buf(),
+                    source,
+                });
                 *errors += 1;
                 return;
             }
@@ -131,7 +138,7 @@ fn hash_one(path: PathBuf, reuse: Option<StoreRecord>) -> anyhow::Result<Hashed>
     })
 }
 
-pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
     let client = cx.client()?;
     let peer_id = cx.home.peer_id()?;
     if cx.home.session()?.is_none() {
@@ -195,20 +202,21 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
         cx.home.save_record(&rec)?;
         let view = match client.announce(&peer_id, &h.manifest).await {
             Ok(v) => v,
-            Err(e @ (TrackerError::NotLoggedIn | TrackerError::Unreachable { .. })) => {
+            Err(e) if e.affects_every_call() => {
                 if !existed {
                     cx.home.delete_record(&id)?;
                 }
                 tasks.abort_all();
                 return Err(e.into());
             }
-            Err(e) => {
+            Err(source) => {
                 if !existed {
                     cx.home.delete_record(&id)?;
                 }
-                output::report_error(
-                    &anyhow!(e).context(format!("cannot share {}", h.path.display())),
-                );
+                output::report_error(&Error::Share {
+                    path: h.path.clone(),
+                    source,
+                });
                 failed += 1;
                 continue;
             }
@@ -237,14 +245,14 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        return Err(AlreadyReported(failed).into());
+        return Err(Error::AlreadyReported(failed));
     }
     Ok(())
 }
 
 /// Finds the one store record `term` names (full id or unique prefix); a full id not in
 /// the store is accepted as is.
-fn pick(records: &[StoreRecord], term: &str) -> anyhow::Result<(FileId, Option<String>)> {
+fn pick(records: &[StoreRecord], term: &str) -> Result<(FileId, Option<String>)> {
     let t = term.trim().to_ascii_lowercase();
     let hits: Vec<&StoreRecord> = records
         .iter()
@@ -252,23 +260,25 @@ fn pick(records: &[StoreRecord], term: &str) -> anyhow::Result<(FileId, Option<S
         .collect();
     match hits.as_slice() {
         [one] => Ok((one.file_id, Some(one.name.clone()))),
-        [] => match t.parse::<FileId>() {
-            Ok(id) => Ok((id, None)),
-            Err(_) => bail!("no file in this home matches '{}'", output::safe(term)),
-        },
-        many => bail!(
-            "'{}' matches {} files in this home: {}",
-            output::safe(term),
-            many.len(),
-            many.iter()
+        [] => t
+            .parse::<FileId>()
+            .map(|id| (id, None))
+            .map_err(|_| Error::NoSuchFile {
+                term: term.to_string(),
+                scope: Scope::Home,
+            }),
+        many => Err(Error::Ambiguous {
+            term: term.to_string(),
+            scope: Scope::Home,
+            candidates: many
+                .iter()
                 .map(|r| format!("{} {}", r.file_id.short(), output::safe(&r.name)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+                .collect(),
+        }),
     }
 }
 
-pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> anyhow::Result<()> {
+pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> Result<()> {
     let client = cx.client()?;
     let peer_id = cx.home.peer_id()?;
     let records = cx.home.records()?;
@@ -287,19 +297,13 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> anyhow::Result<()> {
             .iter()
             .any(|r| r.file_id == id && r.kind == Kind::Replica)
         {
-            output::report_error(&anyhow!(
-                "{} is a replica kept for the tracker's replication, not a share of this peer; `peer serve` manages it",
-                id.short()
-            ));
+            output::report_error(&Error::IsReplica(id));
             failed += 1;
             continue;
         }
         let tracker_note = match client.unindex(&peer_id, &id).await {
             Ok(()) => None,
-            Err(TrackerError::Rejected {
-                code: Code::NotFound,
-                ..
-            }) => Some("the tracker listed no holding".to_string()),
+            Err(TrackerError::NotFound { .. }) => Some("the tracker listed no holding".to_string()),
             Err(e @ TrackerError::NotLoggedIn) => return Err(e.into()),
             Err(e) => Some(format!("the tracker was not told: {e}")),
         };
@@ -322,7 +326,7 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> anyhow::Result<()> {
         output::json(&done)?;
     }
     if failed > 0 {
-        return Err(AlreadyReported(failed).into());
+        return Err(Error::AlreadyReported(failed));
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! One function per subcommand. Commands are the only code that prints to stdout; they turn
-//! domain results into the text and JSON shapes of CONTRACT.md (see `output`).
+//! domain results into the text and JSON shapes of docs/reference.md (see `output`).
 
 mod account;
 mod get;
@@ -9,6 +9,7 @@ mod serve;
 mod status;
 
 use crate::cli::{Cli, Command};
+use crate::error::Result;
 use crate::home::Home;
 use crate::tracker_client::{DEFAULT_TRACKER, TrackerClient};
 
@@ -27,8 +28,8 @@ impl Ctx {
     /// saved by login, else the default.
     ///
     /// # Errors
-    /// When the home cannot be created or read.
-    pub fn new(cli: &Cli) -> anyhow::Result<Self> {
+    /// When the home cannot be created or read, or `--ca` is unusable.
+    pub fn new(cli: &Cli) -> Result<Self> {
         let home = Home::open(cli.home.clone())?;
         let mut trackers = clean(&cli.trackers);
         if trackers.is_empty() {
@@ -51,7 +52,7 @@ impl Ctx {
     ///
     /// # Errors
     /// For a malformed tracker URL or an unreadable session file.
-    pub fn client(&self) -> anyhow::Result<TrackerClient> {
+    pub fn client(&self) -> Result<TrackerClient> {
         let token = self
             .home
             .session()?
@@ -72,14 +73,15 @@ fn clean(urls: &[String]) -> Vec<String> {
 /// Runs the command line.
 ///
 /// # Errors
-/// Whatever the command failed on; [`crate::AlreadyReported`] when failures were already
-/// printed.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Whatever the command failed on; [`crate::Error::AlreadyReported`] when failures were
+/// already printed.
+pub async fn run(cli: Cli) -> Result<()> {
     let cx = Ctx::new(&cli)?;
     match cli.command {
         Command::Register(c) => account::register(&cx, c).await,
         Command::Login(c) => account::login(&cx, c).await,
         Command::Logout => account::logout(&cx).await,
+        // `serve` still answers in anyhow.
         Command::Serve(a) => serve::serve(&cx, a).await,
         Command::Index { paths } => index::index(&cx, paths).await,
         Command::Unindex { ids } => index::unindex(&cx, ids).await,

@@ -5,17 +5,18 @@ use common::units::format_size;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::error::Result;
 use crate::home::{Kind, StoreRecord};
 use crate::output::{self, safe};
 
-pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> anyhow::Result<()> {
+pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> Result<()> {
     let kind = kind.map(|k| k.as_str()).unwrap_or("");
     let files = cx
         .client()?
         .search(query.as_deref().unwrap_or(""), kind)
         .await?;
     if cx.json {
-        return output::json(&files);
+        return Ok(output::json(&files)?);
     }
     let rows: Vec<Vec<String>> = files
         .iter()
@@ -68,7 +69,7 @@ fn ago(ms: i64) -> String {
     )
 }
 
-pub async fn peers(cx: &Ctx) -> anyhow::Result<()> {
+pub async fn peers(cx: &Ctx) -> Result<()> {
     let peers = cx.client()?.list_peers().await?;
     if cx.json {
         let v: Vec<PeerJson> = peers
@@ -81,7 +82,7 @@ pub async fn peers(cx: &Ctx) -> anyhow::Result<()> {
                 last_seen: crate::rfc3339_ms(p.last_seen_ms),
             })
             .collect();
-        return output::json(&v);
+        return Ok(output::json(&v)?);
     }
     let rows: Vec<Vec<String>> = peers
         .iter()
@@ -133,7 +134,7 @@ fn held_bytes(r: &StoreRecord) -> u64 {
         .sum()
 }
 
-pub fn files(cx: &Ctx) -> anyhow::Result<()> {
+pub fn files(cx: &Ctx) -> Result<()> {
     let mut records = cx.home.records()?;
     // The user's own files first, then the replicas kept for the tracker.
     records.sort_by_key(|r| r.kind == Kind::Replica);
@@ -164,7 +165,7 @@ pub fn files(cx: &Ctx) -> anyhow::Result<()> {
         })
         .collect();
     if cx.json {
-        return output::json(&items);
+        return Ok(output::json(&items)?);
     }
     if items.is_empty() {
         eprintln!("this peer shares nothing yet: run `peer index PATH` or `peer get ID`");

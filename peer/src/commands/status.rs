@@ -1,10 +1,9 @@
 //! `status`: where this peer stands, and what to do next (log in, start the node).
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use super::Ctx;
+use crate::error::Result;
 use crate::home::Kind;
 use crate::output::{self, safe};
 use crate::tracker_client::TrackerClient;
@@ -91,22 +90,7 @@ async fn node_status(cx: &Ctx, peer_id: &str) -> NodeJson {
     } else {
         node.local_addr.clone()
     };
-    let Ok(ep) = crate::transport::tuned_endpoint(&target, &cx.tls) else {
-        return NodeJson::default();
-    };
-    let ep = ep.connect_timeout(Duration::from_secs(2));
-    let answer = tokio::time::timeout(Duration::from_secs(3), async {
-        let ch = ep.connect().await.ok()?;
-        let r = crate::transport::peer_client(ch)
-            .status(proto::peer::v1::StatusRequest {})
-            .await
-            .ok()?;
-        Some(r.into_inner())
-    })
-    .await
-    .ok()
-    .flatten();
-    match answer {
+    match crate::transport::node_status(&target, &cx.tls).await {
         Some(s) if s.peer_id == peer_id => NodeJson {
             running: true,
             addr: Some(s.addr),
@@ -122,7 +106,7 @@ async fn node_status(cx: &Ctx, peer_id: &str) -> NodeJson {
     }
 }
 
-pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
+pub async fn status(cx: &Ctx) -> Result<()> {
     let peer_id = cx.home.peer_id()?.to_string();
     let session = cx.home.session()?;
     let now = crate::now_ms();
@@ -165,7 +149,7 @@ pub async fn status(cx: &Ctx) -> anyhow::Result<()> {
     };
     st.next = next_step(&st, shares);
     if cx.json {
-        return output::json(&st);
+        return Ok(output::json(&st)?);
     }
     let mut out = String::new();
     out += &format!("home:      {}\n", safe(&st.home));

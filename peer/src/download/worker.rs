@@ -13,7 +13,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::{Event, Shared};
+use super::shared::{Event, Shared, WorkerEnd};
 use crate::transport::{ChunkTransport, FetchError};
 
 /// Most candidates offered in one request (the node's limit on indices per request).
@@ -24,19 +24,6 @@ const MAX_CANDIDATES: usize = 256;
 enum Ask {
     One(u32),
     Pick(Vec<u32>),
-}
-
-/// How a worker ended.
-#[derive(Debug)]
-pub enum WorkerEnd {
-    /// Nothing left to fetch: the file is complete.
-    Done,
-    /// The download is being stopped.
-    Cancelled,
-    /// The source sent bad bytes: never use it again for this download.
-    Bad(String),
-    /// The source failed, refused or stalled: it may be re-admitted later.
-    Gone(String),
 }
 
 /// Why one request failed.

@@ -27,39 +27,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
-use common::{Bitfield, FileId};
+use common::{Bitfield, ChunkLayout, FileId};
 
 use crate::home::{Home, Kind, StoreRecord};
+pub use crate::tracker_client::{FileMeta, MAX_REPLICA_CHUNKS};
 
-/// Most chunks a replica record may have (a 16 TiB file at the largest chunk size); a task
-/// for a bigger file is refused rather than allocating a huge bitfield.
-pub const MAX_REPLICA_CHUNKS: u64 = 1 << 20;
-
-/// What a task says about the file a replica chunk belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileMeta {
-    pub file_id: FileId,
-    pub name: String,
-    pub size: u64,
-    pub chunk_size: u32,
-}
-
-impl FileMeta {
-    /// Number of chunks.
-    pub fn chunk_count(&self) -> u64 {
-        common::manifest::chunk_count(self.size, self.chunk_size)
-    }
-
-    /// Exact length of chunk `i`, or `None` if the file has no such chunk.
-    pub fn chunk_len(&self, i: u32) -> Option<u64> {
-        chunk_len(self.size, self.chunk_size, i)
-    }
-}
-
-/// Exact length of chunk `i` of a file of `size` bytes cut into `chunk_size` chunks.
+/// Exact length of chunk `i` of a store record's file of `size` bytes cut into `chunk_size`
+/// chunks; `None` when the file has no such chunk or the record's chunk size is not a valid
+/// one (see [`ChunkLayout`]).
 pub fn chunk_len(size: u64, chunk_size: u32, i: u32) -> Option<u64> {
-    let start = i as u64 * chunk_size as u64;
-    (chunk_size > 0 && start < size).then(|| (size - start).min(chunk_size as u64))
+    ChunkLayout::new(size, chunk_size).ok()?.chunk_len(i)
 }
 
 /// What this node holds of a chunk, as a fetch task sees it.
@@ -201,6 +178,7 @@ impl ReplicaStore {
         mut res: Reservation,
     ) -> anyhow::Result<Stored> {
         let len = meta
+            .layout
             .chunk_len(chunk)
             .with_context(|| format!("chunk {chunk} is past the end of the file"))?;
         anyhow::ensure!(
@@ -237,7 +215,7 @@ impl ReplicaStore {
             Some(r) if r.kind != Kind::Replica => return Ok(Stored::OwnFile),
             Some(r) => {
                 anyhow::ensure!(
-                    r.size == meta.size && r.chunk_size == meta.chunk_size,
+                    r.size == meta.layout.size() && r.chunk_size == meta.layout.chunk_size(),
                     "the replica record of {} has another layout",
                     meta.file_id
                 );
@@ -420,14 +398,14 @@ fn new_record(home: &Home, meta: &FileMeta) -> StoreRecord {
     StoreRecord {
         file_id: meta.file_id,
         name: meta.name.clone(),
-        size: meta.size,
+        size: meta.layout.size(),
         sha256: String::new(),
-        chunk_size: meta.chunk_size,
+        chunk_size: meta.layout.chunk_size(),
         chunk_hashes: Vec::new(),
         kind: Kind::Replica,
         path: home.replica_dir(&meta.file_id),
         complete: false,
-        have: hex::encode(Bitfield::new(meta.chunk_count() as u32).as_bytes()),
+        have: hex::encode(Bitfield::new(meta.layout.chunk_count() as u32).as_bytes()),
         file_len: None,
         mtime_ns: None,
         changed: false,

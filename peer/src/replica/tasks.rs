@@ -20,15 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FileId, PeerId, Sha256Digest, Ticket};
+use common::{PeerId, Sha256Digest};
 use futures::StreamExt;
 use rand::seq::SliceRandom;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{FileMeta, Holding, ReplicaStore, Stored};
-use crate::tracker_client::TrackerClient;
+use super::{Holding, ReplicaStore, Stored};
+use crate::tracker_client::{FetchTask, Source, Task, TrackerClient, Work};
 use crate::transport::{ChunkTransport, FetchError};
 
 /// Tasks carried out at once.
@@ -40,48 +40,6 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A stream that stayed open this long (or delivered a task) resets the back-off.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
-
-/// One task from the tracker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    pub id: u64,
-    pub work: Work,
-}
-
-/// What a task asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Work {
-    Fetch(FetchTask),
-    Drop(DropTask),
-    /// A task that does not add up (answered `!ok` with this reason).
-    Invalid(String),
-}
-
-/// Fetch chunk `chunk` of `file` from one of `sources` and keep it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchTask {
-    pub file: FileMeta,
-    pub chunk: u32,
-    pub sha256: Sha256Digest,
-    pub len: u64,
-    pub sources: Vec<Source>,
-    /// The tracker's permission for this node to fetch the chunk from the sources.
-    pub ticket: Option<Arc<Ticket>>,
-}
-
-/// A peer that holds the chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    pub peer_id: String,
-    pub addr: String,
-}
-
-/// Delete the replica copies of `chunks` of `file_id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DropTask {
-    pub file_id: FileId,
-    pub chunks: Vec<u32>,
-}
 
 /// How a task succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,7 +306,7 @@ async fn complete(
     for attempt in 0..3u32 {
         match client.complete_task(peer_id, id, ok, &error).await {
             Ok(()) => return,
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+            Err(crate::tracker_client::TrackerError::NotFound { .. }) => {
                 tracing::debug!(task = id, "task no longer wanted");
                 return;
             }

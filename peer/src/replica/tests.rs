@@ -11,13 +11,12 @@ pub(crate) fn meta(tag: &[u8]) -> FileMeta {
     FileMeta {
         file_id: FileId(Sha256Digest::of(tag)),
         name: "movie.mkv".into(),
-        size: 2 * MIB as u64 + MIB as u64 / 2,
-        chunk_size: MIB,
+        layout: ChunkLayout::new(2 * MIB as u64 + MIB as u64 / 2, MIB).unwrap(),
     }
 }
 
 pub(crate) fn chunk(m: &FileMeta, i: u32) -> Vec<u8> {
-    vec![i as u8 + 1; m.chunk_len(i).unwrap() as usize]
+    vec![i as u8 + 1; m.layout.chunk_len(i).unwrap() as usize]
 }
 
 fn home() -> (tempfile::TempDir, Home) {
@@ -35,11 +34,17 @@ fn put(s: &Arc<ReplicaStore>, m: &FileMeta, i: u32) -> Stored {
 #[test]
 fn chunk_lengths_follow_the_layout() {
     let m = meta(b"a");
-    assert_eq!(m.chunk_count(), 3);
-    assert_eq!(m.chunk_len(0), Some(MIB as u64));
-    assert_eq!(m.chunk_len(2), Some(MIB as u64 / 2));
-    assert_eq!(m.chunk_len(3), None);
+    assert_eq!(m.layout.chunk_count(), 3);
+    assert_eq!(m.layout.chunk_len(0), Some(MIB as u64));
+    assert_eq!(m.layout.chunk_len(2), Some(MIB as u64 / 2));
+    assert_eq!(m.layout.chunk_len(3), None);
     assert_eq!(chunk_len(0, MIB, 0), None);
+    assert_eq!(chunk_len(5, MIB, 0), Some(5));
+    assert_eq!(
+        chunk_len(5, 0, 0),
+        None,
+        "a record with a broken layout has no chunks"
+    );
 }
 
 #[test]

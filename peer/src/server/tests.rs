@@ -1,8 +1,9 @@
 //! Unit tests of the node: ticket checks, holdings and chunk reads.
 
 use super::*;
+use crate::home::{Home, Kind, StoreRecord, len_and_mtime};
 use crate::replica::{FileMeta, ReplicaStore};
-use crate::transport::ticket_to_pb;
+use common::Bitfield;
 use common::{Manifest, Sha256Digest, TicketClaims, TicketSigner};
 use futures::StreamExt;
 
@@ -12,21 +13,28 @@ fn tracker_signer() -> TicketSigner {
     TicketSigner::from_secret(&[5; 32])
 }
 
+fn store_source(home: &Home) -> Arc<dyn ChunkSource> {
+    Arc::new(StoreSource::new(
+        home.clone(),
+        PeerId::from_random([1; 16]),
+        None,
+    ))
+}
+
 fn service(home: &Home) -> PeerService {
     let key = TrackerKey::default();
     key.set(&tracker_signer().public_key()).unwrap();
     PeerService::new(
-        home.clone(),
+        store_source(home),
         PeerId::from_random([1; 16]),
         "127.0.0.1:1".into(),
-        None,
         None,
         key,
     )
 }
 
 fn ticket(signer: &TicketSigner, id: &FileId, expires_at_ms: i64) -> pb::Ticket {
-    ticket_to_pb(&signer.sign(TicketClaims {
+    pb::Ticket::from(&signer.sign(TicketClaims {
         file_id: *id,
         peer_id: None,
         user: "alice".into(),
@@ -67,8 +75,7 @@ async fn should_serve_only_the_replica_chunks_it_holds() {
     let m = FileMeta {
         file_id: FileId(Sha256Digest::of(b"r")),
         name: "r.bin".into(),
-        size: 2 * MIB + 5,
-        chunk_size: MIB as u32,
+        layout: common::ChunkLayout::new(2 * MIB + 5, MIB as u32).unwrap(),
     };
     let last = vec![9u8; 5];
     let res = store.reserve(5).unwrap();
@@ -93,8 +100,7 @@ async fn should_refuse_requests_without_a_valid_ticket_for_the_file() {
     let m = FileMeta {
         file_id: FileId(Sha256Digest::of(b"t")),
         name: "t.bin".into(),
-        size: 5,
-        chunk_size: MIB as u32,
+        layout: common::ChunkLayout::new(5, MIB as u32).unwrap(),
     };
     let res = store.reserve(5).unwrap();
     store.store_chunk(&m, 0, &[1; 5], res).unwrap();
@@ -152,10 +158,9 @@ async fn should_refuse_requests_without_a_valid_ticket_for_the_file() {
 
     // A node that does not know the key yet is not ready.
     let keyless = PeerService::new(
-        home.clone(),
+        store_source(&home),
         PeerId::from_random([1; 16]),
         "127.0.0.1:1".into(),
-        None,
         None,
         TrackerKey::default(),
     );
@@ -178,7 +183,7 @@ async fn should_withdraw_shared_files_that_changed_on_the_periodic_check() {
     let (len, mtime) = len_and_mtime(&std::fs::metadata(&path).unwrap());
     (rec.file_len, rec.mtime_ns) = (Some(len), Some(mtime));
     home.save_record(&rec).unwrap();
-    let svc = service(&home);
+    let svc = StoreSource::new(home.clone(), PeerId::from_random([1; 16]), None);
     assert_eq!(svc.check_shared_files(), 0);
     assert!(!home.record(&m.id()).unwrap().unwrap().changed);
     std::fs::write(&path, b"abcd").unwrap();

@@ -1,18 +1,36 @@
 //! The peer's view of what the tracker answers: the domain types commands print and use,
-//! and their conversion from and to the prost types (which go no further than here).
+//! the replication tasks it pushes, and their conversion from and to the prost types (which
+//! go no further than here). Tickets and manifests convert with the `proto` crate's
+//! `From`/`TryFrom` impls, the same ones the tracker uses.
+//!
+//! The task types live here, not in `replica::tasks`, so that `tracker_client` (which
+//! streams them) and `replica::tasks` (which carries them out) both depend on this module
+//! and not on each other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest, Ticket};
+use common::{
+    Bitfield, ChunkLayout, FileId, Manifest, ManifestError, PeerId, Sha256Digest, Ticket,
+};
 use proto::tracker::v1 as pb;
 use serde::Serialize;
 
 use super::TrackerError;
 use crate::home::Kind;
-use crate::replica::tasks::{DropTask, FetchTask, Source, Task, Work};
-use crate::replica::{FileMeta, MAX_REPLICA_CHUNKS};
-use crate::transport::ticket_from_pb;
+
+/// Most chunks a replica record may have (a 16 TiB file at the largest chunk size); a task
+/// for a bigger file is refused rather than allocating a huge bitfield.
+pub const MAX_REPLICA_CHUNKS: u64 = 1 << 20;
+
+/// What a task says about the file a replica chunk belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub file_id: FileId,
+    pub name: String,
+    /// The file's size and chunk size, checked when the task arrived.
+    pub layout: ChunkLayout,
+}
 
 /// A file as the tracker lists it; also the JSON `file` object of `index` and `search`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -100,6 +118,17 @@ pub struct Granted {
     pub ticket_public_key: Vec<u8>,
 }
 
+impl From<pb::Session> for Granted {
+    fn from(s: pb::Session) -> Self {
+        Self {
+            user: s.user,
+            token: s.token,
+            expires_at_ms: s.expires_at_ms,
+            ticket_public_key: s.ticket_public_key.to_vec(),
+        }
+    }
+}
+
 /// What a heartbeat answered.
 #[derive(Debug, Clone)]
 pub struct Beat {
@@ -109,9 +138,51 @@ pub struct Beat {
     pub ticket_public_key: Vec<u8>,
 }
 
+/// One task from the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: u64,
+    pub work: Work,
+}
+
+/// What a task asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    Fetch(FetchTask),
+    Drop(DropTask),
+    /// A task that does not add up (answered `!ok` with this reason).
+    Invalid(String),
+}
+
+/// Fetch chunk `chunk` of `file` from one of `sources` and keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTask {
+    pub file: FileMeta,
+    pub chunk: u32,
+    pub sha256: Sha256Digest,
+    pub len: u64,
+    pub sources: Vec<Source>,
+    /// The tracker's permission for this node to fetch the chunk from the sources.
+    pub ticket: Option<Arc<Ticket>>,
+}
+
+/// A peer that holds the chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub peer_id: String,
+    pub addr: String,
+}
+
+/// Delete the replica copies of `chunks` of `file_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropTask {
+    pub file_id: FileId,
+    pub chunks: Vec<u32>,
+}
+
 /// A ticket from the tracker, or `None` (logged) when it is absent or malformed.
 pub(super) fn ticket_in(t: Option<&proto::peer::v1::Ticket>, what: &str) -> Option<Arc<Ticket>> {
-    match ticket_from_pb(t?) {
+    match Ticket::try_from(t?) {
         Ok(t) => Some(Arc::new(t)),
         Err(e) => {
             tracing::warn!("the tracker sent a bad ticket with {what}: {e}");
@@ -148,35 +219,26 @@ pub(super) fn task_from_pb(t: pb::Task) -> Task {
 
 /// Checks a fetch task: a known layout, a chunk inside it with the length it must have.
 fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
-    use common::manifest::{MAX_CHUNK_SIZE, MAX_NAME_LEN, MIN_CHUNK_SIZE};
     let file_id: FileId = f
         .file_id
         .parse()
         .map_err(|e: common::ids::FileIdParseError| e.to_string())?;
     let sha256 = Sha256Digest::from_slice(&f.chunk_sha256)
         .ok_or_else(|| "chunk_sha256 is not 32 bytes".to_string())?;
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size) || !f.chunk_size.is_power_of_two()
-    {
-        return Err(format!("bad chunk size {}", f.chunk_size));
-    }
-    if f.name.is_empty() || f.name.len() > MAX_NAME_LEN || f.name.contains('\0') {
+    let layout = ChunkLayout::new(f.file_size, f.chunk_size)
+        .map_err(|_| format!("bad chunk size {}", f.chunk_size))?;
+    if !common::names::is_valid_file_name(&f.name) {
         return Err("bad file name".into());
     }
-    let file = FileMeta {
-        file_id,
-        name: f.name,
-        size: f.file_size,
-        chunk_size: f.chunk_size,
-    };
-    if file.chunk_count() > MAX_REPLICA_CHUNKS {
+    if layout.chunk_count() > MAX_REPLICA_CHUNKS {
         return Err(format!(
             "file too large to replicate ({} chunks)",
-            file.chunk_count()
+            layout.chunk_count()
         ));
     }
-    let len = file
+    let len = layout
         .chunk_len(f.chunk)
-        .ok_or_else(|| format!("chunk {} of {}", f.chunk, file.chunk_count()))?;
+        .ok_or_else(|| format!("chunk {} of {}", f.chunk, layout.chunk_count()))?;
     if len != f.chunk_len as u64 {
         return Err(format!(
             "chunk {} is {len} bytes long, not {}",
@@ -185,7 +247,11 @@ fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
     }
     Ok(FetchTask {
         ticket: ticket_in(f.ticket.as_ref(), "a fetch task"),
-        file,
+        file: FileMeta {
+            file_id,
+            name: f.name,
+            layout,
+        },
         chunk: f.chunk,
         sha256,
         len,
@@ -202,21 +268,12 @@ fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
 
 /// Builds a manifest from its wire form (not yet checked against an id).
 pub(super) fn manifest_from_pb(m: pb::Manifest) -> Result<Manifest, TrackerError> {
-    let sha = Sha256Digest::from_slice(&m.sha256)
-        .ok_or_else(|| TrackerError::BadAnswer("manifest sha256 is not 32 bytes".into()))?;
-    Manifest::from_parts(m.name, m.size, sha, m.chunk_size, &m.chunk_hashes)
-        .map_err(|e| TrackerError::BadAnswer(format!("manifest: {e}")))
-}
-
-/// The wire form of a manifest.
-pub(super) fn manifest_to_pb(m: &Manifest) -> pb::Manifest {
-    pb::Manifest {
-        name: m.name.clone(),
-        size: m.size,
-        sha256: m.sha256.0.to_vec().into(),
-        chunk_size: m.chunk_size,
-        chunk_hashes: m.packed_hashes().into(),
-    }
+    Manifest::try_from(m).map_err(|e| {
+        TrackerError::BadAnswer(match e {
+            ManifestError::BadSha256(_) => "manifest sha256 is not 32 bytes".into(),
+            e => format!("manifest: {e}"),
+        })
+    })
 }
 
 /// The holders of a Locate answer for a file of `n` chunks; holders without an address or

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::db::Store;
 use crate::db::writer::WriteOp;
 use crate::db::writer::Writer;
-use crate::metrics::Metrics;
+use crate::metrics::{Levels, Metrics};
 use crate::model::now_ms;
 use crate::replication::TaskTable;
 use crate::{Config, Error};
@@ -227,6 +227,48 @@ impl TrackerService {
     /// Tells the replication planner that files became dirty.
     fn wake_planner(&self) {
         self.inner.wake.notify_one();
+    }
+}
+
+/// The stats that `/metrics` shows as gauges.
+impl Levels for Stats {
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            ("users", "User accounts", self.users),
+            (
+                "peers_up",
+                "Peers whose last heartbeat is recent",
+                self.peers_up,
+            ),
+            ("peers_down", "Known peers that are not up", self.peers_down),
+            ("files", "Files in the directory", self.files),
+            ("chunks", "Chunks of all files", self.chunks),
+            (
+                "under_replicated_chunks",
+                "Chunks with fewer live copies than the replication target",
+                self.under_replicated_chunks,
+            ),
+            (
+                "pending_tasks",
+                "Replication tasks queued or delivered",
+                self.pending_tasks,
+            ),
+            (
+                "replication_target",
+                "Live copies wanted of every chunk",
+                u64::from(self.replication),
+            ),
+            (
+                "active_transfers",
+                "Distinct (user, file) pairs that called Locate in the last 10 s",
+                self.active_transfers,
+            ),
+            (
+                "transfer_bytes_per_second",
+                "Bytes of verified chunks reported in the last 10 s, per second",
+                self.transfer_bytes_per_sec,
+            ),
+        ]
     }
 }
 

@@ -1,18 +1,20 @@
-//! The harness: start `tracker::run` on `127.0.0.1:0` in-process, talk to it, stop it.
+//! The harness: start `tracker::run` on `127.0.0.1:0` in-process, talk to it, stop it. What
+//! the peer's tests need too (the in-process tracker, bearer requests, throwaway PostgreSQL
+//! databases) is in `tracker::testing`; this adds the contract tests' own: the backend
+//! switch, the gRPC client and requests with made-up content.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Once;
 use std::time::Duration;
 
 use common::manifest::MIN_CHUNK_SIZE;
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient;
 use tempfile::TempDir;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracker::Config;
+use tracker::testing::{InProcessTracker, with_db_name};
+pub use tracker::testing::{TempPostgres, authed, postgres_admin_url};
 
 /// Every test finishes within this, or fails.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,24 +26,10 @@ pub async fn within<F: Future>(f: F) -> F::Output {
         .expect("test timed out")
 }
 
-pub fn init_logging() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .try_init();
-    });
-}
-
 /// A tracker running in this process.
 pub struct TestTracker {
     pub addr: SocketAddr,
-    token: CancellationToken,
-    handle: JoinHandle<Result<(), tracker::Error>>,
+    running: InProcessTracker,
 }
 
 impl TestTracker {
@@ -53,23 +41,11 @@ impl TestTracker {
     /// Starts a tracker with `cfg`. Under `TRACKER_TEST_BACKEND=postgres` an SQLite URL is
     /// swapped for a PostgreSQL database of its own (see [`backend_url`]).
     pub async fn start_with(mut cfg: Config) -> TestTracker {
-        init_logging();
         cfg.database_url = backend_url(&cfg.database_url).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let run = tracker::run(cfg.clone(), listener, token.child_token());
-        let handle = tokio::spawn(async move {
-            let res = run.await;
-            if let Err(e) = &res {
-                eprintln!("the tracker stopped: {e:#}");
-            }
-            res
-        });
+        let running = InProcessTracker::start(cfg).await.unwrap();
         TestTracker {
-            addr,
-            token,
-            handle,
+            addr: running.addr,
+            running,
         }
     }
 
@@ -87,17 +63,8 @@ impl TestTracker {
 
     /// Cancels the tracker and waits until it has flushed and stopped.
     pub async fn stop(self) {
-        self.token.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.running.stop().await.unwrap();
     }
-}
-
-/// A request carrying a session token.
-pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
 }
 
 /// Registers `user` (password `pw-USER`) over gRPC and returns the session token.
@@ -281,65 +248,4 @@ async fn drop_stale_databases(admin: &str) {
         }
     }
     db.close().await.unwrap();
-}
-
-/// `admin` with its database name replaced by `name`.
-fn with_db_name(admin: &str, name: &str) -> String {
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-    format!("{base}/{name}")
-}
-
-/// The PostgreSQL admin URL for tests, when configured.
-pub fn postgres_admin_url() -> Option<String> {
-    std::env::var("TRACKER_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
-}
-
-/// A freshly created PostgreSQL database, dropped by [`TempPostgres::drop_db`].
-pub struct TempPostgres {
-    admin_url: String,
-    pub name: String,
-    pub url: String,
-}
-
-impl TempPostgres {
-    pub async fn create(admin_url: &str) -> TempPostgres {
-        use sea_orm::{ConnectionTrait, Database};
-        let name = format!("tessera_test_{}", uuid_like());
-        let db = Database::connect(admin_url).await.unwrap();
-        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(admin_url);
-        TempPostgres {
-            admin_url: admin_url.into(),
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-
-    pub async fn drop_db(self) {
-        use sea_orm::{ConnectionTrait, Database};
-        let db = Database::connect(&self.admin_url).await.unwrap();
-        db.execute_unprepared(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .await
-        .unwrap();
-        db.close().await.unwrap();
-    }
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}_{}", std::process::id(), nanos)
 }

@@ -20,14 +20,7 @@ fn now_ms() -> i64 {
 }
 
 fn parse(t: &peer_pb::Ticket) -> Ticket {
-    Ticket::from_parts(
-        &t.file_id,
-        &t.peer_id,
-        t.user.clone(),
-        t.expires_at_ms,
-        &t.signature,
-    )
-    .unwrap()
+    Ticket::try_from(t).unwrap()
 }
 
 async fn login_key(t: &TestTracker, user: &str) -> Vec<u8> {

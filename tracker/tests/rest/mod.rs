@@ -1,4 +1,4 @@
-//! The REST contract: routes, JSON shapes and status codes of CONTRACT.md.
+//! The REST contract: routes, JSON shapes and status codes of docs/reference.md.
 
 mod dashboard_data;
 mod metrics;

@@ -1,4 +1,4 @@
-//! `GET /api/v1/openapi.json`: the document describes every route of CONTRACT.md, every
+//! `GET /api/v1/openapi.json`: the document describes every route of docs/reference.md, every
 //! route it describes is served (and no other method on its paths), and every 4xx it
 //! describes is the `{error}` schema.
 //!
@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::common::{TestTracker, within};
 
-/// The HTTP surface CONTRACT.md promises, plus the dashboard's assets.
+/// The HTTP surface docs/reference.md documents, plus the dashboard's assets.
 const CONTRACT: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/api/v1/files"),

@@ -3,7 +3,9 @@
 use super::super::tests::{MIB, chunk, meta};
 use super::*;
 use crate::home::{Home, Kind};
+use crate::tracker_client::DropTask;
 use crate::transport::ChunkStream;
+use common::{FileId, Ticket};
 use std::collections::HashMap;
 
 /// A transport serving canned answers per address, counting calls.
@@ -200,9 +202,9 @@ async fn should_answer_ok_for_the_users_own_files_and_never_touch_them() {
     let mut rec = crate::home::StoreRecord {
         file_id: m.file_id,
         name: m.name.clone(),
-        size: m.size,
+        size: m.layout.size(),
         sha256: String::new(),
-        chunk_size: m.chunk_size,
+        chunk_size: m.layout.chunk_size(),
         chunk_hashes: vec![String::new(); 3],
         kind: Kind::Shared,
         path: own.clone(),

@@ -1,0 +1,386 @@
+//! The coordinator of one file's download: a state struct that reacts to [`Event`]s from
+//! workers and spawned tracker calls and to a periodic tick, and decides what happens next
+//! (start workers, re-Locate, report, give up). It owns the source list; the chunk states
+//! are the scheduler's (`STATE.md`). [`super::download`] prepares the part file, then runs:
+//!
+//! ```text
+//! while !coordinator.complete() {
+//!     select! { event => coordinator.on_event(event)?, tick => coordinator.on_tick().await? }
+//! }
+//! coordinator.finish().await
+//! ```
+//!
+//! The tracker may go away meanwhile: known sources carry on and Locate is retried with
+//! back-off. Each Locate answer carries a fresh ticket; workers present the newest one, so
+//! a download that outlasts a ticket keeps going on renewed ones.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use common::{Bitfield, PeerId, Ticket};
+use tokio::time::Instant;
+
+use super::files;
+use super::job::{Context, Job, Outcome};
+use super::record::RecordWriter;
+use super::shared::{Event, Shared, WorkerEnd};
+use super::whole::WholeHash;
+use super::worker;
+use crate::progress::FileProgress;
+use crate::tracker_client::{HolderView, Relocated, TrackerError};
+use crate::transport::ChunkTransport;
+
+/// What the coordinator knows of a source.
+struct Source {
+    /// A worker is fetching from it now.
+    running: bool,
+    /// It sent bad bytes: never used again for this file.
+    banned: bool,
+    /// After a failure, not re-admitted before this.
+    retry_at: Instant,
+    failures: u32,
+}
+
+/// The coordinator's conversation with the tracker: reports and re-Locates run as spawned
+/// calls whose answers come back as events, at most one of each at a time.
+struct TrackerLink {
+    /// Verified chunks not reported yet.
+    pending: Vec<u32>,
+    reporting: bool,
+    relocating: bool,
+    /// Whether the last Locate was answered (an outage is logged once).
+    answering: bool,
+    backoff: Duration,
+    next_locate: Instant,
+}
+
+/// The state of one file's download between start and finish.
+pub(super) struct Coordinator<T> {
+    cx: Arc<Context<T>>,
+    job: Job,
+    sh: Arc<Shared<T>>,
+    progress: Arc<FileProgress>,
+    whole: WholeHash,
+    records: RecordWriter,
+    final_path: PathBuf,
+    part: PathBuf,
+    started: std::time::Instant,
+    /// Chunks found verified in the part file at start.
+    reused: u32,
+    /// Chunks verified since.
+    fetched: u32,
+    sources: HashMap<PeerId, Source>,
+    /// Distinct peers that supplied verified chunks.
+    suppliers: HashSet<PeerId>,
+    /// The store record lags the scheduler.
+    dirty: bool,
+    tracker: TrackerLink,
+    /// When a chunk last arrived or a request was last in flight: the give-up clock.
+    last_activity: Instant,
+    /// Why the last source was dropped, for the give-up message (e.g. a refused certificate).
+    last_gone: Option<String>,
+}
+
+/// What the coordinator starts from.
+pub(super) struct Start<T> {
+    pub cx: Arc<Context<T>>,
+    pub job: Job,
+    pub sh: Arc<Shared<T>>,
+    pub progress: Arc<FileProgress>,
+    pub whole: WholeHash,
+    pub records: RecordWriter,
+    pub final_path: PathBuf,
+    pub part: PathBuf,
+    pub started: std::time::Instant,
+    /// Chunks verified in the part file at start.
+    pub have: Bitfield,
+}
+
+impl<T: ChunkTransport> Coordinator<T> {
+    /// A coordinator with the holders and ticket of the first Locate as its sources.
+    pub(super) fn new(s: Start<T>, holders: Vec<HolderView>, ticket: Option<Arc<Ticket>>) -> Self {
+        let relocate_every = s.cx.cfg.relocate_every;
+        let mut c = Coordinator {
+            reused: s.have.count(),
+            fetched: 0,
+            sources: HashMap::new(),
+            suppliers: HashSet::new(),
+            dirty: false,
+            tracker: TrackerLink {
+                pending: s.have.iter_ones().collect(),
+                reporting: false,
+                relocating: false,
+                answering: true,
+                backoff: Duration::from_secs(1),
+                next_locate: Instant::now() + relocate_every,
+            },
+            last_activity: Instant::now(),
+            last_gone: None,
+            cx: s.cx,
+            job: s.job,
+            sh: s.sh,
+            progress: s.progress,
+            whole: s.whole,
+            records: s.records,
+            final_path: s.final_path,
+            part: s.part,
+            started: s.started,
+        };
+        c.add_holders(holders, ticket);
+        c
+    }
+
+    fn chunk_count(&self) -> u32 {
+        self.sh.manifest.chunk_count()
+    }
+
+    /// Whether every chunk is verified.
+    pub(super) fn complete(&self) -> bool {
+        self.reused + self.fetched >= self.chunk_count()
+    }
+
+    /// Takes one event.
+    ///
+    /// # Errors
+    /// When the part file cannot be written.
+    pub(super) fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+        match ev {
+            Event::Verified { index, source } => self.verified(index, source),
+            Event::WorkerEnded { source, addr, end } => self.worker_ended(source, &addr, end),
+            Event::Fatal(e) => {
+                return Err(e).with_context(|| format!("cannot write {}", self.part.display()));
+            }
+            Event::Relocated(r) => self.relocated(r),
+            Event::Reported(r) => {
+                self.tracker.reporting = false;
+                if let Err((mut chunks, e)) = r {
+                    tracing::debug!("cannot report chunks (will retry): {e}");
+                    self.tracker.pending.append(&mut chunks);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verified(&mut self, index: u32, source: PeerId) {
+        let r = self.sh.manifest.chunk_range(index);
+        self.progress.add_done(r.end - r.start);
+        self.whole.landed(index);
+        self.suppliers.insert(source);
+        self.fetched += 1;
+        self.tracker.pending.push(index);
+        self.dirty = true;
+        self.last_activity = Instant::now();
+    }
+
+    fn worker_ended(&mut self, source: PeerId, addr: &str, end: WorkerEnd) {
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.running = false;
+            match &end {
+                WorkerEnd::Bad(why) => {
+                    s.banned = true;
+                    tracing::warn!(peer = %source, "source sent bad data ({why}); not using it again for this file");
+                }
+                WorkerEnd::Gone(why) => {
+                    s.failures += 1;
+                    s.retry_at = Instant::now() + Duration::from_secs(1 << s.failures.min(5));
+                    self.cx.transport.forget(addr);
+                    tracing::info!(peer = %source, "dropping source: {why}");
+                    self.last_gone = Some(why.clone());
+                }
+                WorkerEnd::Done | WorkerEnd::Cancelled => {}
+            }
+        }
+        if !self.sources.values().any(|s| s.running) {
+            let soon = Instant::now() + Duration::from_millis(300);
+            self.tracker.next_locate = self.tracker.next_locate.min(soon);
+        }
+        self.progress.set_sources(self.running());
+    }
+
+    fn relocated(&mut self, r: Result<Relocated, TrackerError>) {
+        let t = &mut self.tracker;
+        t.relocating = false;
+        match r {
+            Ok(loc) => {
+                if !t.answering {
+                    tracing::info!("tracker answers again");
+                }
+                t.answering = true;
+                t.backoff = Duration::from_secs(1);
+                t.next_locate = Instant::now() + self.cx.cfg.relocate_every;
+                self.add_holders(loc.holders, loc.ticket);
+            }
+            Err(e) => {
+                if t.answering {
+                    tracing::warn!("cannot locate sources (carrying on with known ones): {e}");
+                }
+                t.answering = false;
+                t.next_locate = Instant::now() + t.backoff;
+                t.backoff = (t.backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.sources.values().filter(|s| s.running).count()
+    }
+
+    /// The periodic step: write the store record, report chunks, re-Locate when due, and
+    /// give up when nothing has moved for `give_up_after`.
+    ///
+    /// # Errors
+    /// When the download gives up.
+    pub(super) async fn on_tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if self.dirty {
+            self.dirty = false;
+            let bits = self.sh.sched().verified_bits();
+            self.records.write_async(bits).await;
+        }
+        self.report_pending();
+        if now >= self.tracker.next_locate && !self.tracker.relocating {
+            self.tracker.relocating = true;
+            let (t, id, tx) = (
+                self.cx.tracker.clone(),
+                self.job.file_id,
+                self.sh.events.clone(),
+            );
+            let n = self.chunk_count();
+            tokio::spawn(async move {
+                let _ = tx.send(Event::Relocated(t.relocate(&id, n).await));
+            });
+        }
+        let (in_flight, remaining) = {
+            let s = self.sh.sched();
+            (s.in_flight_count(), s.remaining())
+        };
+        if in_flight > 0 {
+            self.last_activity = now;
+        }
+        self.progress.set_sources(self.running());
+        if now.duration_since(self.last_activity) > self.cx.cfg.give_up_after {
+            let why = self
+                .last_gone
+                .as_deref()
+                .map(|w| format!(" (last source error: {})", common::names::printable(w, 300)))
+                .unwrap_or_default();
+            bail!(
+                "no live source for {remaining} of {} chunks of {}{why}",
+                self.chunk_count(),
+                common::names::printable(&self.sh.manifest.name, 200)
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends the verified chunks not reported yet, unless a report is under way.
+    fn report_pending(&mut self) {
+        if self.tracker.pending.is_empty() || self.tracker.reporting {
+            return;
+        }
+        self.tracker.reporting = true;
+        let chunks = std::mem::take(&mut self.tracker.pending);
+        let (t, me, id, tx) = (
+            self.cx.tracker.clone(),
+            self.cx.peer_id.clone(),
+            self.job.file_id,
+            self.sh.events.clone(),
+        );
+        tokio::spawn(async move {
+            let r = t
+                .report_chunks(&me, &id, chunks.clone())
+                .await
+                .map_err(|e| (chunks, e));
+            let _ = tx.send(Event::Reported(r));
+        });
+    }
+
+    /// Adds the holders of a Locate answer as sources (minus this peer, restricted to
+    /// `--from`), refreshes what known ones hold, and starts workers for usable ones.
+    fn add_holders(&mut self, holders: Vec<HolderView>, ticket: Option<Arc<Ticket>>) {
+        let now = Instant::now();
+        let mut changed = false;
+        self.sh.renew_ticket(ticket);
+        for h in holders {
+            if !self.job.usable(&self.cx.peer_id, &h.peer_id) {
+                continue;
+            }
+            let s = self.sources.entry(h.peer_id.clone()).or_insert(Source {
+                running: false,
+                banned: false,
+                retry_at: now,
+                failures: 0,
+            });
+            if s.banned || (!s.running && s.retry_at > now) {
+                continue;
+            }
+            self.sh.sched().add_source(h.peer_id.clone(), h.have);
+            changed = true;
+            if !s.running {
+                s.running = true;
+                tokio::spawn(worker::run(self.sh.clone(), h.peer_id, h.addr));
+            }
+        }
+        if changed {
+            self.sh.wake.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Stops the workers, checks the whole file's SHA-256, and gives the file its final
+    /// name; then reports every chunk.
+    ///
+    /// # Errors
+    /// When the whole-file hash differs from the listed one (nothing is kept), or the file
+    /// cannot be flushed or published.
+    pub(super) async fn finish(self) -> anyhow::Result<Outcome> {
+        self.sh.cancel.cancel();
+        let m = self.sh.manifest.clone();
+        let digest = self
+            .whole
+            .finish()
+            .await
+            .with_context(|| format!("cannot hash {}", self.part.display()))?;
+        if digest != m.sha256 {
+            // Every chunk matched the id, so these are the bytes the id names: the listed
+            // whole-file hash is what is wrong (its sharer announced a bad one). Keep nothing
+            // that a later `get` would resume into the same failure.
+            let _ = std::fs::remove_file(&self.part);
+            self.records.forget(&self.job.file_id);
+            bail!(
+                "{}: the downloaded bytes match every chunk hash but their SHA-256 is {digest}, \
+                 not the {} the tracker lists; the file's listing is wrong, nothing was saved",
+                common::names::printable(&m.name, 200),
+                m.sha256
+            );
+        }
+        let f = self.sh.file.clone();
+        tokio::task::spawn_blocking(move || f.sync_all())
+            .await?
+            .with_context(|| format!("cannot flush {}", self.part.display()))?;
+        let (p2, f2) = (self.part.clone(), self.final_path.clone());
+        tokio::task::spawn_blocking(move || files::publish(&p2, &f2)).await??;
+        let n = m.chunk_count();
+        self.records.write(&Bitfield::full(n), true);
+        let mut pending = self.tracker.pending;
+        pending.extend(0..n);
+        pending.sort_unstable();
+        pending.dedup();
+        self.cx.report(&self.job.file_id, pending).await;
+        self.progress.finish(true);
+        Ok(Outcome {
+            id: self.job.file_id,
+            name: m.name.clone(),
+            path: self.final_path,
+            size: m.size,
+            sha256: m.sha256.to_hex(),
+            sources: self.suppliers.len(),
+            chunks_fetched: self.fetched,
+            chunks_reused: self.reused,
+            elapsed: self.started.elapsed(),
+        })
+    }
+}

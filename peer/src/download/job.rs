@@ -1,0 +1,118 @@
+//! What a download is given and what it gives back: the timing knobs, the context every
+//! file of one `peer get` shares, the job for one file and its outcome.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FileId, PeerId};
+use tokio::time::Instant;
+
+use crate::home::Home;
+use crate::ratelimit::RateLimiter;
+use crate::tracker_client::{TrackerClient, TrackerError};
+
+/// Timing knobs of a download.
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    /// A source that sends no chunk for this long is dropped (`--stall-timeout`).
+    pub stall_timeout: Duration,
+    /// Fail when no chunk arrived and no source was usable for this long
+    /// (`--give-up-after`).
+    pub give_up_after: Duration,
+    /// How often to ask the tracker for holders again: often, because other getters can
+    /// serve only once this one knows what they hold.
+    pub relocate_every: Duration,
+    /// How often to report verified chunks and write the store record.
+    pub report_every: Duration,
+    /// Requests in flight per source.
+    pub max_in_flight: usize,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            stall_timeout: Duration::from_secs(20),
+            give_up_after: Duration::from_secs(120),
+            relocate_every: Duration::from_secs(1),
+            report_every: Duration::from_millis(250),
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// What every download of one `peer get` shares.
+pub struct Context<T> {
+    pub home: Home,
+    pub peer_id: PeerId,
+    pub tracker: TrackerClient,
+    pub transport: Arc<T>,
+    pub rate: Option<Arc<RateLimiter>>,
+    pub cfg: DownloadConfig,
+}
+
+impl<T> Context<T> {
+    /// Reports chunks to the tracker, retrying for a few seconds while it is unreachable
+    /// (it may be restarting); after that a running `serve` re-syncs the holding later.
+    pub(crate) async fn report(&self, id: &FileId, chunks: Vec<u32>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .tracker
+                .report_chunks(&self.peer_id, id, chunks.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(TrackerError::Unreachable { .. } | TrackerError::Unavailable { .. })
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %id, "cannot report chunks to the tracker: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One file to fetch.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub file_id: FileId,
+    /// Absolute output directory.
+    pub output: PathBuf,
+    /// Only sources whose peer id starts with this.
+    pub from: Option<String>,
+}
+
+impl Job {
+    /// Whether `peer` may be a source: not this peer itself, and matching `--from`.
+    pub(crate) fn usable(&self, me: &PeerId, peer: &PeerId) -> bool {
+        peer != me
+            && self
+                .from
+                .as_ref()
+                .is_none_or(|p| peer.as_str().starts_with(p.as_str()))
+    }
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: FileId,
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    /// Distinct peers that supplied verified chunks.
+    pub sources: usize,
+    pub chunks_fetched: u32,
+    /// Chunks found verified in an existing part (or final) file.
+    pub chunks_reused: u32,
+    pub elapsed: Duration,
+}

@@ -1,0 +1,106 @@
+//! Why a command failed, by meaning: the one error type the command layer returns. `main`
+//! turns it into the exit code and the one `error: ...` line; nothing else looks inside.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use common::FileId;
+
+use crate::output::safe;
+use crate::tracker_client::TrackerError;
+use crate::transport::CaError;
+
+/// What a command failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the tracker failed (see [`TrackerError`] for its kinds).
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    /// `--ca` names an unusable file.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// A file term matched nothing.
+    #[error("no file{scope} matches '{}'", safe(term))]
+    NoSuchFile { term: String, scope: Scope },
+    /// A file term matched several files; `candidates` describe them (already escaped).
+    #[error(
+        "'{}' matches {} files{scope}: {}",
+        safe(term),
+        candidates.len(),
+        candidates.join(", ")
+    )]
+    Ambiguous {
+        term: String,
+        scope: Scope,
+        candidates: Vec<String>,
+    },
+    #[error("user '{}' already exists", safe(user))]
+    UserExists { user: String },
+    #[error("registration is closed on this tracker; ask its operator for an account")]
+    RegistrationClosed,
+    /// The tracker refused the user name or password; its reason (already escaped).
+    #[error("cannot register: {0}")]
+    CannotRegister(String),
+    #[error("too many login attempts; wait a minute and try again")]
+    TooManyLogins,
+    #[error("the passwords do not match")]
+    PasswordsDiffer,
+    #[error("empty password")]
+    EmptyPassword,
+    #[error("cannot read the password: {0}")]
+    ReadPassword(#[source] std::io::Error),
+    /// A path given on the command line cannot be used.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Path {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// `unindex` of a replica, which the node manages for the tracker.
+    #[error(
+        "{} is a replica kept for the tracker's replication, not a share of this peer; `peer serve` manages it",
+        .0.short()
+    )]
+    IsReplica(FileId),
+    /// Telling the tracker about a shared file failed.
+    #[error("cannot share {}: {source}", path.display())]
+    Share {
+        path: PathBuf,
+        #[source]
+        source: TrackerError,
+    },
+    /// The node could not start or failed.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// `n` items failed and each was printed already (one `error: ...` line apiece).
+    #[error("{0} item(s) failed")]
+    AlreadyReported(usize),
+    /// A failure of the home directory, the downloader or the node, which do not have
+    /// error types of their own yet.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// `Result` with the command layer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a file term was looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Among the files the tracker knows.
+    Tracker,
+    /// Among the store records of this home.
+    Home,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Tracker => Ok(()),
+            Scope::Home => f.write_str(" in this home"),
+        }
+    }
+}
