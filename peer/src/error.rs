@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use common::FileId;
 
+use crate::download::DownloadError;
+use crate::home::HomeError;
 use crate::output::safe;
 use crate::tracker_client::TrackerError;
 use crate::transport::CaError;
@@ -72,16 +74,37 @@ pub enum Error {
         #[source]
         source: TrackerError,
     },
+    /// `index` found a file whose name is not UTF-8 (the tracker takes only UTF-8 names).
+    #[error("{}: file name is not UTF-8", .0.display())]
+    NameNotUtf8(PathBuf),
+    /// `index` saw a file change while it hashed it.
+    #[error("{} changed while it was hashed", .0.display())]
+    ChangedWhileHashed(PathBuf),
+    /// A hashing thread of `index` panicked.
+    #[error("hashing task failed: {0}")]
+    HashTask(#[source] tokio::task::JoinError),
+    /// The home directory, or a file in it, could not be used.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// A download failed.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    /// One download of a `get` of several files failed; `term` is what named the file.
+    #[error("get {}: {source}", safe(term))]
+    Get {
+        term: String,
+        #[source]
+        source: DownloadError,
+    },
     /// The node could not start or failed.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// `--json` output could not be encoded.
+    #[error("cannot encode the output as JSON: {0}")]
+    Json(#[from] serde_json::Error),
     /// `n` items failed and each was printed already (one `error: ...` line apiece).
     #[error("{0} item(s) failed")]
     AlreadyReported(usize),
-    /// A failure of the home directory, the downloader or the node, which do not have
-    /// error types of their own yet.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
 }
 
 /// `Result` with the command layer's [`Error`].

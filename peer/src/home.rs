@@ -20,9 +20,54 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
-use common::{Bitfield, FileId, Manifest, PeerId, Sha256Digest};
+use common::hash::DigestParseError;
+use common::{Bitfield, FileId, Manifest, ManifestError, PeerId, Sha256Digest};
 use serde::{Deserialize, Serialize};
+
+/// Why the home directory, or a file in it, could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// No `--home` was given and neither `$XDG_DATA_HOME` nor `$HOME` is set.
+    #[error("cannot find a home directory; pass --home DIR")]
+    NoHomeDir,
+    /// Creating, reading, writing or removing a file or directory of the home failed;
+    /// `action` is e.g. "create home", "read", "write".
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file of the home is not the JSON it should be.
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value could not be turned into JSON to be written to `path`.
+    #[error("cannot encode {}: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// identity.json was gone right after this process wrote it.
+    #[error("identity.json vanished")]
+    IdentityVanished,
+    /// A store record's whole-file hash or a chunk hash (`what`) is not a SHA-256 digest.
+    #[error("bad {what} in store record: {source}")]
+    RecordDigest {
+        what: &'static str,
+        #[source]
+        source: DigestParseError,
+    },
+    /// A store record's fields do not make a manifest of its file id (a hand-edited or
+    /// replica record).
+    #[error(transparent)]
+    RecordManifest(#[from] ManifestError),
+}
 
 /// A peer's home directory.
 #[derive(Debug, Clone)]
@@ -161,12 +206,19 @@ impl StoreRecord {
     }
 
     /// The manifest, checked against the record's id (a hand-edited record is refused).
-    pub fn manifest(&self) -> anyhow::Result<Manifest> {
-        let sha256: Sha256Digest = self.sha256.parse().context("bad sha256 in store record")?;
+    ///
+    /// # Errors
+    /// When a hash is not a SHA-256 digest or the fields do not make a manifest of the id
+    /// (always for a replica record).
+    pub fn manifest(&self) -> Result<Manifest, HomeError> {
+        let digest = |what, hex: &str| {
+            hex.parse::<Sha256Digest>()
+                .map_err(|source| HomeError::RecordDigest { what, source })
+        };
+        let sha256 = digest("sha256", &self.sha256)?;
         let mut packed = Vec::with_capacity(self.chunk_hashes.len() * 32);
         for h in &self.chunk_hashes {
-            let d: Sha256Digest = h.parse().context("bad chunk hash in store record")?;
-            packed.extend_from_slice(&d.0);
+            packed.extend_from_slice(&digest("chunk hash", h)?.0);
         }
         let m = Manifest::from_parts(
             self.name.clone(),
@@ -247,16 +299,20 @@ impl Home {
     ///
     /// # Errors
     /// When the directory cannot be created.
-    pub fn open(dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn open(dir: Option<PathBuf>) -> Result<Self, HomeError> {
         let dir = match dir {
             Some(d) => d,
-            None => default_dir().context("cannot find a home directory; pass --home DIR")?,
+            None => default_dir().ok_or(HomeError::NoHomeDir)?,
         };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir.join("store"))
-            .with_context(|| format!("cannot create home {}", dir.display()))?;
+            .map_err(|source| HomeError::Io {
+                action: "create home",
+                path: dir.clone(),
+                source,
+            })?;
         Ok(Self { dir })
     }
 
@@ -265,7 +321,7 @@ impl Home {
     }
 
     /// This peer's id, made (16 random bytes) on first use.
-    pub fn peer_id(&self) -> anyhow::Result<PeerId> {
+    pub fn peer_id(&self) -> Result<PeerId, HomeError> {
         let path = self.dir.join("identity.json");
         if let Some(id) = read_json::<Identity>(&path)? {
             return Ok(id.peer_id);
@@ -274,53 +330,53 @@ impl Home {
         write_json(&path, &Identity { peer_id }, 0o600)?;
         // Re-read so two processes racing to create it agree on the id that won.
         Ok(read_json::<Identity>(&path)?
-            .context("identity.json vanished")?
+            .ok_or(HomeError::IdentityVanished)?
             .peer_id)
     }
 
-    pub fn session(&self) -> anyhow::Result<Option<SessionFile>> {
+    pub fn session(&self) -> Result<Option<SessionFile>, HomeError> {
         read_json(&self.dir.join("session.json"))
     }
 
-    pub fn save_session(&self, s: &SessionFile) -> anyhow::Result<()> {
+    pub fn save_session(&self, s: &SessionFile) -> Result<(), HomeError> {
         write_json(&self.dir.join("session.json"), s, 0o600)
     }
 
     /// Deletes the session; true if there was one.
-    pub fn delete_session(&self) -> anyhow::Result<bool> {
+    pub fn delete_session(&self) -> Result<bool, HomeError> {
         remove_if_exists(&self.dir.join("session.json"))
     }
 
-    pub fn settings(&self) -> anyhow::Result<Settings> {
+    pub fn settings(&self) -> Result<Settings, HomeError> {
         Ok(read_json(&self.dir.join("settings.json"))?.unwrap_or_default())
     }
 
-    pub fn save_settings(&self, s: &Settings) -> anyhow::Result<()> {
+    pub fn save_settings(&self, s: &Settings) -> Result<(), HomeError> {
         write_json(&self.dir.join("settings.json"), s, 0o600)
     }
 
     /// The tracker's ticket key as last learnt (`None` if never, or unreadable).
-    pub fn tracker_key(&self) -> anyhow::Result<Option<Vec<u8>>> {
+    pub fn tracker_key(&self) -> Result<Option<Vec<u8>>, HomeError> {
         let f: Option<TrackerKeyFile> = read_json(&self.dir.join("tracker_key.json"))?;
         Ok(f.and_then(|f| hex::decode(f.public_key).ok()))
     }
 
-    pub fn save_tracker_key(&self, key: &[u8]) -> anyhow::Result<()> {
+    pub fn save_tracker_key(&self, key: &[u8]) -> Result<(), HomeError> {
         let f = TrackerKeyFile {
             public_key: hex::encode(key),
         };
         write_json(&self.dir.join("tracker_key.json"), &f, 0o600)
     }
 
-    pub fn node(&self) -> anyhow::Result<Option<NodeFile>> {
+    pub fn node(&self) -> Result<Option<NodeFile>, HomeError> {
         read_json(&self.dir.join("node.json"))
     }
 
-    pub fn save_node(&self, n: &NodeFile) -> anyhow::Result<()> {
+    pub fn save_node(&self, n: &NodeFile) -> Result<(), HomeError> {
         write_json(&self.dir.join("node.json"), n, 0o600)
     }
 
-    pub fn delete_node(&self) -> anyhow::Result<bool> {
+    pub fn delete_node(&self) -> Result<bool, HomeError> {
         remove_if_exists(&self.dir.join("node.json"))
     }
 
@@ -343,36 +399,38 @@ impl Home {
         self.dir.join("store").join(format!("{id}.json"))
     }
 
-    pub fn record(&self, id: &FileId) -> anyhow::Result<Option<StoreRecord>> {
+    pub fn record(&self, id: &FileId) -> Result<Option<StoreRecord>, HomeError> {
         read_json(&self.record_path(id))
     }
 
-    pub fn save_record(&self, r: &StoreRecord) -> anyhow::Result<()> {
+    pub fn save_record(&self, r: &StoreRecord) -> Result<(), HomeError> {
         write_json(&self.record_path(&r.file_id), r, 0o600)
     }
 
-    pub fn delete_record(&self, id: &FileId) -> anyhow::Result<bool> {
+    pub fn delete_record(&self, id: &FileId) -> Result<bool, HomeError> {
         remove_if_exists(&self.record_path(id))
     }
 
     /// Every store record, ordered by name. Unreadable records are skipped with a warning.
-    pub fn records(&self) -> anyhow::Result<Vec<StoreRecord>> {
+    pub fn records(&self) -> Result<Vec<StoreRecord>, HomeError> {
         let dir = self.dir.join("store");
         let mut out = Vec::new();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            Err(source) => return Err(io_error("read", &dir, source)),
         };
         for entry in entries {
-            let path = entry?.path();
+            let path = entry
+                .map_err(|source| io_error("read", &dir, source))?
+                .path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             match read_json::<StoreRecord>(&path) {
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(path = %path.display(), "skipping store record: {e:#}"),
+                Err(e) => tracing::warn!(path = %path.display(), "skipping store record: {e}"),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_id.cmp(&b.file_id)));
@@ -389,20 +447,39 @@ pub fn default_dir() -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".local/share/tessera"))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, HomeError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{} is corrupt", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| HomeError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(source) => Err(io_error("read", path, source)),
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: io::Error) -> HomeError {
+    HomeError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file with `mode`, fsync, rename).
-pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)?;
-    write_atomic(path, &bytes, mode).with_context(|| format!("cannot write {}", path.display()))
+///
+/// # Errors
+/// When `value` cannot be encoded or the file cannot be written.
+pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), HomeError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| HomeError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &bytes, mode).map_err(|source| io_error("write", path, source))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
@@ -446,11 +523,11 @@ pub fn write_temp_beside(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Pat
 }
 
 /// Removes a file; whether it was there.
-pub(crate) fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
+fn remove_if_exists(path: &Path) -> Result<bool, HomeError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        Err(source) => Err(io_error("remove", path, source)),
     }
 }
 
@@ -542,6 +619,31 @@ mod tests {
         assert!(r.manifest().is_err());
         assert!(home.delete_record(&m.id()).unwrap());
         assert!(home.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"").unwrap();
+        let err = Home::open(Some(file.clone())).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot create home {}: Not a directory (os error 20)",
+                file.display()
+            )
+        );
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        fs::write(home.dir().join("settings.json"), b"{").unwrap();
+        let err = home.settings().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{} is corrupt: EOF",
+                home.dir().join("settings.json").display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,14 +58,18 @@ pub fn println(line: &str) {
 }
 
 /// Prints a value as pretty JSON (one document, newline-terminated).
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+///
+/// # Errors
+/// When `value` cannot be encoded (a map with non-string keys, a failing `Serialize`).
+pub fn json<T: Serialize>(value: &T) -> Result<(), serde_json::Error> {
     let s = serde_json::to_string_pretty(value)?;
     println(&s);
     Ok(())
 }
 
-/// Reports one failed item on stderr, in the same form `main` uses for a fatal error (an
-/// `anyhow` chain, alone or inside [`crate::Error::Other`], is printed whole).
+/// Reports one failed item on stderr, in the same form `main` uses for a fatal error. The
+/// peer's errors carry their causes in their own messages (`cannot write X: No space left
+/// on device`), so the one line says what failed and why.
 pub fn report_error(err: &dyn std::fmt::Display) {
     eprintln!(
         "error: {}",

@@ -26,10 +26,16 @@ use proto::peer::v1::peer_client::PeerClient;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// Per-stream HTTP/2 window: a few chunks in flight per stream.
+/// The most chunk bytes a getter asks one source for at once (its per-source memory
+/// bound): 32 requests of 1 MiB, twice the bandwidth-delay product of a 1 Gbit/s link at
+/// 120 ms.
+pub const MAX_IN_FLIGHT_BYTES: u64 = 32 << 20;
+/// Per-stream HTTP/2 window: one stream carries one request of at most one 16 MiB chunk,
+/// and a 4 MiB window keeps a 1 MiB chunk in flight whole.
 pub const STREAM_WINDOW: u32 = 4 << 20;
-/// Per-connection HTTP/2 window.
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Per-connection HTTP/2 window, above [`MAX_IN_FLIGHT_BYTES`] so flow control never binds
+/// before the getter's own depth does.
+pub const CONNECTION_WINDOW: u32 = 48 << 20;
 /// Largest HTTP/2 frame either side accepts: a 1 MiB chunk in one frame (plus a small one),
 /// which measured ~7 % faster than 256 KiB frames and far fewer than the 16 KiB default.
 pub const MAX_FRAME: u32 = 1 << 20;

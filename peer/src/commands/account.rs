@@ -34,7 +34,7 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
     Ok(pw)
 }
 
-fn save(cx: &Ctx, g: &Granted) -> anyhow::Result<()> {
+fn save(cx: &Ctx, g: &Granted) -> Result<()> {
     cx.home.save_session(&SessionFile {
         user: g.user.clone(),
         token: g.token.clone(),
@@ -45,7 +45,7 @@ fn save(cx: &Ctx, g: &Granted) -> anyhow::Result<()> {
     }
     let mut settings: Settings = cx.home.settings()?;
     settings.trackers = cx.trackers.clone();
-    cx.home.save_settings(&settings)
+    Ok(cx.home.save_settings(&settings)?)
 }
 
 fn say(cx: &Ctx, verb: &str, g: &Granted) -> Result<()> {

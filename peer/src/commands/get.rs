@@ -148,11 +148,11 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             if r.is_err() {
                 p.finish(false);
             }
-            r.map_err(|e| {
+            r.map_err(|source| {
                 if several {
-                    e.context(format!("get {}", safe(&term)))
+                    Error::Get { term, source }
                 } else {
-                    e
+                    Error::Download(source)
                 }
             })
         }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
 use common::{Bitfield, FileId, Manifest};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -103,9 +102,16 @@ struct Hashed {
     mtime: u64,
 }
 
-fn hash_one(path: PathBuf, reuse: Option<StoreRecord>) -> anyhow::Result<Hashed> {
-    let meta =
-        std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+fn hash_one(path: PathBuf, reuse: Option<StoreRecord>) -> Result<Hashed> {
+    let failed = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Path {
+            action,
+            path,
+            source,
+        }
+    };
+    let meta = std::fs::metadata(&path).map_err(failed("read", &path))?;
     let (len, mtime) = len_and_mtime(&meta);
     if let Some(r) = reuse
         && r.file_len == Some(len)
@@ -119,16 +125,14 @@ fn hash_one(path: PathBuf, reuse: Option<StoreRecord>) -> anyhow::Result<Hashed>
             mtime,
         });
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("file name is not UTF-8")?
-        .to_string();
-    let manifest = common::manifest::hash_file(&path, name)
-        .with_context(|| format!("cannot hash {}", path.display()))?;
-    let after = std::fs::metadata(&path)?;
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(Error::NameNotUtf8(path));
+    };
+    let manifest =
+        common::manifest::hash_file(&path, name.to_string()).map_err(failed("hash", &path))?;
+    let after = std::fs::metadata(&path).map_err(failed("read", &path))?;
     if len_and_mtime(&after) != (len, mtime) {
-        bail!("{} changed while it was hashed", path.display());
+        return Err(Error::ChangedWhileHashed(path));
     }
     Ok(Hashed {
         path,
@@ -167,17 +171,13 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         tasks.spawn(async move {
             let _permit = pool.acquire_owned().await;
             let r = tokio::task::spawn_blocking(move || hash_one(path, reuse)).await;
-            (
-                i,
-                r.map_err(|e| anyhow!("hashing task failed: {e}"))
-                    .and_then(|r| r),
-            )
+            (i, r.map_err(Error::HashTask).and_then(|r| r))
         });
     }
 
     let mut shown: Vec<Option<FileView>> = vec![None; files.len()];
     while let Some(joined) = tasks.join_next().await {
-        let (i, hashed) = joined.map_err(|e| anyhow!("hashing task failed: {e}"))?;
+        let (i, hashed) = joined.map_err(Error::HashTask)?;
         let h = match hashed {
             Ok(h) => h,
             Err(e) => {

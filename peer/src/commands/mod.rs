@@ -81,7 +81,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Register(c) => account::register(&cx, c).await,
         Command::Login(c) => account::login(&cx, c).await,
         Command::Logout => account::logout(&cx).await,
-        // `serve` still answers in anyhow.
         Command::Serve(a) => serve::serve(&cx, a).await,
         Command::Index { paths } => index::index(&cx, paths).await,
         Command::Unindex { ids } => index::unindex(&cx, ids).await,

@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use common::{Bitfield, PeerId, Ticket};
 use tokio::time::Instant;
 
+use super::error::{DownloadError, NoSource};
 use super::files;
 use super::job::{Context, Job, Outcome};
 use super::record::RecordWriter;
@@ -146,13 +146,11 @@ impl<T: ChunkTransport> Coordinator<T> {
     ///
     /// # Errors
     /// When the part file cannot be written.
-    pub(super) fn on_event(&mut self, ev: Event) -> anyhow::Result<()> {
+    pub(super) fn on_event(&mut self, ev: Event) -> Result<(), DownloadError> {
         match ev {
             Event::Verified { index, source } => self.verified(index, source),
             Event::WorkerEnded { source, addr, end } => self.worker_ended(source, &addr, end),
-            Event::Fatal(e) => {
-                return Err(e).with_context(|| format!("cannot write {}", self.part.display()));
-            }
+            Event::Fatal(e) => return Err(DownloadError::io("write", &self.part, e)),
             Event::Relocated(r) => self.relocated(r),
             Event::Reported(r) => {
                 self.tracker.reporting = false;
@@ -234,7 +232,7 @@ impl<T: ChunkTransport> Coordinator<T> {
     ///
     /// # Errors
     /// When the download gives up.
-    pub(super) async fn on_tick(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn on_tick(&mut self) -> Result<(), DownloadError> {
         let now = Instant::now();
         if self.dirty {
             self.dirty = false;
@@ -263,16 +261,16 @@ impl<T: ChunkTransport> Coordinator<T> {
         }
         self.progress.set_sources(self.running());
         if now.duration_since(self.last_activity) > self.cx.cfg.give_up_after {
-            let why = self
+            let last_error = self
                 .last_gone
                 .as_deref()
-                .map(|w| format!(" (last source error: {})", common::names::printable(w, 300)))
-                .unwrap_or_default();
-            bail!(
-                "no live source for {remaining} of {} chunks of {}{why}",
-                self.chunk_count(),
-                common::names::printable(&self.sh.manifest.name, 200)
-            );
+                .map(|w| common::names::printable(w, 300));
+            return Err(DownloadError::NoLiveSource {
+                missing: remaining,
+                total: self.chunk_count(),
+                name: common::names::printable(&self.sh.manifest.name, 200),
+                why: NoSource::GaveUp { last_error },
+            });
         }
         Ok(())
     }
@@ -336,33 +334,35 @@ impl<T: ChunkTransport> Coordinator<T> {
     /// # Errors
     /// When the whole-file hash differs from the listed one (nothing is kept), or the file
     /// cannot be flushed or published.
-    pub(super) async fn finish(self) -> anyhow::Result<Outcome> {
+    pub(super) async fn finish(self) -> Result<Outcome, DownloadError> {
         self.sh.cancel.cancel();
         let m = self.sh.manifest.clone();
         let digest = self
             .whole
             .finish()
             .await
-            .with_context(|| format!("cannot hash {}", self.part.display()))?;
+            .map_err(|e| DownloadError::io("hash", &self.part, e))?;
         if digest != m.sha256 {
             // Every chunk matched the id, so these are the bytes the id names: the listed
             // whole-file hash is what is wrong (its sharer announced a bad one). Keep nothing
             // that a later `get` would resume into the same failure.
             let _ = std::fs::remove_file(&self.part);
             self.records.forget(&self.job.file_id);
-            bail!(
-                "{}: the downloaded bytes match every chunk hash but their SHA-256 is {digest}, \
-                 not the {} the tracker lists; the file's listing is wrong, nothing was saved",
-                common::names::printable(&m.name, 200),
-                m.sha256
-            );
+            return Err(DownloadError::WholeFileHash {
+                name: common::names::printable(&m.name, 200),
+                got: digest,
+                listed: m.sha256,
+            });
         }
         let f = self.sh.file.clone();
         tokio::task::spawn_blocking(move || f.sync_all())
-            .await?
-            .with_context(|| format!("cannot flush {}", self.part.display()))?;
+            .await
+            .map_err(DownloadError::task("flush"))?
+            .map_err(|e| DownloadError::io("flush", &self.part, e))?;
         let (p2, f2) = (self.part.clone(), self.final_path.clone());
-        tokio::task::spawn_blocking(move || files::publish(&p2, &f2)).await??;
+        tokio::task::spawn_blocking(move || files::publish(&p2, &f2))
+            .await
+            .map_err(DownloadError::task("publish"))??;
         let n = m.chunk_count();
         self.records.write(&Bitfield::full(n), true);
         let mut pending = self.tracker.pending;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anyhow::{Context, bail};
 use common::{Bitfield, Manifest};
+
+use super::error::DownloadError;
 
 /// The final path of `name` inside `output`: one sanitised component, so it can never
 /// leave `output` whatever the name says.
@@ -29,26 +30,21 @@ pub enum Existing {
 ///
 /// # Errors
 /// When something else is there: it is never overwritten.
-pub fn check_existing(final_path: &Path, m: &Manifest) -> anyhow::Result<Existing> {
-    let differs = || {
-        anyhow::anyhow!(
-            "{} exists and differs from {}; move it away or choose another --output",
-            final_path.display(),
-            common::names::printable(&m.name, 200)
-        )
+pub fn check_existing(final_path: &Path, m: &Manifest) -> Result<Existing, DownloadError> {
+    let differs = || DownloadError::OutputTaken {
+        path: final_path.to_path_buf(),
+        name: common::names::printable(&m.name, 200),
     };
     let meta = match std::fs::symlink_metadata(final_path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot inspect {}", final_path.display()));
-        }
+        Err(e) => return Err(DownloadError::io("inspect", final_path, e)),
     };
     if !meta.is_file() || meta.len() != m.size {
         return Err(differs());
     }
     let whole = common::manifest::hash_file(final_path, m.name.clone())
-        .with_context(|| format!("cannot read {}", final_path.display()))?;
+        .map_err(|e| DownloadError::io("read", final_path, e))?;
     if whole.sha256 == m.sha256 {
         Ok(Existing::Same)
     } else {
@@ -65,7 +61,7 @@ pub fn check_existing(final_path: &Path, m: &Manifest) -> anyhow::Result<Existin
 ///
 /// # Errors
 /// When it cannot be opened, is locked by another process, or cannot be cut.
-pub fn open_part(part: &Path, size: u64) -> anyhow::Result<(File, u64)> {
+pub fn open_part(part: &Path, size: u64) -> Result<(File, u64), DownloadError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -74,24 +70,24 @@ pub fn open_part(part: &Path, size: u64) -> anyhow::Result<(File, u64)> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
         .open(part)
-        .with_context(|| format!("cannot open {}", part.display()))?;
+        .map_err(|e| DownloadError::io("open", part, e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another `peer get` is already writing {}", part.display())
+            return Err(DownloadError::PartLocked(part.to_path_buf()));
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", part.display()));
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(DownloadError::io("lock", part, e)),
     }
-    let meta = file.metadata()?;
+    let meta = file
+        .metadata()
+        .map_err(|e| DownloadError::io("inspect", part, e))?;
     if !meta.is_file() {
-        bail!("{} is not a regular file", part.display());
+        return Err(DownloadError::PartNotAFile(part.to_path_buf()));
     }
     let existing = meta.len();
     if existing > size {
         file.set_len(size)
-            .with_context(|| format!("cannot size {}", part.display()))?;
+            .map_err(|e| DownloadError::io("size", part, e))?;
     }
     Ok((file, existing.min(size)))
 }
@@ -118,30 +114,25 @@ pub fn verified_in_part(file: &File, existing_len: u64, m: &Manifest) -> Bitfiel
 ///
 /// # Errors
 /// When the final path appeared meanwhile, or the move fails.
-pub fn publish(part: &Path, final_path: &Path) -> anyhow::Result<()> {
+pub fn publish(part: &Path, final_path: &Path) -> Result<(), DownloadError> {
+    let appeared = || DownloadError::OutputAppeared {
+        final_path: final_path.to_path_buf(),
+        part: part.to_path_buf(),
+    };
     match std::fs::hard_link(part, final_path) {
         Ok(()) => {
-            std::fs::remove_file(part)
-                .with_context(|| format!("cannot remove {}", part.display()))?;
+            std::fs::remove_file(part).map_err(|e| DownloadError::io("remove", part, e))?;
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            bail!(
-                "{} appeared while downloading; the data stays in {}",
-                final_path.display(),
-                part.display()
-            );
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(appeared()),
         // Filesystems without hard links: check, then rename.
         Err(_) => {
             if std::fs::symlink_metadata(final_path).is_ok() {
-                bail!(
-                    "{} appeared while downloading; the data stays in {}",
-                    final_path.display(),
-                    part.display()
-                );
+                return Err(appeared());
             }
-            std::fs::rename(part, final_path)
-                .with_context(|| format!("cannot rename {} into place", part.display()))?;
+            std::fs::rename(part, final_path).map_err(|source| DownloadError::Publish {
+                part: part.to_path_buf(),
+                source,
+            })?;
         }
     }
     if let Some(dir) = final_path.parent()

@@ -25,8 +25,11 @@ pub struct DownloadConfig {
     pub relocate_every: Duration,
     /// How often to report verified chunks and write the store record.
     pub report_every: Duration,
-    /// Requests in flight per source.
-    pub max_in_flight: usize,
+    /// Requests kept in flight per source at least; more on long, fat links (`pace`).
+    pub min_in_flight: usize,
+    /// The most chunk bytes requested from one source at once: the getter's memory bound
+    /// per source, and what the HTTP/2 windows are sized above.
+    pub max_in_flight_bytes: u64,
 }
 
 impl Default for DownloadConfig {
@@ -36,7 +39,8 @@ impl Default for DownloadConfig {
             give_up_after: Duration::from_secs(120),
             relocate_every: Duration::from_secs(1),
             report_every: Duration::from_millis(250),
-            max_in_flight: 4,
+            min_in_flight: 4,
+            max_in_flight_bytes: crate::transport::MAX_IN_FLIGHT_BYTES,
         }
     }
 }

@@ -12,11 +12,13 @@
 //! Workers pull chunks from the shared [`scheduler::Scheduler`].
 //!
 //! Module graph (no cycles): `job` ← `shared` ← `worker` ← `coordinator` ← this module;
-//! `files`, `record`, `scheduler` and `whole` are leaves.
+//! `error`, `files`, `record`, `scheduler` and `whole` are leaves (`files` uses `error`).
 
 mod coordinator;
+mod error;
 pub mod files;
 mod job;
+mod pace;
 mod record;
 pub mod scheduler;
 mod shared;
@@ -25,7 +27,6 @@ mod worker;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, bail};
 use common::Bitfield;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,7 @@ use crate::progress::FileProgress;
 use crate::tracker_client::Located;
 use crate::transport::ChunkTransport;
 use coordinator::{Coordinator, Start};
+pub use error::{DownloadError, NoSource};
 pub use job::{Context, DownloadConfig, Job, Outcome};
 use record::RecordWriter;
 use scheduler::Scheduler;
@@ -49,7 +51,7 @@ pub async fn download<T: ChunkTransport>(
     cx: Arc<Context<T>>,
     job: Job,
     progress: Arc<FileProgress>,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome, DownloadError> {
     let started = std::time::Instant::now();
     let _active = crate::metrics::metrics().transfer("download");
     let located = cx.tracker.locate(&job.file_id).await?;
@@ -57,11 +59,9 @@ pub async fn download<T: ChunkTransport>(
         .manifest
         .clone()
         .verified(&job.file_id)
-        .with_context(|| {
-            format!(
-                "the tracker's chunk map does not match file id {}; refusing it",
-                job.file_id
-            )
+        .map_err(|source| DownloadError::ChunkMap {
+            id: job.file_id,
+            source,
         })?;
     let manifest = Arc::new(manifest);
     let n = manifest.chunk_count();
@@ -70,7 +70,9 @@ pub async fn download<T: ChunkTransport>(
     let part = part_path(&final_path);
 
     let (fp, m2) = (final_path.clone(), manifest.clone());
-    let existing = tokio::task::spawn_blocking(move || files::check_existing(&fp, &m2)).await??;
+    let existing = tokio::task::spawn_blocking(move || files::check_existing(&fp, &m2))
+        .await
+        .map_err(DownloadError::task("output check"))??;
     if let files::Existing::Same = existing {
         RecordWriter::new(&cx.home, &manifest, &final_path).write(&Bitfield::full(n), true);
         cx.report(&job.file_id, (0..n).collect()).await;
@@ -93,10 +95,12 @@ pub async fn download<T: ChunkTransport>(
     // after the give-up time, unless a part file from an earlier run may hold those chunks.
     let missing = uncovered(&cx, &job, &located, n);
     if missing > 0 && !part.exists() {
-        bail!(
-            "no live source for {missing} of {n} chunks of {}: every holder of them is offline",
-            common::names::printable(&manifest.name, 80)
-        );
+        return Err(DownloadError::NoLiveSource {
+            missing,
+            total: n,
+            name: common::names::printable(&manifest.name, 80),
+            why: NoSource::Offline,
+        });
     }
 
     let (p2, size) = (part.clone(), manifest.size);
@@ -104,9 +108,10 @@ pub async fn download<T: ChunkTransport>(
     let (file, have) = tokio::task::spawn_blocking(move || {
         let (file, existing_len) = files::open_part(&p2, size)?;
         let have = files::verified_in_part(&file, existing_len, &m2);
-        anyhow::Ok((file, have))
+        Ok::<_, DownloadError>((file, have))
     })
-    .await??;
+    .await
+    .map_err(DownloadError::task("part file"))??;
     let mut sched = Scheduler::new(n);
     for i in have.iter_ones() {
         sched.mark_verified(i);
@@ -132,12 +137,13 @@ pub async fn download<T: ChunkTransport>(
         cfg: cx.cfg.clone(),
         sched: Mutex::new(sched),
         wake: watch::Sender::new(0),
+        landed: watch::Sender::new(0),
         events: events_tx,
         cancel,
         ticket: Mutex::new(None),
     });
     let whole = whole::WholeHash::start(sh.file.clone(), manifest.clone(), &have)
-        .context("cannot start hashing the file")?;
+        .map_err(DownloadError::HashThread)?;
     let mut tick = tokio::time::interval(cx.cfg.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Start {

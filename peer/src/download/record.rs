@@ -36,7 +36,7 @@ impl RecordWriter {
         if self.base.is_some()
             && let Err(e) = self.home.delete_record(id)
         {
-            tracing::warn!("cannot remove store record: {e:#}");
+            tracing::warn!("cannot remove store record: {e}");
         }
     }
 
@@ -51,7 +51,7 @@ impl RecordWriter {
         if let Some(r) = self.record(have, complete)
             && let Err(e) = self.home.save_record(&r)
         {
-            tracing::warn!("cannot write store record: {e:#}");
+            tracing::warn!("cannot write store record: {e}");
         }
     }
 
@@ -62,7 +62,7 @@ impl RecordWriter {
         let home = self.home.clone();
         let res = tokio::task::spawn_blocking(move || home.save_record(&r)).await;
         if let Ok(Err(e)) = res {
-            tracing::warn!("cannot write store record: {e:#}");
+            tracing::warn!("cannot write store record: {e}");
         }
     }
 }

@@ -10,8 +10,9 @@
 //!   back to Missing;
 //! - a full holder (a seed, a finished getter) is offered a candidate set instead of one
 //!   chunk, and chooses the chunk it has sent least (super-seeding): the Missing chunks no
-//!   other source holds, or every Missing chunk when there are none. They stay Missing
-//!   until one arrives, so chunks other getters hold go to those getters, not the seed.
+//!   other source holds, or every Missing chunk when there are none. The candidates are
+//!   reserved for it (InFlight) until the answer comes, so two requests never overlap; the
+//!   ones not sent go back to Missing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -214,11 +215,21 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
             .is_some_and(|b| b.count() == self.chunk_count())
     }
 
-    /// The candidate set to offer `s`, which then sends the one it has sent least: the
+    /// Reserves a candidate set for `s`, which then sends the one it has sent least: the
     /// Missing chunks that only `s` holds, or, when there are none, every Missing chunk it
-    /// holds; a random `max` of them when there are more. The chunks stay Missing (the
-    /// answer says which one comes); empty when nothing `s` holds is Missing.
-    pub fn candidates_for(&self, s: &S, max: usize, rng: &mut impl rand::Rng) -> Vec<u32> {
+    /// holds; a random few of them. The candidates become InFlight from `s`, so no other
+    /// request asks for them (no chunk is sent twice outside the endgame); the caller
+    /// releases those not sent. The set is small enough that `depth` such requests from
+    /// each source leave half the Missing chunks to others: at most
+    /// `missing / (2 · sources · depth)`, between 1 and `max`. Empty when nothing `s`
+    /// holds is Missing.
+    pub fn reserve_candidates(
+        &mut self,
+        s: &S,
+        depth: usize,
+        max: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<u32> {
         let Some(have) = self.sources.get(s) else {
             return Vec::new();
         };
@@ -230,9 +241,19 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         if out.is_empty() {
             out = have.iter_ones().filter(missing).collect();
         }
-        if out.len() > max {
+        let all_missing = self
+            .states
+            .iter()
+            .filter(|st| **st == ChunkState::Missing)
+            .count();
+        let share = all_missing / (2 * self.sources.len().max(1) * depth.max(1));
+        let k = share.clamp(1, max.max(1));
+        if out.len() > k {
             out.shuffle(rng);
-            out.truncate(max);
+            out.truncate(k);
+        }
+        for &i in &out {
+            self.states[i as usize] = ChunkState::InFlight(vec![s.clone()]);
         }
         out
     }
@@ -372,23 +393,51 @@ mod tests {
         s.mark_verified(5);
         let taken = s.next_for(&"peer", true, &mut rng).unwrap();
         assert!(taken == 0 || taken == 1);
-        let mut c = s.candidates_for(&"seed", 10, &mut rng);
-        c.sort();
-        // Not 0 or 1 (peer holds them), not 5 (Verified); still Missing until one arrives.
-        assert_eq!(c, vec![2, 3, 4]);
-        assert_eq!(s.state(2), &ChunkState::Missing);
-        assert_eq!(s.candidates_for(&"seed", 2, &mut rng).len(), 2);
-        // The chunk that arrives becomes Verified; the others stay Missing.
-        assert!(s.mark_verified(3));
-        let mut c = s.candidates_for(&"seed", 10, &mut rng);
-        c.sort();
-        assert_eq!(c, vec![2, 4]);
+        // Not 0 or 1 (peer holds them), not 5 (Verified); a set of one (3 Missing chunks,
+        // 2 sources), reserved for the seed.
+        let c = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        assert_eq!(c.len(), 1);
+        assert!([2, 3, 4].contains(&c[0]), "{c:?}");
+        assert_eq!(s.state(c[0]), &ChunkState::InFlight(vec!["seed"]));
+        // A second request gets another chunk: requests never overlap.
+        let d = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        assert_eq!(d.len(), 1);
+        assert_ne!(c, d);
+        // The chunk that arrives becomes Verified; the others are released.
+        assert!(s.mark_verified(c[0]));
+        assert!(s.release(d[0], &"seed"));
         // With nothing only it holds, the seed is offered every Missing chunk it holds.
-        s.add_source("peer", bits(6, &[0, 1, 2, 4]));
-        let mut c = s.candidates_for(&"seed", 10, &mut rng);
+        s.add_source("peer", bits(6, &[0, 1, 2, 3, 4]));
+        let mut c = s.reserve_candidates(&"seed", 1, 10, &mut rng);
         c.sort();
-        assert!(c == vec![0, 2, 4] || c == vec![1, 2, 4], "{c:?}");
-        assert!(s.candidates_for(&"unknown", 10, &mut rng).is_empty());
+        assert_eq!(c.len(), 1);
+        assert!(s.reserve_candidates(&"unknown", 1, 10, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn candidate_sets_leave_work_for_other_sources() {
+        let mut s = Scheduler::new(256);
+        let mut rng = rand::rng();
+        for seed in ["a", "b", "c", "d"] {
+            s.add_source(seed, Bitfield::full(256));
+        }
+        // Four seeds, 8 requests deep each: sets of 256 / (2·4·8) = 4 chunks, disjoint.
+        let mut seen = std::collections::HashSet::new();
+        for seed in ["a", "b", "c", "d"] {
+            for _ in 0..8 {
+                let c = s.reserve_candidates(&seed, 8, 16, &mut rng);
+                assert!(!c.is_empty() && c.len() <= 4, "{c:?}");
+                for i in c {
+                    assert!(seen.insert(i), "chunk {i} offered twice");
+                }
+            }
+        }
+        assert!(seen.len() <= 128, "half the chunks stay for others");
+        // One chunk left: one request gets it; the next one nothing (no duplicate).
+        let mut one = Scheduler::new(1);
+        one.add_source("seed", Bitfield::full(1));
+        assert_eq!(one.reserve_candidates(&"seed", 16, 16, &mut rng), vec![0]);
+        assert!(one.reserve_candidates(&"seed", 16, 16, &mut rng).is_empty());
     }
 
     #[test]

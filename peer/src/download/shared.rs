@@ -27,6 +27,8 @@ pub(crate) struct Shared<T> {
     pub(super) sched: Mutex<Scheduler<PeerId>>,
     /// Bumped when chunks go back to Missing or sources change, to wake idle workers.
     pub(super) wake: watch::Sender<u64>,
+    /// Bumped when a chunk is first verified, so a request for it elsewhere gives way.
+    pub(super) landed: watch::Sender<u64>,
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) cancel: CancellationToken,
     /// The newest ticket from the tracker, presented with every request.

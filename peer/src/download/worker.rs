@@ -1,8 +1,11 @@
-//! One worker per source: it keeps up to `max_in_flight` requests going to its source,
-//! pulling chunks from the scheduler, so faster sources naturally get more of the work.
-//! A full holder is asked to pick one chunk of a candidate set (super-seeding, see
-//! `scheduler::Scheduler::candidates_for`); any other source is asked for one chunk.
-//! Every chunk is checked (index, length, SHA-256) before it is written at its offset.
+//! One worker per source: it keeps as many requests going to its source as [`Depth`] says
+//! (about twice the source's bandwidth-delay product, at least `min_in_flight`), pulling
+//! chunks from the scheduler, so faster and farther sources get more of the work.
+//! A full holder is asked to pick one chunk of a candidate set reserved for it
+//! (super-seeding, see `scheduler::Scheduler::reserve_candidates`); any other source is
+//! asked for one chunk. Every chunk is checked (index, length, SHA-256) before it is
+//! written at its offset. A request for a chunk that lands from another source first (an
+//! endgame duplicate) is dropped at once, which cancels its stream at the source.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::pace::Depth;
+use super::scheduler::ChunkState;
 use super::shared::{Event, Shared, WorkerEnd};
 use crate::transport::{ChunkTransport, FetchError};
 
@@ -20,7 +25,7 @@ use crate::transport::{ChunkTransport, FetchError};
 const MAX_CANDIDATES: usize = 256;
 
 /// One request: a chunk the scheduler marked InFlight from this source, or a candidate set
-/// for the source to choose one chunk from (they stay Missing).
+/// reserved for the source to choose one chunk from.
 enum Ask {
     One(u32),
     Pick(Vec<u32>),
@@ -30,6 +35,8 @@ enum Ask {
 enum Fail {
     Bad(String),
     Gone(String),
+    /// The chunk landed from another source first; nothing is wrong with this one.
+    Superseded,
     /// Writing to our own disk failed: the whole download fails.
     Local(std::io::Error),
 }
@@ -61,6 +68,9 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
     let mut in_flight = FuturesUnordered::new();
     let stall = sh.cfg.stall_timeout;
     let mut last_chunk = Instant::now();
+    let chunk = sh.manifest.chunk_size as u64;
+    let deepest = (sh.cfg.max_in_flight_bytes / chunk.max(1)) as usize;
+    let mut depth = Depth::new(sh.cfg.min_in_flight, deepest, chunk, Instant::now());
     loop {
         wake.borrow_and_update();
         {
@@ -73,9 +83,9 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
             }
             let mut rng = rand::rng();
             let full = sched.is_full_holder(source);
-            while in_flight.len() < sh.cfg.max_in_flight {
+            while in_flight.len() < depth.target() {
                 let cands = if full {
-                    sched.candidates_for(source, MAX_CANDIDATES, &mut rng)
+                    sched.reserve_candidates(source, depth.target(), MAX_CANDIDATES, &mut rng)
                 } else {
                     Vec::new()
                 };
@@ -101,21 +111,42 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
             continue;
         }
         tokio::select! {
-            Some((asked, r)) = in_flight.next() => match r {
-                Ok(i) => {
-                    last_chunk = Instant::now();
-                    if sh.sched().mark_verified(i) {
+            Some((reserved, r)) = in_flight.next() => match r {
+                Ok((i, latency)) => {
+                    let now = Instant::now();
+                    last_chunk = now;
+                    let r = sh.manifest.chunk_range(i);
+                    depth.delivered(r.end - r.start, latency, now);
+                    let mut sched = sh.sched();
+                    let first = sched.mark_verified(i);
+                    for &j in reserved.iter().filter(|&&j| j != i) {
+                        sched.release(j, source);
+                    }
+                    drop(sched);
+                    if first {
+                        sh.landed.send_modify(|n| *n += 1);
                         let _ = sh.events.send(Event::Verified { index: i, source: source.clone() });
                     }
-                }
-                Err(fail) => {
-                    if let Some(i) = asked {
-                        sh.sched().release(i, source);
+                    if reserved.len() > 1 {
+                        sh.wake.send_modify(|g| *g += 1);
                     }
-                    let what = asked.map_or_else(|| "picked chunk".to_string(), |i| format!("chunk {i}"));
+                }
+                Err(Fail::Superseded) => last_chunk = Instant::now(),
+                Err(fail) => {
+                    {
+                        let mut sched = sh.sched();
+                        for &j in &reserved {
+                            sched.release(j, source);
+                        }
+                    }
+                    let what = match reserved.as_slice() {
+                        [i] => format!("chunk {i}"),
+                        _ => "picked chunk".to_string(),
+                    };
                     return match fail {
                         Fail::Bad(m) => WorkerEnd::Bad(format!("{what}: {m}")),
                         Fail::Gone(m) => WorkerEnd::Gone(m),
+                        Fail::Superseded => WorkerEnd::Cancelled,
                         Fail::Local(e) => {
                             let _ = sh.events.send(Event::Fatal(e));
                             WorkerEnd::Cancelled
@@ -134,26 +165,51 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
     }
 }
 
-/// Fetches the chunk asked for, checks it and writes it at its offset. Returns the chunk
-/// the scheduler marked InFlight (to release on failure) and the chunk that arrived.
+/// Fetches the chunk asked for, checks it and writes it at its offset. Returns the chunks
+/// the scheduler marked InFlight for this request (to release those not sent), and the
+/// chunk that arrived with how long after its request was sent. A request for one chunk
+/// gives way as soon as that chunk lands from another source.
 async fn fetch_one<T: ChunkTransport>(
     sh: Arc<Shared<T>>,
     addr: String,
     ask: Ask,
-) -> (Option<u32>, Result<u32, Fail>) {
-    let asked = match ask {
-        Ask::One(i) => Some(i),
-        Ask::Pick(_) => None,
-    };
-    (asked, fetch_inner(&sh, &addr, ask).await)
+) -> (Vec<u32>, Result<(u32, Duration), Fail>) {
+    match ask {
+        Ask::One(i) => {
+            let mut landed = sh.landed.subscribe();
+            let fetch = fetch_inner(&sh, &addr, Ask::One(i));
+            tokio::pin!(fetch);
+            let r = loop {
+                tokio::select! {
+                    r = &mut fetch => break r,
+                    Ok(()) = landed.changed() => {
+                        if *sh.sched().state(i) == ChunkState::Verified {
+                            break Err(Fail::Superseded);
+                        }
+                    }
+                }
+            };
+            (vec![i], r)
+        }
+        Ask::Pick(cands) => {
+            let reserved = cands.clone();
+            (reserved, fetch_inner(&sh, &addr, Ask::Pick(cands)).await)
+        }
+    }
 }
 
-async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) -> Result<u32, Fail> {
+async fn fetch_inner<T: ChunkTransport>(
+    sh: &Shared<T>,
+    addr: &str,
+    ask: Ask,
+) -> Result<(u32, Duration), Fail> {
     let ticket = sh.ticket();
+    let sent;
     let (mut stream, expect) = match &ask {
         Ask::One(i) => {
             let r = sh.manifest.chunk_range(*i);
             crate::ratelimit::acquire(sh.rate.as_deref(), r.end - r.start).await;
+            sent = Instant::now();
             let one = [*i];
             let s = sh
                 .transport
@@ -162,6 +218,7 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) ->
         }
         Ask::Pick(cands) => {
             crate::ratelimit::acquire(sh.rate.as_deref(), sh.manifest.chunk_size as u64).await;
+            sent = Instant::now();
             let s = sh
                 .transport
                 .fetch_pick(addr, &sh.file_id, cands, 1, ticket.as_deref());
@@ -172,6 +229,7 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) ->
         Some(r) => r?,
         None => return Err(Fail::Gone(format!("stream ended before {expect}"))),
     };
+    let latency = sent.elapsed();
     // The rest of the stream (an old node sends every candidate) is not wanted.
     drop(stream);
     let asked_for = match &ask {
@@ -197,7 +255,7 @@ async fn fetch_inner<T: ChunkTransport>(sh: &Shared<T>, addr: &str, ask: Ask) ->
         Ok(true) => {
             sh.writeback.wrote(&sh.file, range.end - range.start);
             crate::metrics::metrics().chunk_fetched(range.end - range.start);
-            Ok(i)
+            Ok((i, latency))
         }
         Ok(false) => {
             crate::metrics::metrics().verification_failures.inc();

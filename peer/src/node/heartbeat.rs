@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use common::PeerId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +14,8 @@ use crate::home::{Home, Kind};
 use crate::replica::ReplicaStore;
 use crate::server::TrackerKey;
 use crate::tracker_client::{HoldingIn, TrackerClient};
+
+use super::NodeError;
 
 /// The heartbeat loop of one node and what it reads and updates.
 pub struct Heartbeats {
@@ -65,7 +66,7 @@ impl Heartbeats {
                                 need_sync = false;
                                 tracing::info!(holdings = n, "holdings synced with the tracker");
                             }
-                            Err(e) => tracing::warn!("cannot sync holdings (will retry): {e:#}"),
+                            Err(e) => tracing::warn!("cannot sync holdings (will retry): {e}"),
                         }
                     }
                 }
@@ -99,7 +100,7 @@ impl Heartbeats {
             Ok(true) => {
                 tracing::info!("learnt the tracker's ticket key");
                 if let Err(e) = self.home.save_tracker_key(bytes) {
-                    tracing::warn!("cannot save the tracker key: {e:#}");
+                    tracing::warn!("cannot save the tracker key: {e}");
                 }
             }
             Ok(false) => {}
@@ -109,7 +110,7 @@ impl Heartbeats {
 
     /// Sends every store record to the tracker (replicas as REPLICA); re-announces shared
     /// files it has forgotten and deletes replicas of files it does not know.
-    async fn sync(&self) -> anyhow::Result<usize> {
+    async fn sync(&self) -> Result<usize, NodeError> {
         let records: Vec<_> = self
             .home
             .records()?
@@ -131,15 +132,13 @@ impl Heartbeats {
             };
             if r.kind == Kind::Replica {
                 let (store, file) = (self.replicas.clone(), r.file_id);
-                match tokio::task::spawn_blocking(move || store.forget(&file))
-                    .await
-                    .context("replica task failed")
-                {
+                match tokio::task::spawn_blocking(move || store.forget(&file)).await {
                     Ok(Ok(freed)) => {
                         tracing::info!(file = %file, freed_bytes = freed, "the tracker no longer knows a replicated file; its replica is deleted");
                     }
-                    Ok(Err(e)) | Err(e) => {
-                        tracing::warn!(file = %file, "cannot delete replica: {e:#}");
+                    Ok(Err(e)) => tracing::warn!(file = %file, "cannot delete replica: {e}"),
+                    Err(e) => {
+                        tracing::warn!(file = %file, "cannot delete replica: replica task failed: {e}");
                     }
                 }
                 continue;
@@ -153,7 +152,7 @@ impl Heartbeats {
                         tracing::warn!(file = %r.file_id, "cannot re-announce: {e}");
                     }
                 }
-                Err(e) => tracing::warn!(file = %r.file_id, "bad store record: {e:#}"),
+                Err(e) => tracing::warn!(file = %r.file_id, "bad store record: {e}"),
             }
         }
         Ok(holdings.len())

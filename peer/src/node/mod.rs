@@ -28,10 +28,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::home::{Home, NodeFile};
+use crate::home::{Home, HomeError, NodeFile};
 use crate::ratelimit::RateLimiter;
-use crate::replica::ReplicaStore;
 use crate::replica::tasks::{Runner, task_stream};
+use crate::replica::{ReplicaError, ReplicaStore};
 use crate::server::{self, ChunkSource, PeerService, StoreSource, TrackerKey};
 use crate::tracker_client::{TrackerClient, TrackerError};
 use crate::transport::{ClientTls, GrpcTransport};
@@ -65,7 +65,10 @@ pub enum NodeError {
     Socket(#[source] std::io::Error),
     /// The home (identity, store records, node.json) could not be read or written.
     #[error(transparent)]
-    Home(#[from] anyhow::Error),
+    Home(#[from] HomeError),
+    /// The replica store could not be opened.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
     #[error("the node's server failed: {0}")]
     Server(#[source] tonic::transport::Error),
     #[error("the node's server task failed: {0}")]
@@ -198,7 +201,7 @@ impl Node {
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!("cannot read the saved tracker key: {e:#}"),
+            Err(e) => tracing::warn!("cannot read the saved tracker key: {e}"),
         }
         let store = Arc::new(StoreSource::new(
             home.clone(),

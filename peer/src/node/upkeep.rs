@@ -37,7 +37,7 @@ pub async fn rescans(
         })
         .await;
         match checked {
-            Ok(Err(e)) => tracing::warn!("cannot check the replica store: {e:#}"),
+            Ok(Err(e)) => tracing::warn!("cannot check the replica store: {e}"),
             Ok(Ok(_)) => {}
             Err(e) => tracing::warn!("rescan task failed: {e}"),
         }
@@ -67,7 +67,7 @@ pub async fn node_file(
         (node.storage_used, node.tasks_connected) = now;
         let (h, n) = (home.clone(), node.clone());
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h.save_node(&n)).await {
-            tracing::debug!("cannot update node.json: {e:#}");
+            tracing::debug!("cannot update node.json: {e}");
         }
     }
 }

@@ -23,14 +23,54 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::Context;
 use common::{Bitfield, ChunkLayout, FileId};
 
-use crate::home::{Home, Kind, StoreRecord};
+use crate::home::{Home, HomeError, Kind, StoreRecord};
 pub use crate::tracker_client::{FileMeta, MAX_REPLICA_CHUNKS};
+
+/// Why the replica store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// A store record could not be read or written.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// A chunk file or directory under `replicas/` could not be created, renamed, read or
+    /// removed; `action` is e.g. "create", "remove".
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A chunk index past the end of the file.
+    #[error("chunk {chunk} is past the end of the file")]
+    NoSuchChunk { chunk: u32 },
+    /// The bytes given are not the chunk's exact length.
+    #[error("chunk {chunk} has {got} bytes, expected {expected}")]
+    WrongLength { chunk: u32, got: u64, expected: u64 },
+    /// The fetch reserved less of the quota than the chunk takes.
+    #[error("chunk {chunk} needs {needed} bytes of the storage quota, {reserved} were reserved")]
+    OverReservation {
+        chunk: u32,
+        needed: u64,
+        reserved: u64,
+    },
+    /// The file's replica record says another size or chunk size than the task.
+    #[error("the replica record of {0} has another layout")]
+    LayoutChanged(FileId),
+}
+
+fn io_error(action: &'static str, path: &Path, source: io::Error) -> ReplicaError {
+    ReplicaError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Exact length of chunk `i` of a store record's file of `size` bytes cut into `chunk_size`
 /// chunks; `None` when the file has no such chunk or the record's chunk size is not a valid
@@ -102,7 +142,7 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// When the home's store cannot be read.
-    pub fn open(home: Home, quota: u64) -> anyhow::Result<Arc<Self>> {
+    pub fn open(home: Home, quota: u64) -> Result<Arc<Self>, ReplicaError> {
         let store = Arc::new(Self {
             home,
             quota,
@@ -154,7 +194,7 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// When the record cannot be read.
-    pub fn holding(&self, id: &FileId, chunk: u32) -> anyhow::Result<Holding> {
+    pub fn holding(&self, id: &FileId, chunk: u32) -> Result<Holding, ReplicaError> {
         Ok(match self.home.record(id)? {
             None => Holding::Nothing,
             Some(r) if r.kind != Kind::Replica => Holding::OwnFile,
@@ -169,31 +209,40 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// On I/O errors (nothing is then kept and the reservation is given back), or when
-    /// `data` is not the chunk's exact length.
+    /// `data` is not the chunk's exact length or `res` holds less than that.
     pub fn store_chunk(
         &self,
         meta: &FileMeta,
         chunk: u32,
         data: &[u8],
         mut res: Reservation,
-    ) -> anyhow::Result<Stored> {
+    ) -> Result<Stored, ReplicaError> {
         let len = meta
             .layout
             .chunk_len(chunk)
-            .with_context(|| format!("chunk {chunk} is past the end of the file"))?;
-        anyhow::ensure!(
-            data.len() as u64 == len && res.bytes >= len,
-            "chunk {chunk} has {} bytes, expected {len}",
-            data.len()
-        );
+            .ok_or(ReplicaError::NoSuchChunk { chunk })?;
+        if data.len() as u64 != len {
+            return Err(ReplicaError::WrongLength {
+                chunk,
+                got: data.len() as u64,
+                expected: len,
+            });
+        }
+        if res.bytes < len {
+            return Err(ReplicaError::OverReservation {
+                chunk,
+                needed: len,
+                reserved: res.bytes,
+            });
+        }
         let dir = self.home.replica_dir(&meta.file_id);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+            .map_err(|e| io_error("create", &dir, e))?;
         let tmp = crate::home::write_temp_beside(&dir.join(format!("{chunk}.chunk")), data, 0o600)
-            .with_context(|| format!("cannot write a chunk into {}", dir.display()))?;
+            .map_err(|e| io_error("write a chunk into", &dir, e))?;
         let result = self.commit_chunk(meta, chunk, len, &tmp, &mut res);
         if !matches!(result, Ok(Stored::New)) {
             let _ = fs::remove_file(&tmp);
@@ -209,16 +258,14 @@ impl ReplicaStore {
         len: u64,
         tmp: &Path,
         res: &mut Reservation,
-    ) -> anyhow::Result<Stored> {
+    ) -> Result<Stored, ReplicaError> {
         let _disk = self.disk();
         let mut rec = match self.home.record(&meta.file_id)? {
             Some(r) if r.kind != Kind::Replica => return Ok(Stored::OwnFile),
             Some(r) => {
-                anyhow::ensure!(
-                    r.size == meta.layout.size() && r.chunk_size == meta.layout.chunk_size(),
-                    "the replica record of {} has another layout",
-                    meta.file_id
-                );
+                if r.size != meta.layout.size() || r.chunk_size != meta.layout.chunk_size() {
+                    return Err(ReplicaError::LayoutChanged(meta.file_id));
+                }
                 r
             }
             None => new_record(&self.home, meta),
@@ -228,13 +275,13 @@ impl ReplicaStore {
             return Ok(Stored::AlreadyHeld);
         }
         let path = self.home.replica_chunk_path(&meta.file_id, chunk);
-        fs::rename(tmp, &path).with_context(|| format!("cannot create {}", path.display()))?;
+        fs::rename(tmp, &path).map_err(|e| io_error("create", &path, e))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")));
         have.set(chunk);
         set_have(&mut rec, &have);
         if let Err(e) = self.home.save_record(&rec) {
             let _ = fs::remove_file(&path);
-            return Err(e);
+            return Err(e.into());
         }
         let mut a = self.acct();
         a.reserved = a.reserved.saturating_sub(res.bytes);
@@ -249,7 +296,7 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// When the record cannot be read or written, or a chunk file cannot be deleted.
-    pub fn drop_chunks(&self, id: &FileId, chunks: &[u32]) -> anyhow::Result<u64> {
+    pub fn drop_chunks(&self, id: &FileId, chunks: &[u32]) -> Result<u64, ReplicaError> {
         let _disk = self.disk();
         let mut rec = match self.home.record(id)? {
             Some(r) if r.kind == Kind::Replica => r,
@@ -287,7 +334,7 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// As [`ReplicaStore::drop_chunks`].
-    pub fn forget(&self, id: &FileId) -> anyhow::Result<u64> {
+    pub fn forget(&self, id: &FileId) -> Result<u64, ReplicaError> {
         let all: Vec<u32> = match self.home.record(id)? {
             Some(r) if r.kind == Kind::Replica => (0..r.chunk_count()).collect(),
             _ => return Ok(0),
@@ -303,11 +350,11 @@ impl ReplicaStore {
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub fn rescan(&self) -> anyhow::Result<u64> {
+    pub fn rescan(&self) -> Result<u64, ReplicaError> {
         self.reconcile(false)
     }
 
-    fn reconcile(&self, at_start: bool) -> anyhow::Result<u64> {
+    fn reconcile(&self, at_start: bool) -> Result<u64, ReplicaError> {
         let _disk = self.disk();
         let mut used = 0u64;
         let records = self.home.records()?;
@@ -344,18 +391,21 @@ impl ReplicaStore {
     /// Deletes what no replica record accounts for under `replicas/`: chunk files not
     /// listed (all of them for a file that is not a replica), stray entries, and, when
     /// `temps` (at start, when no fetch can be running), leftover temp files.
-    fn sweep(&self, kept: &HashMap<FileId, Bitfield>, temps: bool) -> io::Result<()> {
+    fn sweep(&self, kept: &HashMap<FileId, Bitfield>, temps: bool) -> Result<(), ReplicaError> {
         let root = self.home.replicas_dir();
         let entries = match fs::read_dir(&root) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(io_error("read", &root, e)),
         };
         for entry in entries {
-            let entry = entry?;
+            let entry = entry.map_err(|e| io_error("read", &root, e))?;
             let path = entry.path();
-            if !entry.file_type()?.is_dir() {
-                fs::remove_file(&path)?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_error("inspect", &path, e))?;
+            if !kind.is_dir() {
+                fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
                 continue;
             }
             let id = entry
@@ -364,9 +414,9 @@ impl ReplicaStore {
                 .and_then(|n| n.parse::<FileId>().ok());
             let empty = Bitfield::new(0);
             let have = id.and_then(|id| kept.get(&id)).unwrap_or(&empty);
-            for f in fs::read_dir(&path)? {
-                let f = f?;
-                let name = f.file_name();
+            for f in fs::read_dir(&path).map_err(|e| io_error("read", &path, e))? {
+                let f = f.map_err(|e| io_error("read", &path, e))?;
+                let (name, fpath) = (f.file_name(), f.path());
                 let name = name.to_str().unwrap_or("");
                 if name.ends_with(".tmp") && !temps {
                     continue;
@@ -378,11 +428,13 @@ impl ReplicaStore {
                 if listed {
                     continue;
                 }
-                if f.file_type()?.is_dir() {
-                    fs::remove_dir_all(f.path())?;
+                let kind = f.file_type().map_err(|e| io_error("inspect", &fpath, e))?;
+                let removed = if kind.is_dir() {
+                    fs::remove_dir_all(&fpath)
                 } else {
-                    fs::remove_file(f.path())?;
-                }
+                    fs::remove_file(&fpath)
+                };
+                removed.map_err(|e| io_error("remove", &fpath, e))?;
             }
             if have.count() == 0 {
                 // Fails (and is left) while a fetch still has a temp file in it.
@@ -424,8 +476,12 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
-    crate::home::remove_if_exists(path).map(|_| ())
+fn remove_file_if_exists(path: &Path) -> Result<(), ReplicaError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("remove", path, e)),
+    }
 }
 
 #[cfg(test)]

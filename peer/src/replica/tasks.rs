@@ -184,7 +184,7 @@ impl<T: ChunkTransport> Runner<T> {
 
 /// Runs a store operation on the blocking pool; errors become a task failure reason.
 async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<R> + Send + 'static,
+    f: impl FnOnce() -> Result<R, super::ReplicaError> + Send + 'static,
 ) -> Result<R, String> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(r)) => Ok(r),
