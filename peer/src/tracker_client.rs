@@ -198,11 +198,16 @@ fn classify(url: &str, s: &Status, auth: bool) -> TrackerError {
 /// keeps on the status (its code only says how tonic sorted them).
 fn transport_failure(url: &str, s: &Status) -> TrackerError {
     let reason = common::names::printable(&status_detail(s), 300);
-    let (mut connecting, mut timed_out) = (false, false);
+    let (mut connecting, mut timed_out, mut broken) = (false, false, false);
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(s);
     while let Some(e) = next {
         connecting |= e.is::<tonic::ConnectError>();
         timed_out |= e.is::<tonic::TimeoutExpired>();
+        // A connection that broke (the tracker restarting, a reset) is no protocol mismatch.
+        broken |= e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+        });
         // `io::Error::source` skips the error it wraps, so look at that one directly.
         let wrapped = e
             .downcast_ref::<std::io::Error>()
@@ -223,7 +228,7 @@ fn transport_failure(url: &str, s: &Status) -> TrackerError {
     }
     // Connected, then no HTTP/2 came back (a protocol error, or the connection closed
     // before any answer; not a timeout): most likely a TLS port spoken to in plain text.
-    let not_http2 = !connecting && !timed_out && s.code() != Code::Unavailable;
+    let not_http2 = !connecting && !timed_out && !broken && s.code() != Code::Unavailable;
     let reason = if not_http2 && url.starts_with("http://") {
         format!("{reason} (does the tracker serve TLS? then use https://)")
     } else {
@@ -734,11 +739,14 @@ mod tests {
         // Connected, then closed before any HTTP/2 answer (a TLS port spoken to in plain
         // text loses this race or the protocol-error one): the hint either way.
         let mut closed = Status::cancelled("connection closed");
-        closed.set_source(std::sync::Arc::new(IoError::from(
-            ErrorKind::ConnectionReset,
-        )));
+        closed.set_source(std::sync::Arc::new(IoError::other("connection closed")));
         let e = classify("http://t:1", &closed, true);
         assert!(e.to_string().contains("use https://"), "{e}");
+        // A working connection that broke (a tracker restarting) is no TLS mistake.
+        let mut reset = Status::unknown("h2 protocol error");
+        reset.set_source(std::sync::Arc::new(IoError::from(ErrorKind::BrokenPipe)));
+        let e = classify("http://t:1", &reset, true);
+        assert!(!e.to_string().contains("https://"), "{e}");
         // A call that timed out is no TLS mistake.
         let mut slow = Status::cancelled("timeout expired");
         slow.set_source(std::sync::Arc::new(tonic::TimeoutExpired(())));

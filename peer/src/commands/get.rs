@@ -44,7 +44,12 @@ pub fn resolution_error(term: &str, files: &[FileView]) -> Option<Error> {
     }
 }
 
+/// The file a term names. A full id needs no round trip: the download's Locate finds it
+/// (or says it is unknown, see [`unknown_id`]).
 async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
+    if let Some(id) = full_id(term) {
+        return Ok(id);
+    }
     let files = match client.resolve(term).await {
         Ok(f) => f,
         // A term the tracker cannot read matches nothing either.
@@ -58,6 +63,26 @@ async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
         .id
         .parse()
         .map_err(|_| TrackerError::BadAnswer("a malformed file id".into()).into())
+}
+
+/// `term` as a whole file id (64 hex digits), if it is one.
+fn full_id(term: &str) -> Option<FileId> {
+    (term.len() == 64).then(|| term.parse().ok()).flatten()
+}
+
+/// A download of a full id that the tracker does not know fails as a term matching nothing.
+fn unknown_id(term: &str, e: download::DownloadError) -> Error {
+    match e {
+        download::DownloadError::Locate(TrackerError::NotFound { .. })
+            if full_id(term).is_some() =>
+        {
+            Error::NoSuchFile {
+                term: term.to_string(),
+                scope: Scope::Tracker,
+            }
+        }
+        source => Error::Download(source),
+    }
 }
 
 #[derive(Serialize)]
@@ -148,12 +173,9 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             if r.is_err() {
                 p.finish(false);
             }
-            r.map_err(|source| {
-                if several {
-                    Error::Get { term, source }
-                } else {
-                    Error::Download(source)
-                }
+            r.map_err(|source| match unknown_id(&term, source) {
+                Error::Download(source) if several => Error::Get { term, source },
+                e => e,
             })
         }
     });

@@ -329,7 +329,7 @@ impl<T: ChunkTransport> Coordinator<T> {
     }
 
     /// Stops the workers, checks the whole file's SHA-256, and gives the file its final
-    /// name; then reports every chunk.
+    /// name while reporting every chunk to the tracker.
     ///
     /// # Errors
     /// When the whole-file hash differs from the listed one (nothing is kept), or the file
@@ -354,22 +354,31 @@ impl<T: ChunkTransport> Coordinator<T> {
                 listed: m.sha256,
             });
         }
-        let f = self.sh.file.clone();
-        tokio::task::spawn_blocking(move || f.sync_all())
-            .await
-            .map_err(DownloadError::task("flush"))?
-            .map_err(|e| DownloadError::io("flush", &self.part, e))?;
-        let (p2, f2) = (self.part.clone(), self.final_path.clone());
-        tokio::task::spawn_blocking(move || files::publish(&p2, &f2))
-            .await
-            .map_err(DownloadError::task("publish"))??;
+        // Every chunk is verified and in the part file: tell the tracker while the file is
+        // flushed and renamed, so its round trip does not hold up the end.
         let n = m.chunk_count();
-        self.records.write(&Bitfield::full(n), true);
         let mut pending = self.tracker.pending;
         pending.extend(0..n);
         pending.sort_unstable();
         pending.dedup();
-        self.cx.report(&self.job.file_id, pending).await;
+        let (f, part, fin) = (
+            self.sh.file.clone(),
+            self.part.clone(),
+            self.final_path.clone(),
+        );
+        let publish = async {
+            let p = part.clone();
+            tokio::task::spawn_blocking(move || f.sync_all())
+                .await
+                .map_err(DownloadError::task("flush"))?
+                .map_err(|e| DownloadError::io("flush", &p, e))?;
+            tokio::task::spawn_blocking(move || files::publish(&part, &fin))
+                .await
+                .map_err(DownloadError::task("publish"))?
+        };
+        let ((), published) = tokio::join!(self.cx.report(&self.job.file_id, pending), publish);
+        published?;
+        self.records.write(&Bitfield::full(n), true);
         self.progress.finish(true);
         Ok(Outcome {
             id: self.job.file_id,

@@ -379,6 +379,11 @@ async fn should_fail_clearly_for_an_unknown_id_and_an_ambiguous_name() -> anyhow
         assert_eq!(unknown.status.code(), Some(1));
         assert_eq!(unknown.stderr.lines().count(), 1, "{}", unknown.stderr);
         assert!(unknown.stderr.starts_with("error: "), "{}", unknown.stderr);
+        assert!(
+            unknown.stderr.contains("no file matches"),
+            "a full id needs no Resolve, and an unknown one still reads as no match: {}",
+            unknown.stderr
+        );
 
         let ambiguous = alice.run(&["get", "dup.txt", "--output", o]).await?;
         assert_eq!(ambiguous.status.code(), Some(1));
