@@ -33,7 +33,7 @@ for a in "$@"; do
   case $a in
     --smoke) SMOKE=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: bench/wan.sh [--smoke] [--append]" >&2; exit 2 ;;
   esac
 done
@@ -188,7 +188,7 @@ done
 DL_PID=
 DL_N=0
 set_link() {
-  local name=$1 srate=$2 grate=$3 rtt=$4 loss=$5 tso=on h dev burst
+  local name=$1 srate=$2 grate=$3 rtt=$4 loss=$5 tso=on h burst
   stop_delayline
   # Loss is per forwarded frame: on a lossy link the hosts send MTU-sized frames, not
   # TSO/GSO super-frames of up to 64 KiB.
@@ -264,14 +264,17 @@ done
 
 RQ_PORT=6881
 if [ -z "$RQBIT_NOTE" ]; then
-  mkdir -p "$WORK/rq/seed-home" "$WORK/rq/leech-home"
-  mktorrent -l 20 -o "$WORK/rq/f.torrent" "$SRC" >/dev/null
+  # The seeder gets a copy of its own: rqbit opens its files for writing (--overwrite), which
+  # changes their mtime, and the Tessera node then withdraws the file as changed on disk.
+  mkdir -p "$WORK/rq/seed-home" "$WORK/rq/leech-home" "$WORK/rq/data"
+  cp "$SRC" "$WORK/rq/data/file.bin"
+  mktorrent -l 20 -o "$WORK/rq/f.torrent" "$WORK/rq/data/file.bin" >/dev/null
   # rqbit keeps its session under $HOME: one home each, inside the work dir.
   rq() { local home=$1 ip=$2; shift 2; HOME=$home XDG_CACHE_HOME=$home XDG_DATA_HOME=$home \
     rqbit --disable-dht --disable-dht-persistence --disable-lsd --disable-upnp-port-forward \
     --listen-ip "$ip" "$@"; }
   ip netns exec "$P-s1" bash -c "$(declare -f rq); rq '$WORK/rq/seed-home' '$SEED1' --listen-port $RQ_PORT \
-    --announce-port $RQ_PORT download --disable-http-api --overwrite -o '$WORK/src' '$WORK/rq/f.torrent'" \
+    --announce-port $RQ_PORT download --disable-http-api --overwrite -o '$WORK/rq/data' '$WORK/rq/f.torrent'" \
     >"$WORK/rq/seed.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 600); do grep -q 'Initial check results' "$WORK/rq/seed.log" && break; sleep 0.1; done
