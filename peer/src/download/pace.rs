@@ -6,7 +6,7 @@
 //! congestion control sizes its window: the product is the measured delivery rate times
 //! the fastest request seen (one round trip plus one chunk's transfer, with no queue in
 //! front of it). While the link is not full, requests come back at that fastest latency and
-//! the target doubles each measurement, like slow start; once the source's link is full,
+//! the target doubles each round trip, like slow start; once the source's link is full,
 //! the rate stops growing, requests queue, and the target settles at twice the product.
 //! Pure: the caller passes the clock.
 
@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How long deliveries are counted before the rate is taken.
-const WINDOW: Duration = Duration::from_millis(250);
+/// Deliveries are counted for about one fastest request (a round trip) before the rate is
+/// taken, so the target can double every round trip while the link is not full; within
+/// these bounds, so a tiny round trip does not make the rate noise.
+const WINDOW_MIN: Duration = Duration::from_millis(20);
+const WINDOW_MAX: Duration = Duration::from_millis(250);
 
 /// The in-flight target of one source.
 #[derive(Debug)]
@@ -55,7 +58,11 @@ impl Depth {
         self.fastest = Some(self.fastest.map_or(latency, |f| f.min(latency)));
         self.window_bytes += bytes;
         let elapsed = now.duration_since(self.window_start);
-        if elapsed < WINDOW {
+        let window = self
+            .fastest
+            .unwrap_or(WINDOW_MAX)
+            .clamp(WINDOW_MIN, WINDOW_MAX);
+        if elapsed < window {
             return;
         }
         let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
@@ -75,16 +82,16 @@ mod tests {
 
     /// Simulates a source behind a link of `rate` bytes/s and round trip `rtt`, with as
     /// many 1 MiB requests outstanding as the controller says; returns its target after
-    /// `secs` seconds. With `n` outstanding, the link delivers `min(rate, n·C / L0)` where
-    /// `L0` is a lone request's latency, and requests queue once it is full.
-    fn settle(rate: f64, rtt: Duration, secs: u64) -> usize {
+    /// `for_`. With `n` outstanding, the link delivers `min(rate, n·C / L0)` where `L0` is
+    /// a lone request's latency, and requests queue once it is full.
+    fn settle(rate: f64, rtt: Duration, for_: Duration) -> usize {
         let c = MIB as f64;
         let start = Instant::now();
         let mut d = Depth::new(4, 64, MIB, start);
         let mut now = start;
         let lone = rtt.as_secs_f64() + c / rate;
         let mut first = true;
-        while now.duration_since(start) < Duration::from_secs(secs) {
+        while now.duration_since(start) < for_ {
             let n = d.target() as f64;
             let throughput = rate.min(n * c / lone);
             // The first request of a burst comes back at the lone latency; later ones wait
@@ -100,22 +107,37 @@ mod tests {
     #[test]
     fn should_stay_at_the_minimum_on_a_short_round_trip() {
         // Loopback-like: 1 GB/s, 0.2 ms.
-        assert_eq!(settle(1e9, Duration::from_micros(200), 5), 4);
+        assert_eq!(
+            settle(1e9, Duration::from_micros(200), Duration::from_secs(5)),
+            4
+        );
     }
 
     #[test]
     fn should_grow_to_about_twice_the_bandwidth_delay_product() {
         // 1 Gbit/s at 100 ms: the product is 12.5 MB, 12 chunks; twice is about 24.
-        let t = settle(125e6, Duration::from_millis(100), 10);
+        let t = settle(125e6, Duration::from_millis(100), Duration::from_secs(10));
         assert!((20..=30).contains(&t), "target {t}");
         // At 50 ms about half of it.
-        let t = settle(125e6, Duration::from_millis(50), 10);
+        let t = settle(125e6, Duration::from_millis(50), Duration::from_secs(10));
         assert!((10..=16).contains(&t), "target {t}");
     }
 
     #[test]
+    fn should_reach_the_link_rate_within_a_few_round_trips() {
+        // 1 Gbit/s at 100 ms: after 350 ms (three round trips) the depth covers the
+        // product (12 chunks); a fixed 250 ms measuring window would still be at 8.
+        let t = settle(
+            125e6,
+            Duration::from_millis(100),
+            Duration::from_millis(350),
+        );
+        assert!(t >= 13, "target {t} after 350 ms");
+    }
+
+    #[test]
     fn should_respect_the_bounds() {
-        let t = settle(1.25e9, Duration::from_millis(200), 10);
+        let t = settle(1.25e9, Duration::from_millis(200), Duration::from_secs(10));
         assert_eq!(t, 64);
         let now = Instant::now();
         let d = Depth::new(4, 2, MIB, now);
