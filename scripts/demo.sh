@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 
 SIZE=${DEMO_SIZE:-256M}
 RATE=${DEMO_RATE:-200M}  # a download cap, so the progress bars are there long enough to see
-cargo build --release --quiet -p tracker -p peer
+# Cargo's own progress stays on: a first release build compiles a few hundred crates and
+# takes several minutes (a quarter of an hour on a small two-core machine); later runs take seconds.
+echo "building the release binaries (the first build takes several minutes)..."
+cargo build --release --locked -p tracker -p peer
 BIN=$PWD/target/release
 DEMO=$(mktemp -d -t tessera-demo.XXXXXX)
 PIDS=()

@@ -67,6 +67,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an account (then logged in).
+    ///
+    /// The password needs at least 8 characters (the tracker's rule).
     Register(Credentials),
     /// Start a session; prompts for the password on a terminal.
     Login(Credentials),

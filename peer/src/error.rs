@@ -24,6 +24,20 @@ pub enum Error {
     /// A file term matched nothing.
     #[error("no file{scope} matches '{}'", safe(term))]
     NoSuchFile { term: String, scope: Scope },
+    /// A term of hex digits that named no file and has too few or too many digits for a
+    /// file id prefix, which the tracker takes only with `min` to `max` digits.
+    #[error(
+        "no file is named '{}', and {} hex digits are too {} for a file id prefix, which takes {min} to {max}",
+        safe(term),
+        digits,
+        if digits < min { "few" } else { "many" }
+    )]
+    IdPrefixLength {
+        term: String,
+        digits: usize,
+        min: usize,
+        max: usize,
+    },
     /// A file term matched several files; `candidates` describe them (already escaped).
     #[error(
         "'{}' matches {} files{scope}: {}",

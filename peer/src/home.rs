@@ -8,11 +8,17 @@
 //!                                                      by register/login and by `serve`
 //! node.json          {pid, addr, local_addr, peer_id, started_at_ms,
 //!                     storage_quota, storage_used, tasks_connected}   while `serve` runs
+//! node.lock          empty; `serve` holds an exclusive lock on it while it runs
 //! store/<id>.json    one StoreRecord per file this peer shares or holds
 //! replicas/<id>/<chunk>.chunk   replica chunks the tracker placed here (kind `replica`)
 //! ```
 //! Every write goes to a temporary file in the same directory and is renamed into place, so
 //! a reader (a `serve` next to a `get`) never sees half a file and a crash never leaves one.
+//!
+//! Only `register` and `login` make a home ([`Home::open`]); every other command opens an
+//! existing one ([`Home::open_existing`]), so a mistyped `--home` is an error instead of a
+//! new identity that is not logged in. The directory is always held as an absolute path, so
+//! every message that names it says where it is.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -53,6 +59,18 @@ pub enum HomeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The home directory does not exist (a command other than register/login).
+    #[error(
+        "no peer home at {}; run `peer register` or `peer login` first, or check --home",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    /// The home path names something that is not a directory.
+    #[error("the peer home {} is not a directory; check --home", .0.display())]
+    NotADirectory(PathBuf),
+    /// Another node (`peer serve`, or an in-process node) holds this home's node lock.
+    #[error("{}", node_running(dir, *pid))]
+    NodeRunning { dir: PathBuf, pid: Option<u32> },
     /// identity.json was gone right after this process wrote it.
     #[error("identity.json vanished")]
     IdentityVanished,
@@ -69,10 +87,27 @@ pub enum HomeError {
     RecordManifest(#[from] ManifestError),
 }
 
+fn node_running(dir: &Path, pid: Option<u32>) -> String {
+    let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    format!(
+        "a node is already serving the peer home {}{pid}; stop it first, or give this one its own --home",
+        dir.display()
+    )
+}
+
 /// A peer's home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
+    /// Absolute.
     dir: PathBuf,
+}
+
+/// The exclusive lock on `node.lock` that a running node holds, so a second node on the same
+/// home is refused. The kernel releases it when this is dropped or the process dies, so a
+/// node killed with SIGKILL leaves no stale lock behind.
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: fs::File,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,15 +330,32 @@ pub fn len_and_mtime(meta: &fs::Metadata) -> (u64, u64) {
 }
 
 impl Home {
-    /// The home at `dir`, or the platform default; created (mode 0700) if missing.
+    /// The home at `dir`, or the platform default; created (mode 0700) if missing. For
+    /// `register` and `login`, and for tests and in-process nodes.
     ///
     /// # Errors
     /// When the directory cannot be created.
     pub fn open(dir: Option<PathBuf>) -> Result<Self, HomeError> {
-        let dir = match dir {
-            Some(d) => d,
-            None => default_dir().ok_or(HomeError::NoHomeDir)?,
-        };
+        Self::create(absolute_dir(dir)?)
+    }
+
+    /// The home at `dir`, or the platform default, which must exist already.
+    ///
+    /// # Errors
+    /// [`HomeError::Missing`] when there is nothing at the path, [`HomeError::NotADirectory`]
+    /// when it is a file, or when its `store/` cannot be created.
+    pub fn open_existing(dir: Option<PathBuf>) -> Result<Self, HomeError> {
+        let dir = absolute_dir(dir)?;
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Self::create(dir),
+            Ok(_) => Err(HomeError::NotADirectory(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(HomeError::Missing(dir)),
+            Err(source) => Err(io_error("read", &dir, source)),
+        }
+    }
+
+    /// Makes `dir` and `dir/store` (mode 0700) where missing.
+    fn create(dir: PathBuf) -> Result<Self, HomeError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -316,8 +368,39 @@ impl Home {
         Ok(Self { dir })
     }
 
+    /// The home's absolute path.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Takes the node lock (`node.lock`), which a node holds for as long as it runs.
+    ///
+    /// # Errors
+    /// [`HomeError::NodeRunning`] (with the pid from node.json when there is one) while
+    /// another node holds it, or when the lock file cannot be opened.
+    pub fn lock_node(&self) -> Result<NodeLock, HomeError> {
+        let path = self.dir.join("node.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| io_error("open", &path, source))?;
+        match file.try_lock() {
+            Ok(()) => Ok(NodeLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(HomeError::NodeRunning {
+                dir: self.dir.clone(),
+                pid: self.node().ok().flatten().map(|n| n.pid),
+            }),
+            Err(fs::TryLockError::Error(source)) => Err(io_error("lock", &path, source)),
+        }
+    }
+
+    /// node.json, when there is one and its process is alive (a node killed with SIGKILL
+    /// leaves node.json behind).
+    pub fn live_node(&self) -> Option<NodeFile> {
+        self.node().ok().flatten().filter(|n| pid_alive(n.pid))
     }
 
     /// This peer's id, made (16 random bytes) on first use.
@@ -436,6 +519,22 @@ impl Home {
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_id.cmp(&b.file_id)));
         Ok(out)
     }
+}
+
+/// `dir`, or the platform default, made absolute against the working directory.
+fn absolute_dir(dir: Option<PathBuf>) -> Result<PathBuf, HomeError> {
+    let dir = match dir {
+        Some(d) => d,
+        None => default_dir().ok_or(HomeError::NoHomeDir)?,
+    };
+    std::path::absolute(&dir).map_err(|source| io_error("find", &dir, source))
+}
+
+/// Whether a process with this pid exists, by its `/proc` entry. Where there is no `/proc`
+/// (not Linux) every pid counts as alive, so nothing is claimed that was not seen.
+fn pid_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// `$XDG_DATA_HOME/tessera`, else `~/.local/share/tessera`.
@@ -592,6 +691,98 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temp files left behind");
+    }
+
+    #[test]
+    fn only_open_makes_a_home_and_both_hold_it_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("typo");
+        let err = Home::open_existing(Some(missing.clone())).unwrap_err();
+        assert!(
+            matches!(&err, HomeError::Missing(p) if *p == missing),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no peer home at {}; run `peer register` or `peer login` first, or check --home",
+                missing.display()
+            )
+        );
+        assert!(!missing.exists(), "open_existing creates nothing");
+
+        let file = tmp.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let err = Home::open_existing(Some(file)).unwrap_err();
+        assert!(matches!(err, HomeError::NotADirectory(_)), "{err}");
+
+        let made = Home::open(Some(missing.clone())).unwrap();
+        assert_eq!(made.dir(), missing);
+        let again = Home::open_existing(Some(missing.clone())).unwrap();
+        assert!(again.dir().join("store").is_dir());
+
+        // A relative home is held absolute (worked out only: nothing is made here).
+        let rel = absolute_dir(Some(PathBuf::from("rel"))).unwrap();
+        assert!(rel.is_absolute(), "{}", rel.display());
+        assert_eq!(rel, std::env::current_dir().unwrap().join("rel"));
+    }
+
+    #[test]
+    fn one_node_lock_per_home_naming_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        let first = home.lock_node().unwrap();
+        let err = home.lock_node().unwrap_err();
+        assert!(
+            matches!(err, HomeError::NodeRunning { pid: None, .. }),
+            "{err}"
+        );
+        home.save_node(&NodeFile {
+            pid: 4242,
+            addr: "127.0.0.1:1".into(),
+            local_addr: String::new(),
+            peer_id: home.peer_id().unwrap(),
+            started_at_ms: 0,
+            storage_quota: None,
+            storage_used: None,
+            tasks_connected: None,
+        })
+        .unwrap();
+        let err = home.lock_node().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "a node is already serving the peer home {} (pid 4242); stop it first, or give this one its own --home",
+                home.dir().display()
+            )
+        );
+        drop(first);
+        let _second = home.lock_node().expect("a dropped lock is free again");
+    }
+
+    #[test]
+    fn a_node_file_counts_only_while_its_process_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().to_path_buf())).unwrap();
+        assert!(home.live_node().is_none());
+        let mut n = NodeFile {
+            pid: std::process::id(),
+            addr: "127.0.0.1:1".into(),
+            local_addr: String::new(),
+            peer_id: home.peer_id().unwrap(),
+            started_at_ms: 0,
+            storage_quota: None,
+            storage_used: None,
+            tasks_connected: None,
+        };
+        home.save_node(&n).unwrap();
+        assert!(home.live_node().is_some(), "this process is alive");
+        if Path::new("/proc/self").exists() {
+            // Above the kernel's pid_max (at most 2^22), so no process has it.
+            n.pid = u32::MAX;
+            home.save_node(&n).unwrap();
+            assert!(home.live_node().is_none(), "a dead pid is no node");
+        }
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The node's `peer.v1.Peer` service: it streams chunks of the files this node holds to
-//! other peers, and answers `Status`.
+//! other peers, tells them what it holds as that grows (`Holdings`, module `holdings`), and
+//! answers `Status`.
 //!
 //! The bytes come from a [`ChunkSource`] ([`StoreSource`]: the home's store of shared
 //! files, downloads and replica chunks); the service only checks, paces and streams.
 //!
-//! Every `GetChunks` must carry a ticket the tracker signed for the requested file; it is
-//! checked against the tracker's public key ([`TrackerKey`], learnt from heartbeats and
-//! kept in the home) before anything else is looked at, with no call to the tracker. A
-//! missing, forged, altered or expired ticket is UNAUTHENTICATED, one for another file is
-//! PERMISSION_DENIED, and until the key is known every request is UNAVAILABLE "not ready".
+//! Every `GetChunks` and `Holdings` must carry a ticket the tracker signed for the
+//! requested file; it is checked against the tracker's public key ([`TrackerKey`], learnt
+//! from heartbeats and kept in the home) before anything else is looked at, with no call
+//! to the tracker. A missing, forged, altered or expired ticket is UNAUTHENTICATED, one
+//! for another file is PERMISSION_DENIED, and until the key is known every request is
+//! UNAVAILABLE "not ready".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -24,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+mod holdings;
 mod source;
 mod tickets;
 
+use holdings::Followers;
 pub use source::{ChunkReader, ChunkSource, Holding, RELOAD_EVERY, Refused, StoreSource};
 pub use tickets::TrackerKey;
 use tickets::VerifiedTickets;
@@ -56,6 +60,8 @@ pub struct PeerService {
     key: TrackerKey,
     /// Tickets whose signature already verified.
     verified: VerifiedTickets,
+    /// The open Holdings streams.
+    followers: Followers,
 }
 
 impl PeerService {
@@ -76,11 +82,13 @@ impl PeerService {
             stats: Arc::default(),
             key,
             verified: VerifiedTickets::default(),
+            followers: Followers::default(),
         }
     }
 
-    /// Checks that `ticket` lets its holder fetch chunks of `file` now.
-    fn check_ticket(&self, ticket: Option<&pb::Ticket>, file: &FileId) -> Result<(), Status> {
+    /// Checks that `ticket` lets its holder fetch chunks of `file` now; returns until when
+    /// (Unix ms, clock skew included) it does.
+    fn check_ticket(&self, ticket: Option<&pb::Ticket>, file: &FileId) -> Result<i64, Status> {
         let Some(key) = self.key.get() else {
             return Err(Status::unavailable(
                 "not ready: this node does not know the tracker's ticket key yet",
@@ -94,14 +102,18 @@ impl PeerService {
         let ticket =
             Ticket::try_from(ticket).map_err(|e| Status::unauthenticated(e.to_string()))?;
         let now = crate::now_ms();
+        let until = ticket
+            .claims
+            .expires_at_ms
+            .saturating_add(common::ticket::CLOCK_SKEW_MS);
         if self.verified.accepts(&ticket, &key, file, now) {
-            return Ok(());
+            return Ok(until);
         }
         match key.verify(&ticket, file, now) {
             Ok(c) => {
                 tracing::trace!(file = %file, user = %c.user, "ticket accepted");
                 self.verified.insert(&ticket, &key, now);
-                Ok(())
+                Ok(until)
             }
             Err(e @ TicketError::WrongFile { .. }) => Err(Status::permission_denied(e.to_string())),
             Err(TicketError::BadSignature) => Err(Status::unauthenticated(
@@ -233,9 +245,20 @@ impl Peer for PeerService {
         }
         // Before anything about the file is looked at, so an unticketed caller learns nothing.
         self.check_ticket(req.ticket.as_ref(), &id)?;
-        let Some(holding) = self.source.holding(&id, &req.indices) else {
+        let Some(mut holding) = self.source.holding(&id, &req.indices) else {
             return Err(Status::not_found("this node holds nothing of that file"));
         };
+        // A getter may have heard of a chunk (from the tracker) that a `peer get` in this
+        // home recorded after the source last read its record, and re-reads are at most
+        // every RELOAD_EVERY (Holdings streams keep them that frequent): look again once
+        // one is due before refusing, so the caller is not turned away for a chunk held here.
+        if req.pick == 0 && req.indices.iter().any(|&i| !holding.have.get(i)) {
+            tokio::time::sleep(RELOAD_EVERY).await;
+            holding = self
+                .source
+                .holding(&id, &req.indices)
+                .ok_or_else(|| Status::not_found("this node holds nothing of that file"))?;
+        }
         let mut indices = self.chosen(&id, &holding, &req)?.into_iter();
         let limit = self.upload_limit.clone();
         let first = indices.next();
@@ -295,6 +318,28 @@ impl Peer for PeerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type HoldingsStream = holdings::UpdateStream;
+
+    async fn holdings(
+        &self,
+        request: Request<pb::HoldingsRequest>,
+    ) -> Result<Response<Self::HoldingsStream>, Status> {
+        let req = request.into_inner();
+        let id: FileId = req
+            .file_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("bad file id"))?;
+        let until = self.check_ticket(req.ticket.as_ref(), &id)?;
+        let slot = self.followers.slot()?;
+        let Some(holding) = holdings::current(self.source.as_ref(), &id) else {
+            return Err(Status::not_found("this node holds nothing of that file"));
+        };
+        let stream = self
+            .followers
+            .follow(self.source.clone(), id, holding, until, slot);
+        Ok(Response::new(stream))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -311,9 +356,12 @@ impl Peer for PeerService {
     }
 }
 
+/// The gRPC name of the node's service, as health checks and reflection name it.
+pub const SERVICE: &str = "peer.v1.Peer";
+
 /// Serves `service` on an already bound `listener` until `shutdown` is cancelled, with the
-/// HTTP/2 windows and message limits tuned for bulk transfer; over TLS with `tls` (the
-/// node's certificate and key).
+/// HTTP/2 windows and message limits tuned for bulk transfer, beside the standard health
+/// service and server reflection; over TLS with `tls` (the node's certificate and key).
 ///
 /// # Errors
 /// When the TLS identity is unusable or the server fails (not when it is shut down).
@@ -323,10 +371,15 @@ pub async fn run(
     tls: Option<tonic::transport::Identity>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    // Holdings streams last as long as a download: end them, or shutdown would wait for them.
+    let followers = service.followers.stop.clone();
     let svc = PeerServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // A node serves chunks as long as it runs: SERVING until shutdown.
+    let (reporter, health) = proto::introspect::health();
+    proto::introspect::report(&reporter, &[SERVICE], true).await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder =
@@ -338,7 +391,12 @@ pub async fn run(
         .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .add_service(health)
+        .add_service(proto::introspect::reflection(&[SERVICE]))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.cancelled().await;
+            followers.cancel();
+        })
         .await
 }
 

@@ -11,6 +11,9 @@
 //!
 //! Every request carries the ticket the tracker signed for the file (from Locate or from a
 //! replication task); a node refuses requests without a valid one.
+//!
+//! Besides chunks, a getter follows what a partial source holds ([`HoldingsStream`],
+//! `Holdings` on the same channel), so it asks for a chunk that landed there at once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FileId, Ticket};
+use common::{Bitfield, FileId, Ticket};
 use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
@@ -60,6 +63,9 @@ pub enum FetchError {
 /// The chunks of one request, in the order asked: `(index, data)`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<(u32, Bytes), FetchError>> + Send>>;
 
+/// What a source holds of one file, as it grows: each item is its whole holding then.
+pub type HoldingsStream = Pin<Box<dyn Stream<Item = Result<Bitfield, FetchError>> + Send>>;
+
 /// Fetches chunks of a file from the peer at `addr`.
 pub trait ChunkTransport: Send + Sync + 'static {
     /// Asks `addr` for chunks `indices` of `file_id`, presenting `ticket` (the tracker's
@@ -86,6 +92,23 @@ pub trait ChunkTransport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ChunkStream, FetchError>> + Send {
         let n = (pick as usize).min(candidates.len());
         self.fetch(addr, file_id, &candidates[..n], ticket)
+    }
+
+    /// Follows what `addr` holds of `file_id` (`chunks` chunks long), presenting `ticket`:
+    /// its whole holding at once, then again whenever it grows; the stream ends once it
+    /// holds every chunk or its ticket runs out. By default nothing is followed (an error),
+    /// and the downloader learns holdings from the tracker alone.
+    fn holdings(
+        &self,
+        addr: &str,
+        file_id: &FileId,
+        chunks: u32,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<HoldingsStream, FetchError>> + Send {
+        let _ = (addr, file_id, chunks, ticket);
+        std::future::ready(Err(FetchError::Refused(
+            "this transport does not follow holdings".into(),
+        )))
     }
 
     /// Forgets any cached connection to `addr` (after it failed).
@@ -363,10 +386,53 @@ impl ChunkTransport for GrpcTransport {
         Ok(Box::pin(s))
     }
 
+    async fn holdings(
+        &self,
+        addr: &str,
+        file_id: &FileId,
+        chunks: u32,
+        ticket: Option<&Ticket>,
+    ) -> Result<HoldingsStream, FetchError> {
+        let mut client = peer_client(self.channel(addr)?);
+        let req = pb::HoldingsRequest {
+            file_id: file_id.to_string(),
+            ticket: ticket.map(pb::Ticket::from),
+        };
+        let stream = client.holdings(req).await.map_err(classify)?.into_inner();
+        let mut have = Bitfield::new(chunks);
+        let s = stream.map(move |item| {
+            let u = item.map_err(classify)?;
+            apply_holdings(&mut have, &u)?;
+            Ok(have.clone())
+        });
+        Ok(Box::pin(s))
+    }
+
     fn forget(&self, addr: &str) {
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(addr);
     }
+}
+
+/// Applies one `HoldingsUpdate` to `have`.
+///
+/// # Errors
+/// A protocol violation when the bitfield has the wrong length or an index is past the end.
+fn apply_holdings(have: &mut Bitfield, u: &pb::HoldingsUpdate) -> Result<(), FetchError> {
+    let n = have.len();
+    if !u.have.is_empty() {
+        *have =
+            Bitfield::from_bytes(&u.have, n).map_err(|e| FetchError::Protocol(e.to_string()))?;
+    }
+    if let Some(&bad) = u.added.iter().find(|&&i| i >= n) {
+        return Err(FetchError::Protocol(format!(
+            "holds chunk {bad}, past the end ({n} chunks)"
+        )));
+    }
+    for &i in &u.added {
+        have.set(i);
+    }
+    Ok(())
 }

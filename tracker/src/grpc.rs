@@ -27,6 +27,36 @@ use crate::model::HoldingKind;
 /// Largest message accepted or sent (a manifest of a huge file is the biggest).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// The gRPC name of the tracker's service, as health checks and reflection name it.
+pub const SERVICE: &str = "tracker.v1.Tracker";
+
+/// How often the health service's status follows the database.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `grpc.health.v1.Health` true until `shutdown`: the tracker is SERVING while its
+/// database answers (what `/healthz` says), NOT_SERVING while it does not.
+pub async fn report_health(
+    svc: TrackerService,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let ok = svc.health().await.is_ok();
+        if last != Some(ok) {
+            proto::introspect::report(&reporter, &[SERVICE], ok).await;
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+            _ = shutdown.cancelled() => {
+                proto::introspect::report(&reporter, &[SERVICE], false).await;
+                return;
+            }
+        }
+    }
+}
+
 /// The tonic service, with explicit message limits.
 pub fn service(svc: TrackerService) -> TrackerServer<Grpc> {
     TrackerServer::new(Grpc { svc })

@@ -50,12 +50,18 @@ pub use error::Error;
 /// How long open connections may finish after shutdown starts before they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Everything the one port serves: gRPC for peers, then every HTTP route from the REST
+/// Everything the one port serves: gRPC for peers (with the standard health service and
+/// server reflection), then every HTTP route from the REST
 /// route table (API, operations, dashboard), which is also what the OpenAPI document is
 /// generated from. Add routes to that table, not here: a unit test in `rest/openapi.rs`
 /// lists the paths this router serves and fails on any the document does not describe.
-pub(crate) fn app(svc: TrackerService) -> axum::Router {
-    let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone())).into_axum_router();
+pub(crate) fn app(svc: TrackerService, shutdown: CancellationToken) -> axum::Router {
+    let (reporter, health) = proto::introspect::health();
+    tokio::spawn(grpc::report_health(svc.clone(), reporter, shutdown));
+    let grpc_routes = tonic::service::Routes::new(grpc::service(svc.clone()))
+        .add_service(health)
+        .add_service(proto::introspect::reflection(&[grpc::SERVICE]))
+        .into_axum_router();
     rest::router(svc.clone())
         .merge(grpc_routes)
         .fallback(rest::not_found)
@@ -106,7 +112,7 @@ pub async fn run(
     // Its own token, so it also stops when serving fails.
     let stop_planner = shutdown.child_token();
     let planner = tokio::spawn(svc.clone().replicate(stop_planner.clone()));
-    let app = app(svc.clone());
+    let app = app(svc.clone(), shutdown.clone());
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;

@@ -71,7 +71,7 @@ pub async fn register(cx: &Ctx, c: Credentials) -> Result<()> {
             user: c.user.clone(),
         },
         TrackerError::PermissionDenied { .. } => Error::RegistrationClosed,
-        TrackerError::InvalidInput { message } => Error::CannotRegister(message),
+        TrackerError::InvalidInput { message } => Error::CannotRegister(output::safe(&message)),
         e => e.into(),
     })?;
     save(cx, &g)?;

@@ -44,8 +44,34 @@ pub fn resolution_error(term: &str, files: &[FileView]) -> Option<Error> {
     }
 }
 
+/// The fewest and most hex digits the tracker matches as a file id prefix (its Resolve
+/// tries a shorter or longer term as a name only).
+pub const ID_PREFIX_DIGITS: std::ops::RangeInclusive<usize> = 6..=64;
+
+/// The error for a term that matched nothing: when it is hex digits of a length the
+/// tracker never takes as an id prefix, that is the reason to give.
+fn no_match(term: &str) -> Error {
+    let hex = term.trim();
+    if !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && !ID_PREFIX_DIGITS.contains(&hex.len())
+    {
+        return Error::IdPrefixLength {
+            term: term.to_string(),
+            digits: hex.len(),
+            min: *ID_PREFIX_DIGITS.start(),
+            max: *ID_PREFIX_DIGITS.end(),
+        };
+    }
+    Error::NoSuchFile {
+        term: term.to_string(),
+        scope: Scope::Tracker,
+    }
+}
+
 /// The file a term names. A full id needs no round trip: the download's Locate finds it
-/// (or says it is unknown, see [`unknown_id`]).
+/// (or says it is unknown, see [`unknown_id`]). The term goes to the tracker as given: it
+/// trims an id, but a name matches exactly, spaces and all.
 async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
     if let Some(id) = full_id(term) {
         return Ok(id);
@@ -56,6 +82,9 @@ async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
         Err(TrackerError::InvalidInput { .. } | TrackerError::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
+    if files.is_empty() {
+        return Err(no_match(term));
+    }
     if let Some(e) = resolution_error(term, &files) {
         return Err(e);
     }
@@ -247,6 +276,27 @@ mod tests {
             e.to_string(),
             "'song' matches 2 files: aaaaaaaaaaaa song (2.0 KiB), bbbbbbbbbbbb song (2.0 KiB)"
         );
+    }
+
+    #[test]
+    fn a_hex_term_of_the_wrong_length_says_why_it_matched_nothing() {
+        assert_eq!(
+            no_match("0211").to_string(),
+            "no file is named '0211', and 4 hex digits are too few for a file id prefix, which takes 6 to 64"
+        );
+        assert_eq!(
+            no_match(&"a".repeat(65)).to_string(),
+            format!(
+                "no file is named '{}', and 65 hex digits are too many for a file id prefix, which takes 6 to 64",
+                "a".repeat(65)
+            )
+        );
+        for plain in ["021122", "song.flac", "", " "] {
+            assert!(
+                matches!(no_match(plain), Error::NoSuchFile { .. }),
+                "{plain:?}"
+            );
+        }
     }
 
     #[test]

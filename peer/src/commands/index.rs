@@ -232,6 +232,9 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
     }
 
     let shown: Vec<FileView> = shown.into_iter().flatten().collect();
+    if !shown.is_empty() && cx.home.live_node().is_none() {
+        eprintln!("warning: {}", no_node_warning(cx.home.dir()));
+    }
     if cx.json {
         output::json(&shown)?;
     } else {
@@ -248,6 +251,30 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         return Err(Error::AlreadyReported(failed));
     }
     Ok(())
+}
+
+/// What `index` says when no node serves this home: the tracker counts only serving
+/// holders, so the files show HOLDERS 0 and nobody can fetch them until one runs.
+fn no_node_warning(home: &Path) -> String {
+    let default = crate::home::default_dir().and_then(|d| std::path::absolute(d).ok());
+    let serve = if default.as_deref() == Some(home) {
+        "peer serve".to_string()
+    } else {
+        format!("peer --home {} serve", shell_word(&home.to_string_lossy()))
+    };
+    format!(
+        "no node is serving this home, so no peer can fetch these files yet (they show HOLDERS 0); start one with `{serve}`"
+    )
+}
+
+/// `s` as one shell word: as is when it holds only characters no shell treats specially,
+/// else in single quotes (control characters escaped for the terminal).
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@=%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        return s.to_string();
+    }
+    format!("'{}'", output::safe(&s.replace('\'', r"'\''")))
 }
 
 /// Finds the one store record `term` names (full id or unique prefix); a full id not in
@@ -354,6 +381,17 @@ mod tests {
         let full = FileId(Sha256Digest::of(b"elsewhere"));
         assert_eq!(pick(&records, &full.to_string()).unwrap(), (full, None));
         assert!(pick(&records, "zz").is_err());
+    }
+
+    #[test]
+    fn the_no_node_warning_names_the_command_to_run() {
+        let w = no_node_warning(Path::new("/srv/peer homes/it's"));
+        assert!(w.contains("HOLDERS 0"), "{w}");
+        assert!(
+            w.ends_with(r"start one with `peer --home '/srv/peer homes/it'\''s' serve`"),
+            "{w}"
+        );
+        assert!(no_node_warning(Path::new("/srv/a")).ends_with("`peer --home /srv/a serve`"));
     }
 
     #[test]

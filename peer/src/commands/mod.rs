@@ -25,12 +25,17 @@ pub struct Ctx {
 
 impl Ctx {
     /// Opens the home and picks the tracker URLs: `--tracker`/`PEER_TRACKER`, else the ones
-    /// saved by login, else the default.
+    /// saved by login, else the default. Only `register` and `login` make a missing home;
+    /// every other command needs one that exists, so a mistyped `--home` is said to be one.
     ///
     /// # Errors
-    /// When the home cannot be created or read, or `--ca` is unusable.
+    /// When the home is missing (for a command other than register/login), cannot be
+    /// created or read, or `--ca` is unusable.
     pub fn new(cli: &Cli) -> Result<Self> {
-        let home = Home::open(cli.home.clone())?;
+        let home = match cli.command {
+            Command::Register(_) | Command::Login(_) => Home::open(cli.home.clone())?,
+            _ => Home::open_existing(cli.home.clone())?,
+        };
         let mut trackers = clean(&cli.trackers);
         if trackers.is_empty() {
             trackers = clean(&home.settings()?.trackers);
@@ -76,6 +81,11 @@ fn clean(urls: &[String]) -> Vec<String> {
 /// Whatever the command failed on; [`crate::Error::AlreadyReported`] when failures were
 /// already printed.
 pub async fn run(cli: Cli) -> Result<()> {
+    // Needs no home and no tracker.
+    if let Command::Completions { shell } = cli.command {
+        crate::output::print(&crate::cli::completions(shell));
+        return Ok(());
+    }
     let cx = Ctx::new(&cli)?;
     match cli.command {
         Command::Register(c) => account::register(&cx, c).await,
@@ -89,9 +99,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Files => query::files(&cx),
         Command::Peers => query::peers(&cx).await,
         Command::Status => status::status(&cx).await,
-        Command::Completions { shell } => {
-            crate::output::print(&crate::cli::completions(shell));
-            Ok(())
-        }
+        // Printed above, before the home was opened.
+        Command::Completions { .. } => Ok(()),
     }
 }

@@ -298,7 +298,8 @@ impl<T: ChunkTransport> Coordinator<T> {
     }
 
     /// Adds the holders of a Locate answer as sources (minus this peer, restricted to
-    /// `--from`), refreshes what known ones hold, and starts workers for usable ones.
+    /// `--from`), adds to what known ones hold (never takes away: a source's own holdings
+    /// stream may be newer), and starts workers for usable ones.
     fn add_holders(&mut self, holders: Vec<HolderView>, ticket: Option<Arc<Ticket>>) {
         let now = Instant::now();
         let mut changed = false;
@@ -316,7 +317,7 @@ impl<T: ChunkTransport> Coordinator<T> {
             if s.banned || (!s.running && s.retry_at > now) {
                 continue;
             }
-            self.sh.sched().add_source(h.peer_id.clone(), h.have);
+            self.sh.sched().merge_source(h.peer_id.clone(), h.have);
             changed = true;
             if !s.running {
                 s.running = true;

@@ -9,14 +9,18 @@
 //! source is left), starts a [`worker`] per usable source, reports verified chunks and
 //! writes the store record ([`record`]) on a short cadence (so a `serve` in the same home
 //! serves what is already here), and gives up only when nothing has moved for a long time.
-//! Workers pull chunks from the shared [`scheduler::Scheduler`].
+//! Workers pull chunks from the shared [`scheduler::Scheduler`], and each follows what its
+//! source holds while that grows ([`holdings`]), so other getters' new chunks are asked
+//! for without waiting for the next Locate.
 //!
-//! Module graph (no cycles): `job` ← `shared` ← `worker` ← `coordinator` ← this module;
-//! `error`, `files`, `record`, `scheduler` and `whole` are leaves (`files` uses `error`).
+//! Module graph (no cycles): `job` ← `shared` ← `holdings` ← `worker` ← `coordinator` ←
+//! this module; `error`, `files`, `record`, `scheduler` and `whole` are leaves (`files`
+//! uses `error`).
 
 mod coordinator;
 mod error;
 pub mod files;
+mod holdings;
 mod job;
 mod pace;
 mod record;

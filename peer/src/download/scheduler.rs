@@ -110,6 +110,25 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         self.sources.insert(s, have);
     }
 
+    /// Adds the chunks of `have` to what a known source holds (the tracker's answer may be
+    /// older than what the source itself said on its holdings stream, so it never takes
+    /// chunks away), or adds the source.
+    pub fn merge_source(&mut self, s: S, have: Bitfield) {
+        if have.len() != self.chunk_count() {
+            return;
+        }
+        let Some(old) = self.sources.get_mut(&s) else {
+            self.add_source(s, have);
+            return;
+        };
+        for i in have.iter_ones() {
+            if !old.get(i) {
+                old.set(i);
+                self.avail[i as usize] += 1;
+            }
+        }
+    }
+
     /// Drops a source: its in-flight chunks are released (Missing again unless another
     /// source is fetching them). Returns the chunks that went back to Missing.
     pub fn remove_source(&mut self, s: &S) -> Vec<u32> {
@@ -380,6 +399,29 @@ mod tests {
         // A bitfield of the wrong length is ignored.
         s.add_source("c", Bitfield::new(5));
         assert!(!s.has_source(&"c"));
+    }
+
+    #[test]
+    fn merging_a_source_only_adds_chunks() {
+        let mut s = Scheduler::new(4);
+        s.merge_source("a", bits(4, &[0]));
+        s.add_source("a", bits(4, &[0, 1, 2]));
+        // An older answer that lacks chunk 2 leaves it; chunk 3 is new.
+        s.merge_source("a", bits(4, &[0, 3]));
+        assert!(s.is_full_holder(&"a"));
+        s.add_source("b", bits(4, &[2]));
+        let mut rng = rand::rng();
+        // Chunks 0, 1 and 3 are held by a alone, chunk 2 by both: a takes it last.
+        let mut got = vec![];
+        while let Some(i) = s.next_for(&"a", false, &mut rng) {
+            got.push(i);
+        }
+        assert_eq!(got.last(), Some(&2), "{got:?}");
+        s.merge_source("c", bits(5, &[0]));
+        assert!(
+            !s.has_source(&"c"),
+            "a bitfield of the wrong length is ignored"
+        );
     }
 
     #[test]

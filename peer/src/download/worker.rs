@@ -6,6 +6,10 @@
 //! asked for one chunk. Every chunk is checked (index, length, SHA-256) before it is
 //! written at its offset. A request for a chunk that lands from another source first (an
 //! endgame duplicate) is dropped at once, which cancels its stream at the source.
+//!
+//! Beside its requests, the worker of a source that lacks chunks follows what that source
+//! holds ([`holdings`]): new chunks there reach the scheduler at once, and a worker with
+//! room for more requests wakes to ask for them.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::holdings;
 use super::pace::Depth;
 use super::scheduler::ChunkState;
 use super::shared::{Event, Shared, WorkerEnd};
@@ -51,9 +56,21 @@ impl From<FetchError> for Fail {
 }
 
 /// Runs the worker for `source` at `addr` until the file is complete, the download is
-/// cancelled, or the source is dropped; then tells the coordinator.
+/// cancelled, or the source is dropped; then tells the coordinator. Meanwhile it follows
+/// what the source holds, as long as the source says.
 pub async fn run<T: ChunkTransport>(sh: Arc<Shared<T>>, source: PeerId, addr: String) {
-    let end = work(&sh, &source, &addr).await;
+    let end = {
+        let work = work(&sh, &source, &addr);
+        let follow = holdings::follow(&sh, &source, &addr);
+        tokio::pin!(work, follow);
+        let mut following = true;
+        loop {
+            tokio::select! {
+                end = &mut work => break end,
+                () = &mut follow, if following => following = false,
+            }
+        }
+    };
     if matches!(end, WorkerEnd::Bad(_) | WorkerEnd::Gone(_)) {
         let requeued = sh.sched().remove_source(&source);
         if !requeued.is_empty() {
@@ -154,6 +171,8 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                     };
                 }
             },
+            // New chunks at the source (or released ones) when there is room for requests.
+            _ = wake.changed(), if in_flight.len() < depth.target() => {}
             _ = tokio::time::sleep_until(last_chunk + stall) => {
                 return WorkerEnd::Gone(format!(
                     "stalled: no chunk in {}",

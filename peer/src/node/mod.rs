@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::home::{Home, HomeError, NodeFile};
+use crate::home::{Home, HomeError, NodeFile, NodeLock};
 use crate::ratelimit::RateLimiter;
 use crate::replica::tasks::{Runner, task_stream};
 use crate::replica::{ReplicaError, ReplicaStore};
@@ -136,6 +136,9 @@ pub struct Node {
     key: TrackerKey,
     rescan_every: Duration,
     node_file: NodeFile,
+    /// The home's node lock, held until the node stops, so a second node on the same home
+    /// is refused instead of fighting this one over node.json and the store.
+    lock: NodeLock,
 }
 
 /// Binds and runs a node until `shutdown` is cancelled.
@@ -151,12 +154,13 @@ pub async fn run(
 }
 
 impl Node {
-    /// Checks the session, opens the replica store, works out the advertised address and
-    /// writes node.json.
+    /// Takes the home's node lock, checks the session, opens the replica store, works out
+    /// the advertised address and writes node.json.
     ///
     /// # Errors
-    /// No live session ([`TrackerError::NotLoggedIn`]), a bad `--advertise`, an unreadable
-    /// home or replica store.
+    /// Another node on this home ([`HomeError::NodeRunning`]), no live session
+    /// ([`TrackerError::NotLoggedIn`]), a bad `--advertise`, an unreadable home or replica
+    /// store.
     pub async fn bind(config: NodeConfig, listener: TcpListener) -> Result<Node, NodeError> {
         let NodeConfig {
             home,
@@ -170,6 +174,7 @@ impl Node {
             metrics,
             source_layer,
         } = config;
+        let lock = home.lock_node()?;
         let peer_id = home.peer_id()?;
         let token = home
             .session()?
@@ -254,6 +259,7 @@ impl Node {
             key,
             rescan_every,
             node_file,
+            lock,
         })
     }
 
@@ -353,7 +359,10 @@ impl Node {
         if failed.is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
-        self.home.delete_node()?;
+        let deleted = self.home.delete_node();
+        // Only now may another node start on this home.
+        drop(self.lock);
+        deleted?;
         failed.unwrap_or(Ok(()))
     }
 

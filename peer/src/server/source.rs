@@ -5,8 +5,9 @@
 //!
 //! Records are cached by file id and re-read from disk when a file id is unknown or a
 //! requested chunk is not in the cached `have` (a `peer get` in the same home writes its
-//! record every half second, and this node serves those chunks while the download runs);
-//! re-reads of one record happen at most every [`RELOAD_EVERY`].
+//! record every quarter second, and this node serves those chunks while the download runs);
+//! re-reads of one record happen at most every [`RELOAD_EVERY`] (about that often while a
+//! Holdings stream follows it, so `GetChunks` looks again once before refusing a chunk).
 //!
 //! A shared file is the user's own file: before serving it the node checks that its length
 //! and mtime still match the record. A changed or vanished file is refused, the record is

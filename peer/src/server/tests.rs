@@ -196,3 +196,221 @@ async fn should_withdraw_shared_files_that_changed_on_the_periodic_check() {
         "the user's file stays"
     );
 }
+
+/// A download in progress of `m` holding `have`, recorded in `home`.
+fn record_download(home: &Home, m: &Manifest, have: &[u32]) {
+    let mut bits = Bitfield::new(m.chunk_count());
+    for &i in have {
+        bits.set(i);
+    }
+    let rec = StoreRecord::new(m, Kind::Downloaded, "/nonexistent/d.bin".into(), &bits);
+    home.save_record(&rec).unwrap();
+}
+
+/// A file of 100 chunks: its holding takes 13 bytes, a list of a few new chunks less.
+fn hundred_chunks() -> Manifest {
+    let hashes = [7u8; 100 * 32];
+    let d = Sha256Digest::of(b"d");
+    Manifest::from_parts("d.bin".into(), 100 * MIB, d, MIB as u32, &hashes).unwrap()
+}
+
+async fn open_holdings(
+    svc: &PeerService,
+    id: &FileId,
+    ticket: Option<pb::Ticket>,
+) -> Result<holdings::UpdateStream, Status> {
+    let req = pb::HoldingsRequest {
+        file_id: id.to_string(),
+        ticket,
+    };
+    Ok(svc.holdings(Request::new(req)).await?.into_inner())
+}
+
+fn good_ticket(id: &FileId) -> Option<pb::Ticket> {
+    Some(ticket(&tracker_signer(), id, crate::now_ms() + 60_000))
+}
+
+/// The next message, within a bound far above the poll and reload periods.
+async fn next_update(s: &mut holdings::UpdateStream) -> Option<pb::HoldingsUpdate> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.next())
+        .await
+        .expect("an update or the end within 10 s")
+        .map(|r| r.expect("an update, not an error"))
+}
+
+fn ones(have: &Bytes, n: u32) -> Vec<u32> {
+    Bitfield::from_bytes(have, n).unwrap().iter_ones().collect()
+}
+
+#[tokio::test]
+async fn should_stream_holdings_as_the_record_grows_and_end_when_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+    let m = hundred_chunks();
+    let id = m.id();
+    record_download(&home, &m, &[0, 1]);
+    let svc = service(&home);
+    let mut s = open_holdings(&svc, &id, good_ticket(&id)).await.unwrap();
+
+    // At once: the whole holding.
+    let first = next_update(&mut s).await.unwrap();
+    assert_eq!(ones(&first.have, 100), [0, 1]);
+    assert!(first.added.is_empty());
+
+    // The record grows: only the new chunk is sent.
+    record_download(&home, &m, &[0, 1, 5]);
+    let grew = next_update(&mut s).await.unwrap();
+    assert!(grew.have.is_empty(), "{grew:?}");
+    assert_eq!(grew.added, [5]);
+
+    // Complete: the rest (whole, being shorter than a list of 97), then the end.
+    record_download(&home, &m, &(0..100).collect::<Vec<_>>());
+    let done = next_update(&mut s).await.unwrap();
+    assert_eq!(ones(&done.have, 100), (0..100).collect::<Vec<_>>());
+    assert!(next_update(&mut s).await.is_none(), "the stream ends");
+
+    // A complete holding is one message.
+    let mut s = open_holdings(&svc, &id, good_ticket(&id)).await.unwrap();
+    assert_eq!(next_update(&mut s).await.unwrap().have.len(), 13);
+    assert!(next_update(&mut s).await.is_none());
+}
+
+#[tokio::test]
+async fn should_refuse_holdings_without_a_valid_ticket_or_a_holding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+    let m = hundred_chunks();
+    let id = m.id();
+    record_download(&home, &m, &[3]);
+    let svc = service(&home);
+    let other = FileId(Sha256Digest::of(b"other"));
+    let forger = TicketSigner::from_secret(&[6; 32]);
+    let now = crate::now_ms();
+    let cases = [
+        ("none", None, tonic::Code::Unauthenticated),
+        (
+            "expired",
+            Some(ticket(&tracker_signer(), &id, now - 60_000)),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            "forged",
+            Some(ticket(&forger, &id, now + 60_000)),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            "another file",
+            good_ticket(&other),
+            tonic::Code::PermissionDenied,
+        ),
+    ];
+    for (what, t, code) in cases {
+        let err = open_holdings(&svc, &id, t).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+    }
+    let err = open_holdings(&svc, &other, good_ticket(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn should_cap_holdings_streams_and_end_them_on_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+    let m = hundred_chunks();
+    let id = m.id();
+    record_download(&home, &m, &[3]);
+    let svc = service(&home);
+    let mut open = Vec::new();
+    for _ in 0..holdings::MAX_STREAMS {
+        open.push(open_holdings(&svc, &id, good_ticket(&id)).await.unwrap());
+    }
+    let err = open_holdings(&svc, &id, good_ticket(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+
+    // A reader that goes away frees its slot.
+    open.pop();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut s = loop {
+        match open_holdings(&svc, &id, good_ticket(&id)).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the slot was not freed: {e:?}"),
+        }
+    };
+    assert_eq!(ones(&next_update(&mut s).await.unwrap().have, 100), [3]);
+
+    // Shutdown ends every stream (after what it had sent).
+    svc.followers.stop.cancel();
+    assert!(next_update(&mut s).await.is_none());
+    for mut s in open {
+        while next_update(&mut s).await.is_some() {}
+    }
+}
+
+#[test]
+fn holdings_changes_are_new_chunks_or_the_whole_holding() {
+    let bits = |ones: &[u32]| {
+        let mut b = Bitfield::new(100);
+        for &i in ones {
+            b.set(i);
+        }
+        b
+    };
+    assert!(holdings::change(&bits(&[1]), &bits(&[1])).is_none());
+    let c = holdings::change(&bits(&[1]), &bits(&[1, 9, 99])).unwrap();
+    assert_eq!((c.have.len(), c.added), (0, vec![9, 99]));
+    // A chunk dropped: the whole holding.
+    let c = holdings::change(&bits(&[1, 9]), &bits(&[9])).unwrap();
+    assert_eq!(ones(&c.have, 100), [9]);
+    // Many new chunks: the whole holding is shorter.
+    let c = holdings::change(&bits(&[]), &bits(&(0..50).collect::<Vec<_>>())).unwrap();
+    assert_eq!(c.have.len(), 13);
+    assert!(c.added.is_empty());
+}
+
+#[tokio::test]
+async fn should_end_holdings_when_the_ticket_runs_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+    let m = hundred_chunks();
+    let id = m.id();
+    record_download(&home, &m, &[3]);
+    let svc = service(&home);
+    // Expired, but within the clock skew for one more second.
+    let t = ticket(&tracker_signer(), &id, crate::now_ms() - 29_000);
+    let mut s = open_holdings(&svc, &id, Some(t)).await.unwrap();
+    assert_eq!(ones(&next_update(&mut s).await.unwrap().have, 100), [3]);
+    assert!(next_update(&mut s).await.is_none(), "the stream ends");
+}
+
+#[tokio::test]
+async fn should_serve_a_chunk_recorded_just_after_the_record_was_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+    let hashes = [7u8; 3 * 32];
+    let d = Sha256Digest::of(b"p");
+    let m = Manifest::from_parts("p.bin".into(), 3 * MIB, d, MIB as u32, &hashes).unwrap();
+    let path = tmp.path().join("p.bin");
+    std::fs::write(crate::home::part_path(&path), vec![4u8; 3 * MIB as usize]).unwrap();
+    let record = |have: &[u32]| {
+        let mut bits = Bitfield::new(3);
+        have.iter().for_each(|&i| bits.set(i));
+        let rec = StoreRecord::new(&m, Kind::Downloaded, path.clone(), &bits);
+        home.save_record(&rec).unwrap();
+    };
+    record(&[0]);
+    let svc = service(&home);
+    assert_eq!(fetch(&svc, &m.id(), vec![0]).await.unwrap().len(), 1);
+    // The getter records chunk 1 (and tells the tracker) right after the node read the
+    // record: a request for it is served, not refused.
+    record(&[0, 1]);
+    let got = fetch(&svc, &m.id(), vec![1]).await.unwrap();
+    assert_eq!(got, [Bytes::from(vec![4u8; MIB as usize])]);
+}

@@ -128,6 +128,16 @@ impl Peer for FakeNode {
         Ok(Response::new(s))
     }
 
+    type HoldingsStream = futures::stream::Empty<Result<ppb::HoldingsUpdate, Status>>;
+
+    /// Like a node that predates `Holdings`: getters learn what it holds from Locate alone.
+    async fn holdings(
+        &self,
+        _request: Request<ppb::HoldingsRequest>,
+    ) -> Result<Response<Self::HoldingsStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn status(
         &self,
         _request: Request<ppb::StatusRequest>,

@@ -140,3 +140,67 @@ async fn should_ban_an_in_process_node_that_corrupts_chunks_and_finish_from_an_h
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn should_answer_grpc_health_checks_and_reflection_on_the_node_port() -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    bounded(async {
+        let tracker = TestTracker::start().await?;
+        let alice = TestPeer::register(&tracker, "alice").await?;
+        let config = NodeConfig::new(
+            Home::open(Some(alice.home.path().to_path_buf()))?,
+            vec![tracker.url()],
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let node = Node::bind(config, listener).await?;
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(node.run(shutdown.clone()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["", "peer.v1.Peer"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        let answer = answers.message().await?.context("one answer")?;
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            anyhow::bail!("not a service list: {answer:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "peer.v1.Peer"
+            ]
+        );
+        shutdown.cancel();
+        running.await??;
+        Ok(())
+    })
+    .await
+}

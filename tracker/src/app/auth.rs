@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
+/// Shortest accepted new password, in characters (Unicode scalar values): a one-letter
+/// password falls to the first guesses. Logins are not checked against it, so an account
+/// made before the rule still logs in.
+pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password, in bytes (argon2 time does not depend on it, memory does).
 pub const MAX_PASSWORD_LEN: usize = 1024;
 /// Failures within [`THROTTLE_WINDOW`] after which logins are refused.
@@ -37,13 +41,16 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Checks a new password: not empty, at most [`MAX_PASSWORD_LEN`] bytes.
+/// Checks a new password: at least [`MIN_PASSWORD_CHARS`] characters, at most
+/// [`MAX_PASSWORD_LEN`] bytes.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`].
+/// [`Error::InvalidArgument`] saying what is allowed.
 pub fn check_password(password: &str) -> Result<(), Error> {
-    if password.is_empty() {
-        return Err(Error::invalid("password must not be empty"));
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::invalid(format!(
+            "password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
     }
     if password.len() > MAX_PASSWORD_LEN {
         return Err(Error::invalid(format!(
@@ -275,6 +282,22 @@ mod tests {
         assert!(check_name(&"a".repeat(65)).is_err());
         assert!(check_password("").is_err());
         assert!(check_password(&"p".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn should_refuse_passwords_shorter_than_eight_characters() {
+        for short in ["", "x", "1234567", "ééééééé"] {
+            let err = check_password(short).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("password must have at least 8 characters"),
+                "{short:?}: {err}"
+            );
+        }
+        assert!(check_password("12345678").is_ok());
+        // Characters, not bytes: four two-byte letters are still four.
+        assert!(check_password("éééé").is_err());
+        assert!(check_password("éééééééé").is_ok());
     }
 
     #[test]

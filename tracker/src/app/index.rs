@@ -256,11 +256,12 @@ impl Index {
             .collect()
     }
 
-    /// Every match of a term: by id prefix (6+ hex digits, case-insensitive), then by exact
-    /// name, without duplicates.
+    /// Every match of a term: by id prefix (6+ hex digits, case-insensitive, surrounding
+    /// whitespace ignored, as a pasted id often has), then by exact name as given (a name
+    /// may begin or end with spaces), without duplicates.
     pub fn resolve(&self, term: &str) -> Vec<&FileEntry> {
         let mut out: Vec<&FileEntry> = Vec::new();
-        let lower = term.to_ascii_lowercase();
+        let lower = term.trim().to_ascii_lowercase();
         if (6..=64).contains(&lower.len()) && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
             out.extend(self.by_id_prefix(&lower));
         }
@@ -454,6 +455,11 @@ mod tests {
         assert!(both.iter().any(|f| f.id == b));
         assert!(ix.resolve("SAME.TXT").is_empty());
         assert!(ix.resolve("").is_empty());
+        assert_eq!(ix.resolve(&format!(" {}\n", &hex[..8]))[0].id, a);
+        let spaced = add_file(&mut ix, " leading space.txt", 1, 4);
+        assert_eq!(ix.resolve(" leading space.txt")[0].id, spaced);
+        assert!(ix.resolve("leading space.txt").is_empty());
+        assert!(ix.resolve(" same.txt").is_empty());
         assert!(ix.remove_file(&a).is_some());
         assert_eq!(ix.resolve("same.txt").len(), 1);
     }

@@ -46,11 +46,12 @@ impl TrackerService {
         })
     }
 
-    /// Every file matching an id, id prefix (6+ hex digits) or exact name.
+    /// Every file matching an id, id prefix (6+ hex digits) or exact name. The term is not
+    /// trimmed here: a name may begin or end with spaces (the index trims ids itself).
     pub fn resolve(&self, term: &str) -> Vec<FileView> {
         let now = now_ms();
         let ix = self.index();
-        ix.resolve(term.trim())
+        ix.resolve(term)
             .into_iter()
             .map(|f| file_view(&ix, f, now))
             .collect()

@@ -110,7 +110,11 @@ mod tests {
 
     /// What the tracker serves on purpose without describing it here, as (method, path);
     /// `*` is every method. The gRPC service is described by its `.proto` file.
-    const NOT_DESCRIBED: &[(&str, &str)] = &[("*", "/tracker.v1.Tracker/{*rest}")];
+    const NOT_DESCRIBED: &[(&str, &str)] = &[
+        ("*", "/tracker.v1.Tracker/{*rest}"),
+        ("*", "/grpc.health.v1.Health/{*rest}"),
+        ("*", "/grpc.reflection.v1.ServerReflection/{*rest}"),
+    ];
 
     const METHODS: &[&str] = &[
         "get", "head", "delete", "options", "patch", "post", "put", "trace", "connect",
@@ -178,7 +182,7 @@ mod tests {
         let (svc, writer) = crate::TrackerService::start(cfg, store.clone())
             .await
             .expect("service");
-        let mut served = served(&crate::app(svc));
+        let mut served = served(&crate::app(svc, tokio_util::sync::CancellationToken::new()));
         for (m, p) in NOT_DESCRIBED {
             let pair = (m.to_string(), p.to_string());
             assert!(served.remove(&pair), "{m} {p} is listed but not served");

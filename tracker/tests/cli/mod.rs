@@ -31,7 +31,7 @@ async fn should_add_a_user_then_serve_on_the_printed_address() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        add.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+        add.stdin.take().unwrap().write_all(b"s3cret-pw\n").unwrap();
         assert!(add.wait().unwrap().success());
         let dup = tracker()
             .args(["--database-url", &db, "user", "add", "carol"])
@@ -68,7 +68,7 @@ async fn should_add_a_user_then_serve_on_the_printed_address() {
         assert_eq!(health.status(), reqwest::StatusCode::OK);
         let login = reqwest::Client::new()
             .post(format!("http://{addr}/api/v1/sessions"))
-            .json(&json!({"user": "carol", "password": "s3cret"}))
+            .json(&json!({"user": "carol", "password": "s3cret-pw"}))
             .send()
             .await
             .unwrap();

@@ -67,12 +67,12 @@ impl TestTracker {
     }
 }
 
-/// Registers `user` (password `pw-USER`) over gRPC and returns the session token.
+/// Registers `user` (password `pw-of-USER`) over gRPC and returns the session token.
 pub async fn register(client: &mut TrackerClient<Channel>, user: &str) -> String {
     client
         .register(pb::Credentials {
             user: user.into(),
-            password: format!("pw-{user}"),
+            password: format!("pw-of-{user}"),
         })
         .await
         .unwrap()

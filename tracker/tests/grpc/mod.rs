@@ -7,6 +7,7 @@ use tempfile::TempDir;
 use tonic::Code;
 use tracker::Config;
 
+mod introspect;
 mod persistence;
 mod replication;
 mod sessions;
@@ -36,12 +37,17 @@ async fn should_register_login_and_logout() {
         let dup = c
             .register(pb::Credentials {
                 user: "alice".into(),
-                password: "x".into(),
+                password: "another-password".into(),
             })
             .await
             .unwrap_err();
         assert_eq!(dup.code(), Code::AlreadyExists);
-        for (user, pw) in [("bad name", "x"), ("bob", ""), ("", "x")] {
+        for (user, pw) in [
+            ("bad name", "long-enough"),
+            ("bob", ""),
+            ("bob", "seven-7"),
+            ("", "long-enough"),
+        ] {
             let err = c
                 .register(pb::Credentials {
                     user: user.into(),
@@ -54,7 +60,7 @@ async fn should_register_login_and_logout() {
         let s = c
             .login(pb::Credentials {
                 user: "alice".into(),
-                password: "pw-alice".into(),
+                password: "pw-of-alice".into(),
             })
             .await
             .unwrap()

@@ -60,7 +60,7 @@ async fn check_restart_keeps_state(cfg: Config) {
     assert_eq!(h2.addr, "127.0.0.1:9002");
     c.login(pb::Credentials {
         user: "alice".into(),
-        password: "pw-alice".into(),
+        password: "pw-of-alice".into(),
     })
     .await
     .unwrap();

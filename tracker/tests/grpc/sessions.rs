@@ -80,14 +80,14 @@ async fn should_refuse_a_session_past_its_lifetime_on_both_adapters() {
         let s = c
             .login(pb::Credentials {
                 user: "alice".into(),
-                password: "pw-alice".into(),
+                password: "pw-of-alice".into(),
             })
             .await
             .unwrap()
             .into_inner();
         let rest = reqwest::Client::new()
             .post(t.url("/api/v1/sessions"))
-            .json(&json!({"user": "alice", "password": "pw-alice"}))
+            .json(&json!({"user": "alice", "password": "pw-of-alice"}))
             .send()
             .await
             .unwrap();
@@ -152,7 +152,7 @@ async fn should_store_only_the_sha256_of_each_token() {
         let logged_in = c
             .login(pb::Credentials {
                 user: "alice".into(),
-                password: "pw-alice".into(),
+                password: "pw-of-alice".into(),
             })
             .await
             .unwrap()
@@ -255,7 +255,7 @@ async fn should_throttle_a_user_from_any_address_and_an_address_for_any_user() {
         let login = |client: &reqwest::Client, user: &str, forwarded: Option<&str>| {
             let mut req = client
                 .post(t.url("/api/v1/sessions"))
-                .json(&json!({"user": user, "password": format!("pw-{user}")}));
+                .json(&json!({"user": user, "password": format!("pw-of-{user}")}));
             if let Some(f) = forwarded {
                 req = req
                     .header("x-forwarded-for", f)
@@ -291,7 +291,7 @@ async fn should_throttle_a_user_from_any_address_and_an_address_for_any_user() {
         let grpc = c2
             .login(pb::Credentials {
                 user: "alice".into(),
-                password: "pw-alice".into(),
+                password: "pw-of-alice".into(),
             })
             .await
             .unwrap_err();
@@ -308,7 +308,7 @@ async fn should_throttle_a_user_from_any_address_and_an_address_for_any_user() {
         let s = c2
             .login(pb::Credentials {
                 user: "bob".into(),
-                password: "pw-bob".into(),
+                password: "pw-of-bob".into(),
             })
             .await
             .expect("bob over gRPC from the second address");

@@ -27,7 +27,7 @@ async fn login_key(t: &TestTracker, user: &str) -> Vec<u8> {
     let mut c = t.grpc().await;
     c.login(pb::Credentials {
         user: user.into(),
-        password: format!("pw-{user}"),
+        password: format!("pw-of-{user}"),
     })
     .await
     .unwrap()

@@ -62,7 +62,7 @@ async fn should_log_in_and_out_and_refuse_bad_credentials_alike() {
         let dir = TempDir::new().unwrap();
         let t = TestTracker::start(&dir).await;
         register(&mut t.grpc().await, "alice").await;
-        let ok = login(&t, "alice", "pw-alice").await;
+        let ok = login(&t, "alice", "pw-of-alice").await;
         assert_eq!(ok.status(), StatusCode::OK);
         let body: Value = ok.json().await.unwrap();
         let token = body["token"].as_str().unwrap().to_string();
@@ -123,7 +123,7 @@ async fn should_throttle_repeated_failed_logins() {
                 StatusCode::UNAUTHORIZED
             );
         }
-        let throttled = login(&t, "alice", "pw-alice").await;
+        let throttled = login(&t, "alice", "pw-of-alice").await;
         assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
         let retry: u64 = throttled.headers()["retry-after"]
             .to_str()
@@ -147,7 +147,7 @@ async fn should_throttle_repeated_failed_logins() {
         let grpc = c
             .login(proto::tracker::v1::Credentials {
                 user: "alice".into(),
-                password: "pw-alice".into(),
+                password: "pw-of-alice".into(),
             })
             .await
             .unwrap_err();
