@@ -238,9 +238,10 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
     /// Missing chunks that only `s` holds, or, when there are none, every Missing chunk it
     /// holds; a random few of them. The candidates become InFlight from `s`, so no other
     /// request asks for them (no chunk is sent twice outside the endgame); the caller
-    /// releases those not sent. The set is small enough that `depth` such requests from
-    /// each source leave half the Missing chunks to others: at most
-    /// `missing / (2 · sources · depth)`, between 1 and `max`. Empty when nothing `s`
+    /// releases those not sent. Of chunks only `s` holds, its `depth` requests share them
+    /// all (`pool / depth` each); of chunks others hold too, the set is small enough that
+    /// `depth` such requests from each source leave half the Missing chunks to others
+    /// (`missing / (2 · sources · depth)`); between 1 and `max`. Empty when nothing `s`
     /// holds is Missing.
     pub fn reserve_candidates(
         &mut self,
@@ -257,16 +258,21 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
             .iter_ones()
             .filter(|i| missing(i) && self.avail[*i as usize] <= 1)
             .collect();
-        if out.is_empty() {
+        let k = if out.is_empty() {
+            // Chunks others hold too: a small set, leaving the rest to them.
             out = have.iter_ones().filter(missing).collect();
-        }
-        let all_missing = self
-            .states
-            .iter()
-            .filter(|st| **st == ChunkState::Missing)
-            .count();
-        let share = all_missing / (2 * self.sources.len().max(1) * depth.max(1));
-        let k = share.clamp(1, max.max(1));
+            let all_missing = self
+                .states
+                .iter()
+                .filter(|st| **st == ChunkState::Missing)
+                .count();
+            all_missing / (2 * self.sources.len().max(1) * depth.max(1))
+        } else {
+            // Chunks only `s` holds: nobody else could be asked for them anyway, so its
+            // requests share them out, and the seed gets a real choice (super-seeding).
+            out.len() / depth.max(1)
+        };
+        let k = k.clamp(1, max.max(1));
         if out.len() > k {
             out.shuffle(rng);
             out.truncate(k);
@@ -435,19 +441,21 @@ mod tests {
         s.mark_verified(5);
         let taken = s.next_for(&"peer", true, &mut rng).unwrap();
         assert!(taken == 0 || taken == 1);
-        // Not 0 or 1 (peer holds them), not 5 (Verified); a set of one (3 Missing chunks,
-        // 2 sources), reserved for the seed.
-        let c = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        // Not 0 or 1 (peer holds them), not 5 (Verified): the seed-only chunks, shared out
+        // over its requests (depth 2: one and two), reserved for the seed.
+        let c = s.reserve_candidates(&"seed", 2, 10, &mut rng);
         assert_eq!(c.len(), 1);
         assert!([2, 3, 4].contains(&c[0]), "{c:?}");
         assert_eq!(s.state(c[0]), &ChunkState::InFlight(vec!["seed"]));
-        // A second request gets another chunk: requests never overlap.
-        let d = s.reserve_candidates(&"seed", 1, 10, &mut rng);
-        assert_eq!(d.len(), 1);
-        assert_ne!(c, d);
+        // A second request gets others: requests never overlap.
+        let mut d = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        d.sort();
+        assert_eq!(d.len(), 2);
+        assert!(!d.contains(&c[0]));
         // The chunk that arrives becomes Verified; the others are released.
-        assert!(s.mark_verified(c[0]));
-        assert!(s.release(d[0], &"seed"));
+        assert!(s.mark_verified(d[0]));
+        assert!(s.release(d[1], &"seed"));
+        assert_eq!(s.state(d[1]), &ChunkState::Missing);
         // With nothing only it holds, the seed is offered every Missing chunk it holds.
         s.add_source("peer", bits(6, &[0, 1, 2, 3, 4]));
         let mut c = s.reserve_candidates(&"seed", 1, 10, &mut rng);
