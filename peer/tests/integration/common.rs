@@ -225,25 +225,7 @@ impl TestPeer {
 
     /// Runs `peer ARGS` with `input` on stdin.
     pub async fn run_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<Out> {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        // A command that needs no input may exit before it is written: not an error.
-        match stdin.write_all(format!("{input}\n").as_bytes()).await {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-            _ => {}
-        }
-        drop(stdin);
-        let out = child.wait_with_output().await?;
-        Ok(Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        run_to_end(self.command(args), input).await
     }
 
     /// Starts `peer serve` on 127.0.0.1 with an ephemeral port and waits for its ready line.
@@ -514,4 +496,26 @@ pub async fn locate_ticket(
         .into_inner()
         .ticket
         .context("locate carries a ticket")
+}
+
+/// Runs `cmd` to completion with `input` (and a newline) on stdin, capturing its output.
+pub async fn run_to_end(mut cmd: Command, input: &str) -> anyhow::Result<Out> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    // A command that needs no input may exit before it is written: not an error.
+    match stdin.write_all(format!("{input}\n").as_bytes()).await {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    Ok(Out {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }

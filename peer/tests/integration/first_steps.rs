@@ -6,11 +6,9 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 
 use crate::common::*;
 use anyhow::Context;
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// Runs `peer --home HOME --tracker URL ARGS` in `cwd` with `input` on stdin, outside the
@@ -22,8 +20,8 @@ async fn peer_at(
     args: &[&str],
     input: &str,
 ) -> anyhow::Result<Out> {
-    let mut child = Command::new(peer_bin())
-        .arg("--home")
+    let mut cmd = Command::new(peer_bin());
+    cmd.arg("--home")
         .arg(home)
         .arg("--tracker")
         .arg(tracker.url())
@@ -32,23 +30,8 @@ async fn peer_at(
         .env_remove("PEER_HOME")
         .env_remove("PEER_TRACKER")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    match stdin.write_all(format!("{input}\n").as_bytes()).await {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-        _ => {}
-    }
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    Ok(Out {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+        .kill_on_drop(true);
+    run_to_end(cmd, input).await
 }
 
 fn missing_home_line(abs: &Path) -> String {
