@@ -49,7 +49,9 @@ tracker_load() {
   local ops=() op tracker
   for op in ${LOAD_OPS:-locate search}; do ops+=(--op "$op"); done
   say "tracker load: $LOAD_FILES files, $LOAD_PEERS peers"
-  start_tracker load
+  # The load client puts many peers and files on a few accounts: past the per-user limits.
+  start_tracker load --max-peers-per-user 1000000 --max-files-per-user 10000000 \
+    --max-chunks-per-user 1000000000
   tracker=$LAST_PID
   local hot=64
   "$LOAD" --tracker "$TRACKER_URL" --files $((LOAD_FILES - hot)) --chunks 1 --hot-files $hot \

@@ -101,6 +101,18 @@ impl Bitfield {
         }
     }
 
+    /// Keeps only the chunks `other` (of the same length) also has.
+    pub fn intersect_with(&mut self, other: &Bitfield) {
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a &= b;
+        }
+    }
+
+    /// Whether every chunk present here is present in `other` (of the same length).
+    pub fn is_subset_of(&self, other: &Bitfield) -> bool {
+        self.bits.iter().zip(&other.bits).all(|(a, b)| a & !b == 0)
+    }
+
     /// The indices present, in order.
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.get(i))

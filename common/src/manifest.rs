@@ -16,7 +16,7 @@ use std::sync::mpsc::sync_channel;
 
 use sha2::{Digest, Sha256};
 
-use crate::names::{MAX_NAME_LEN, is_valid_file_name};
+use crate::names::{NameError, check_file_name};
 use crate::{FileId, Sha256Digest};
 
 /// The smallest chunk: 1 MiB, a good unit for parallel fetching and verification.
@@ -109,8 +109,8 @@ pub enum ManifestError {
     WrongChunkCount { size: u64, expected: u64, got: u64 },
     #[error("chunk hash list of {0} bytes is not a multiple of 32")]
     RaggedHashes(usize),
-    #[error("file name is empty or longer than {MAX_NAME_LEN} bytes")]
-    BadName,
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// The whole-file digest is not 32 bytes long (the wire carries it as bytes).
     #[error("sha256 of {0} bytes (expected 32)")]
     BadSha256(usize),
@@ -142,9 +142,7 @@ impl Manifest {
         chunk_size: u32,
         packed_hashes: &[u8],
     ) -> Result<Self, ManifestError> {
-        if !is_valid_file_name(&name) {
-            return Err(ManifestError::BadName);
-        }
+        check_file_name(&name)?;
         let layout = ChunkLayout::new(size, chunk_size)?;
         if !packed_hashes.len().is_multiple_of(32) {
             return Err(ManifestError::RaggedHashes(packed_hashes.len()));

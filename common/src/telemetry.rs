@@ -26,3 +26,53 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .init(),
     }
 }
+
+/// Counts events between log lines, so a flood of them makes one line per period: the
+/// first event reports at once, later ones when the period since the last report is over.
+#[derive(Debug)]
+pub struct Tally {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Tally {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// Counts one event; when a report is due, how many happened since the last one.
+    pub fn note(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::Tally;
+    use std::time::Duration;
+
+    #[test]
+    fn should_report_the_first_event_then_once_a_period() {
+        let mut t = Tally::new(Duration::from_secs(3600));
+        assert_eq!(t.note(), Some(1));
+        assert_eq!(t.note(), None);
+        assert_eq!(t.note(), None);
+        let mut now = Tally::new(Duration::ZERO);
+        assert_eq!(now.note(), Some(1));
+        assert_eq!(now.note(), Some(1));
+    }
+}

@@ -1,5 +1,6 @@
 //! Sizes and rates as people type them (`500M`, `2G`, `1.5GiB`, `50M` for 50 MB/s) and as
-//! tables print them (`1.5 GiB`, `230 MB/s`).
+//! output prints them: one unit system, binary, for both (`1.5 GiB`, `219 MiB/s`), so a
+//! size divided by a time reads as the rate printed beside it.
 
 /// The text is not a size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,13 +89,13 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
-/// `230_000_000` → `230 MB/s`: decimal units, as network rates are given.
+/// `230_000_000` → `219 MiB/s`: the units of [`format_size`], per second.
 pub fn format_rate(bytes_per_sec: f64) -> String {
-    const UNITS: [&str; 5] = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
+    const UNITS: [&str; 6] = ["B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s", "PiB/s"];
     let mut v = bytes_per_sec.max(0.0);
     let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
         u += 1;
     }
     if v < 10.0 && u > 0 {
@@ -155,7 +156,9 @@ mod tests {
         assert_eq!(format_size(0), "0 B");
         assert_eq!(format_size(1536), "1.5 KiB");
         assert_eq!(format_size(64 << 20), "64 MiB");
-        assert_eq!(format_rate(230e6), "230 MB/s");
-        assert_eq!(format_rate(1.5e9), "1.5 GB/s");
+        assert_eq!(format_rate(230e6), "219 MiB/s");
+        assert_eq!(format_rate(1.5 * f64::from(1u32 << 30)), "1.5 GiB/s");
+        assert_eq!(format_rate(999.0), "999 B/s");
+        assert_eq!(format_rate(1536.0), "1.5 KiB/s");
     }
 }

@@ -18,6 +18,7 @@ mod m20261122_000006_create_tasks;
 mod m20261124_000007_create_tracker_keys;
 mod m20261201_000008_create_changes;
 mod m20261201_000009_create_leases;
+mod m20261204_000010_holding_claims;
 
 /// Every migration of the tracker's schema, in order.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_create_tracker_keys::Migration),
             Box::new(m20261201_000008_create_changes::Migration),
             Box::new(m20261201_000009_create_leases::Migration),
+            Box::new(m20261204_000010_holding_claims::Migration),
         ]
     }
 }

@@ -40,6 +40,20 @@ pub struct Cli {
     #[arg(long, env = "PEER_CA", global = true, help_heading = GLOBAL, value_name = "PEM")]
     pub ca: Option<PathBuf>,
 
+    /// How long a command waits for a tracker that cannot serve (its database down) or,
+    /// at most 10s, that nobody answers for (restarting): it says so once on stderr and
+    /// retries with back-off, then fails (0 = fail at once).
+    #[arg(
+        long,
+        env = "PEER_TRACKER_WAIT",
+        global = true,
+        help_heading = GLOBAL,
+        default_value = "60s",
+        value_parser = parse_wait,
+        value_name = "DURATION"
+    )]
+    pub tracker_wait: std::time::Duration,
+
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
@@ -167,6 +181,23 @@ pub struct ServeArgs {
     /// and the replica store is reconciled with its chunk files (10s, 2m).
     #[arg(long, env = "PEER_RESCAN_EVERY", default_value = "30s", value_parser = parse_period, value_name = "DURATION")]
     pub rescan_every: std::time::Duration,
+    /// How often the node sends the tracker everything it holds, so the tracker's listing
+    /// of this peer converges with its disk whatever either lost (also at start and when
+    /// the tracker answers again after an outage; 1m, 10m).
+    #[arg(long, env = "PEER_SYNC_EVERY", default_value = "5m", value_parser = parse_period, value_name = "DURATION")]
+    pub sync_every: std::time::Duration,
+    /// Most chunk requests served at once; past it a request is answered "busy" and the
+    /// getter tries again later or elsewhere.
+    #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_uploads: u32,
+    /// Most chunk requests served at once to one client, counted by account and by IP
+    /// address (a getter keeps up to 32 in flight per file), so one cannot take them all.
+    #[arg(long, env = "PEER_MAX_UPLOADS_PER_CLIENT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_uploads_per_client: u32,
+    /// Memory for chunks being sent, a quarter of it per client; a request waits for room
+    /// instead of reading more (64MiB, 1GiB; at least twice the largest chunk, 16MiB).
+    #[arg(long, env = "PEER_UPLOAD_BUFFER", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub upload_buffer: u64,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +228,19 @@ pub fn parse_period(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (a duration such as 500ms, 20s or 2m)"))?;
     Ok(d.max(std::time::Duration::from_millis(100)))
+}
+
+/// Parses a duration such as `0`, `10s` or `2m` (zero allowed: no waiting).
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .or_else(|e| {
+            if s.trim() == "0" {
+                Ok(std::time::Duration::ZERO)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| format!("{e} (a duration such as 0, 10s or 2m)"))
 }
 
 /// Parses a size such as `500M` or `2G`.
@@ -255,6 +299,46 @@ mod tests {
         };
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
         assert!(Cli::try_parse_from(["peer", "--log-format", "xml", "status"]).is_err());
+    }
+
+    #[test]
+    fn upload_limits_parse_with_sane_defaults() {
+        let Command::Serve(s) = Cli::try_parse_from(["peer", "serve"]).unwrap().command else {
+            panic!("not serve")
+        };
+        assert_eq!((s.max_uploads, s.max_uploads_per_client), (256, 64));
+        assert_eq!(s.upload_buffer, 128 << 20);
+        let cli = Cli::try_parse_from([
+            "peer",
+            "serve",
+            "--max-uploads",
+            "32",
+            "--max-uploads-per-client",
+            "8",
+            "--upload-buffer",
+            "64MiB",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!((s.max_uploads, s.max_uploads_per_client), (32, 8));
+        assert_eq!(s.upload_buffer, 64 << 20);
+        let err = Cli::try_parse_from(["peer", "serve", "--max-uploads", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "no uploads at all is bad usage");
+    }
+
+    #[test]
+    fn tracker_wait_and_sync_period_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["peer", "serve"]).unwrap();
+        assert_eq!(cli.tracker_wait, std::time::Duration::from_secs(60));
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.sync_every, std::time::Duration::from_secs(300));
+        let cli = Cli::try_parse_from(["peer", "search", "--tracker-wait", "0"]).unwrap();
+        assert_eq!(cli.tracker_wait, std::time::Duration::ZERO);
+        assert!(Cli::try_parse_from(["peer", "search", "--tracker-wait", "soon"]).is_err());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub enum Error {
     /// The tracker refused the user name or password; its reason (already escaped).
     #[error("cannot register: {0}")]
     CannotRegister(String),
-    #[error("too many login attempts; wait a minute and try again")]
+    #[error("too many failed logins from this address; wait a minute and try again")]
     TooManyLogins,
     #[error("the passwords do not match")]
     PasswordsDiffer,
@@ -119,6 +119,10 @@ pub enum Error {
     /// `n` items failed and each was printed already (one `error: ...` line apiece).
     #[error("{0} item(s) failed")]
     AlreadyReported(usize),
+    /// Ctrl-C stopped the command, which has said what it kept: exit 130 (128 + SIGINT),
+    /// as a shell reports a process the signal ended.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// `Result` with the command layer's [`Error`].

@@ -11,6 +11,8 @@
 //! node.lock          empty; `serve` holds an exclusive lock on it while it runs
 //! store/<id>.json    one StoreRecord per file this peer shares or holds
 //! replicas/<id>/<chunk>.chunk   replica chunks the tracker placed here (kind `replica`)
+//! withdrawals/<id>   empty; a withdrawal the tracker has not confirmed (`unindex` during
+//!                    an outage), which the node sends when the tracker answers
 //! ```
 //! Every write goes to a temporary file in the same directory and is renamed into place, so
 //! a reader (a `serve` next to a `get`) never sees half a file and a crash never leaves one.
@@ -494,6 +496,39 @@ impl Home {
         remove_if_exists(&self.record_path(id))
     }
 
+    fn withdrawal_path(&self, id: &FileId) -> PathBuf {
+        self.dir.join("withdrawals").join(id.to_string())
+    }
+
+    /// Notes that the tracker still has to be told this peer no longer holds `id`.
+    pub fn add_withdrawal(&self, id: &FileId) -> Result<(), HomeError> {
+        let path = self.withdrawal_path(id);
+        let dir = path.parent().unwrap_or(&self.dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| io_error("create", dir, source))?;
+        write_atomic(&path, b"", 0o600).map_err(|source| io_error("write", &path, source))
+    }
+
+    /// The withdrawals the tracker has not confirmed yet.
+    pub fn withdrawals(&self) -> Result<Vec<FileId>, HomeError> {
+        let dir = self.dir.join("withdrawals");
+        match fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(io_error("read", &dir, source)),
+        }
+    }
+
+    /// The tracker confirmed the withdrawal of `id` (or it is moot).
+    pub fn delete_withdrawal(&self, id: &FileId) -> Result<bool, HomeError> {
+        remove_if_exists(&self.withdrawal_path(id))
+    }
+
     /// Every store record, ordered by name. Unreadable records are skipped with a warning.
     pub fn records(&self) -> Result<Vec<StoreRecord>, HomeError> {
         let dir = self.dir.join("store");
@@ -634,6 +669,19 @@ fn remove_if_exists(path: &Path) -> Result<bool, HomeError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn should_keep_withdrawals_until_they_are_confirmed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(tmp.path().join("h"))).unwrap();
+        assert!(home.withdrawals().unwrap().is_empty());
+        let id = FileId(Sha256Digest::of(b"w"));
+        home.add_withdrawal(&id).unwrap();
+        home.add_withdrawal(&id).unwrap();
+        assert_eq!(home.withdrawals().unwrap(), [id]);
+        assert!(home.delete_withdrawal(&id).unwrap());
+        assert!(home.withdrawals().unwrap().is_empty());
+    }
 
     fn manifest() -> Manifest {
         let d = Sha256Digest::of(b"x");

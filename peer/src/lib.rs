@@ -13,8 +13,8 @@
 //!   serving, heartbeats, replication tasks, housekeeping.
 //! - [`server`]: the node's Peer gRPC service (streams chunks from a `ChunkSource`).
 //! - [`replica`]: the node's replica store and the replication tasks the tracker assigns.
-//! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), and the
-//!   HTTP/2 tuning shared with the server.
+//! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), its
+//!   HTTP/2 tuning, and the message limit shared with the server.
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
 //! - [`metrics`]: Prometheus counters of this process and the node's `/metrics` endpoint.
 //! - [`ratelimit`]: a token bucket shared by all transfers of one process.

@@ -1,12 +1,15 @@
 //! What commands print: aligned text tables for people, JSON for scripts. Untrusted text
-//! (names from the tracker or other peers) goes through `names::printable` before it
-//! reaches a terminal.
+//! (names from the tracker or other peers, local paths, messages) goes through
+//! `names::printable` before it reaches a terminal: [`safe`] for a cell or a name in a line,
+//! [`report_error`] and [`warn`] for a whole stderr line. JSON needs neither: its string
+//! escapes keep control characters out, and scripts, not terminals, read it.
 
 use std::io::Write;
 
 use serde::Serialize;
 
-/// Escapes control characters and caps the length of untrusted text for a terminal.
+/// Escapes control, bidi and invisible characters (as `\u{202e}`) and caps the length of
+/// untrusted text for a terminal.
 pub fn safe(text: &str) -> String {
     common::names::printable(text, 120)
 }
@@ -77,6 +80,11 @@ pub fn report_error(err: &dyn std::fmt::Display) {
     );
 }
 
+/// Prints one `warning: ...` line on stderr, escaped as [`report_error`] escapes.
+pub fn warn(message: &str) {
+    eprintln!("warning: {}", common::names::printable(message, 2000));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +103,16 @@ mod tests {
         assert_eq!(lines[1], "abc     evil\\u{1b}[2Jname  1 B");
         assert_eq!(lines[2], "abcdef  x                  10 KiB");
         assert!(!t.contains('\x1b'));
+    }
+
+    #[test]
+    fn safe_shows_bidi_and_invisible_characters_as_escapes() {
+        assert_eq!(safe("invoice\u{202e}fdp.exe"), "invoice\\u{202e}fdp.exe");
+        assert_eq!(safe("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
+        let t = table(
+            &["NAME", "SIZE"],
+            &[vec![safe("\u{2067}x\u{2069}"), "1 B".into()]],
+        );
+        assert_eq!(t.lines().nth(1), Some("\\u{2067}x\\u{2069}  1 B"));
     }
 }

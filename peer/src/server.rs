@@ -11,6 +11,9 @@
 //! to the tracker. A missing, forged, altered or expired ticket is UNAUTHENTICATED, one
 //! for another file is PERMISSION_DENIED, and until the key is known every request is
 //! UNAVAILABLE "not ready".
+//!
+//! What a client may take is bounded (`limits`): streams per connection, per client and in
+//! total, chunk bytes in memory, connections (`conn`); see [`StreamLimits`] for the bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -21,22 +24,29 @@ use common::{FileId, PeerId, Ticket, TicketError};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_server::{Peer, PeerServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+mod conn;
 mod holdings;
+mod limits;
+mod meter;
 mod source;
 mod tickets;
+mod upload;
 
+use conn::ConnInfo;
 use holdings::Followers;
+use limits::{Kind, Limits, MAX_REQUEST};
+pub use limits::{StreamCaps, StreamLimits};
+use meter::{MeterHandle, Metered};
 pub use source::{ChunkReader, ChunkSource, Holding, RELOAD_EVERY, Refused, StoreSource};
 pub use tickets::TrackerKey;
 use tickets::VerifiedTickets;
+use upload::Upload;
 
 use crate::ratelimit::RateLimiter;
-use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};
+use crate::transport::MAX_MESSAGE;
 
 /// Most chunks one GetChunks may ask for.
 const MAX_INDICES: usize = 256;
@@ -62,6 +72,8 @@ pub struct PeerService {
     verified: VerifiedTickets,
     /// The open Holdings streams.
     followers: Followers,
+    /// What clients may take.
+    limits: Arc<Limits>,
 }
 
 impl PeerService {
@@ -83,12 +95,23 @@ impl PeerService {
             key,
             verified: VerifiedTickets::default(),
             followers: Followers::default(),
+            limits: Arc::new(Limits::new(StreamLimits::default())),
         }
     }
 
+    /// The same service with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = Arc::new(Limits::new(limits));
+        self
+    }
+
     /// Checks that `ticket` lets its holder fetch chunks of `file` now; returns until when
-    /// (Unix ms, clock skew included) it does.
-    fn check_ticket(&self, ticket: Option<&pb::Ticket>, file: &FileId) -> Result<i64, Status> {
+    /// (Unix ms, clock skew included) it does, and the user it was granted to.
+    fn check_ticket(
+        &self,
+        ticket: Option<&pb::Ticket>,
+        file: &FileId,
+    ) -> Result<(i64, String), Status> {
         let Some(key) = self.key.get() else {
             return Err(Status::unavailable(
                 "not ready: this node does not know the tracker's ticket key yet",
@@ -107,13 +130,13 @@ impl PeerService {
             .expires_at_ms
             .saturating_add(common::ticket::CLOCK_SKEW_MS);
         if self.verified.accepts(&ticket, &key, file, now) {
-            return Ok(until);
+            return Ok((until, ticket.claims.user));
         }
         match key.verify(&ticket, file, now) {
             Ok(c) => {
                 tracing::trace!(file = %file, user = %c.user, "ticket accepted");
                 self.verified.insert(&ticket, &key, now);
-                Ok(until)
+                Ok((until, ticket.claims.user))
             }
             Err(e @ TicketError::WrongFile { .. }) => Err(Status::permission_denied(e.to_string())),
             Err(TicketError::BadSignature) => Err(Status::unauthenticated(
@@ -227,12 +250,17 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    type GetChunksStream = ReceiverStream<Result<pb::Chunk, Status>>;
+    type GetChunksStream = upload::ChunkStream;
 
     async fn get_chunks(
         &self,
         request: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let meter = request
+            .extensions()
+            .get::<MeterHandle>()
+            .map(|m| m.0.clone());
         let req = request.into_inner();
         let id: FileId = req
             .file_id
@@ -244,7 +272,8 @@ impl Peer for PeerService {
             )));
         }
         // Before anything about the file is looked at, so an unticketed caller learns nothing.
-        self.check_ticket(req.ticket.as_ref(), &id)?;
+        let (_, user) = self.check_ticket(req.ticket.as_ref(), &id)?;
+        let admission = self.limits.admit(Kind::Uploads, &user, conn.as_ref())?;
         let Some(mut holding) = self.source.holding(&id, &req.indices) else {
             return Err(Status::not_found("this node holds nothing of that file"));
         };
@@ -259,63 +288,18 @@ impl Peer for PeerService {
                 .holding(&id, &req.indices)
                 .ok_or_else(|| Status::not_found("this node holds nothing of that file"))?;
         }
-        let mut indices = self.chosen(&id, &holding, &req)?.into_iter();
-        let limit = self.upload_limit.clone();
-        let first = indices.next();
-        if let Some(i) = first {
-            crate::ratelimit::acquire(limit.as_deref(), holding.span(i).1).await;
-        }
-        // One blocking task opens the data and reads the first chunk: getters ask for one
-        // chunk per request, so a request costs one thread hop and no task of its own.
-        let (source, h) = (self.source.clone(), holding.clone());
-        let (reader, first) = tokio::task::spawn_blocking(move || {
-            let reader = match source.open(&id, &h) {
-                Ok(r) => r,
-                Err(e) => return (Err(e), None),
-            };
-            let read = first.map(|i| {
-                let (start, len) = h.span(i);
-                (i, len, reader.read(i, start, len))
-            });
-            (Ok(reader), read)
-        })
-        .await
-        .map_err(|_| Status::internal("open task failed"))?;
-        let reader: Arc<dyn ChunkReader> = Arc::from(reader.map_err(|e| refused(&id, e))?);
-
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let stats = self.stats.clone();
-        stats.active_uploads.fetch_add(1, Ordering::Relaxed);
-        let guard = UploadGuard(stats.clone());
-        let active = crate::metrics::metrics().transfer("upload");
-        let Some((index, len, read)) = first else {
-            return Ok(Response::new(ReceiverStream::new(rx)));
+        let indices = self.chosen(&id, &holding, &req)?;
+        let upload = Upload {
+            source: self.source.clone(),
+            id,
+            holding,
+            indices: indices.into_iter(),
+            limit: self.upload_limit.clone(),
+            stats: self.stats.clone(),
+            admission,
+            meter,
         };
-        let msg = chunk_msg(&id, index, len, read, &stats);
-        let stop = msg.is_err();
-        // The channel is new and holds two messages, so this cannot fail.
-        let _ = tx.try_send(msg);
-        if stop || indices.len() == 0 {
-            return Ok(Response::new(ReceiverStream::new(rx)));
-        }
-        tokio::spawn(async move {
-            let (_guard, _active) = (guard, active);
-            for index in indices {
-                let (start, len) = holding.span(index);
-                crate::ratelimit::acquire(limit.as_deref(), len).await;
-                let r = reader.clone();
-                let msg = match tokio::task::spawn_blocking(move || r.read(index, start, len)).await
-                {
-                    Ok(read) => chunk_msg(&id, index, len, read, &stats),
-                    Err(_) => Err(Status::internal("read task failed")),
-                };
-                let stop = msg.is_err();
-                if tx.send(msg).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(upload.stream()))
     }
 
     type HoldingsStream = holdings::UpdateStream;
@@ -324,13 +308,14 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::HoldingsRequest>,
     ) -> Result<Response<Self::HoldingsStream>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let req = request.into_inner();
         let id: FileId = req
             .file_id
             .parse()
             .map_err(|_| Status::invalid_argument("bad file id"))?;
-        let until = self.check_ticket(req.ticket.as_ref(), &id)?;
-        let slot = self.followers.slot()?;
+        let (until, user) = self.check_ticket(req.ticket.as_ref(), &id)?;
+        let slot = self.limits.admit(Kind::Holdings, &user, conn.as_ref())?;
         let Some(holding) = holdings::current(self.source.as_ref(), &id) else {
             return Err(Status::not_found("this node holds nothing of that file"));
         };
@@ -359,9 +344,17 @@ impl Peer for PeerService {
 /// The gRPC name of the node's service, as health checks and reflection name it.
 pub const SERVICE: &str = "peer.v1.Peer";
 
-/// Serves `service` on an already bound `listener` until `shutdown` is cancelled, with the
-/// HTTP/2 windows and message limits tuned for bulk transfer, beside the standard health
-/// service and server reflection; over TLS with `tls` (the node's certificate and key).
+/// How long a request may take to arrive whole and be answered (the headers of a stream):
+/// a client that sends half a request does not hold its stream for long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves `service` on an already bound `listener` until `shutdown` is cancelled, beside the
+/// standard health service and server reflection; over TLS with `tls` (the node's
+/// certificate and key). Connections and streams are bounded by the service's
+/// [`StreamLimits`].
+///
+/// The node only receives small requests, so it keeps hyper's default receive windows and
+/// frame size; what makes chunks fast is the getter's side ([`crate::transport`]).
 ///
 /// # Errors
 /// When the TLS identity is unusable or the server fails (not when it is shut down).
@@ -373,26 +366,34 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     // Holdings streams last as long as a download: end them, or shutdown would wait for them.
     let followers = service.followers.stop.clone();
+    let limits = service.limits.clone();
+    let cfg = limits.cfg.clone();
     let svc = PeerServer::from_arc(service)
-        .max_decoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_MESSAGE);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let svc = Metered(svc);
+    let conns = Arc::new(conn::Conns::default());
+    let incoming = conn::incoming(listener, limits.clone(), conns.clone());
+    let stall = cfg.stall_timeout;
+    tokio::spawn(meter::sweep(conns, limits, stall, shutdown.clone()));
     // A node serves chunks as long as it runs: SERVING until shutdown.
     let (reporter, health) = proto::introspect::health();
     proto::introspect::report(&reporter, &[SERVICE], true).await;
+    let health = health.max_decoding_message_size(MAX_REQUEST);
+    let reflection =
+        proto::introspect::reflection(&[SERVICE]).max_decoding_message_size(MAX_REQUEST);
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     builder
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(cfg.h2_streams())
+        .timeout(REQUEST_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(svc)
         .add_service(health)
-        .add_service(proto::introspect::reflection(&[SERVICE]))
+        .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;
             followers.cancel();

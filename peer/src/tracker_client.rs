@@ -4,6 +4,10 @@
 //!
 //! Fail-over: calls go to the URL that answered last; on UNAVAILABLE (connection refused,
 //! reset, timeout) the next URL is tried, and so on around the list once.
+//!
+//! A client given a [`Patience`] (the commands' clients) then retries its idempotent calls
+//! with back-off while the tracker is unavailable or unreachable, for a bounded time
+//! (`patience`); a client without one (the node's) fails at once, and its caller retries.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,13 +18,17 @@ use common::{FileId, Manifest, PeerId};
 use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
-use tokio_rustls::rustls;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::transport::{ClientTls, status_detail};
+use crate::transport::ClientTls;
 
+mod error;
+mod patience;
 mod views;
+pub use error::TrackerError;
+use error::classify;
+pub use patience::{Notice, Patience, UNREACHABLE_WAIT};
 pub use views::{
     Beat, DropTask, FetchTask, FileMeta, FileView, Granted, HolderView, HoldingIn, Located,
     MAX_REPLICA_CHUNKS, PeerView, Relocated, Source, Task, Work,
@@ -30,96 +38,6 @@ use views::{holders_from_pb, kind_to_pb, manifest_from_pb, task_from_pb, ticket_
 /// The URL used when nothing else names a tracker.
 pub const DEFAULT_TRACKER: &str = "http://127.0.0.1:7070";
 
-/// What went wrong talking to the tracker, by meaning. [`classify`] is the one place that
-/// reads gRPC codes and transport errors to pick a variant; the texts of the tracker's own
-/// messages are shown, never interpreted.
-#[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
-    /// No session, or the tracker no longer accepts it.
-    #[error("not logged in (or the session expired): run `peer login --user NAME`")]
-    NotLoggedIn,
-    /// Login or registration with a user name and password the tracker does not accept.
-    #[error("invalid user or password")]
-    InvalidCredentials,
-    /// What the call names does not exist (a file, a holding, a task).
-    #[error("tracker refused: {message}")]
-    NotFound { message: String },
-    /// What the call would create exists already (a user).
-    #[error("tracker refused: {message}")]
-    AlreadyExists { message: String },
-    /// The session may not do this (closed registration, another user's peer).
-    #[error("tracker refused: {message}")]
-    PermissionDenied { message: String },
-    /// The tracker found the request malformed (a name, a query, a manifest).
-    #[error("tracker refused: {message}")]
-    InvalidInput { message: String },
-    /// Too many attempts (failed logins); the tracker takes more later.
-    #[error("tracker refused: {message}")]
-    Throttled { message: String },
-    /// A tracker answered but cannot serve now (its database, a shutdown); the other URLs
-    /// were tried too.
-    #[error("the tracker at {urls} cannot serve now: {message}")]
-    Unavailable { urls: String, message: String },
-    /// No tracker URL answered: the connection was refused, reset or timed out, or what
-    /// came back was not HTTP/2.
-    #[error("cannot reach the tracker at {urls}: {reason}")]
-    Unreachable { urls: String, reason: String },
-    /// The tracker's TLS certificate was not accepted (no `--ca`, or the wrong one).
-    #[error(
-        "cannot reach the tracker at {urls}: {reason} (give --ca the certificate of the CA that signed the tracker's)"
-    )]
-    Tls { urls: String, reason: String },
-    /// The tracker failed on its side or answered outside the protocol (INTERNAL,
-    /// UNIMPLEMENTED, ...).
-    #[error("tracker failed: {0}")]
-    Protocol(String),
-    /// An answer that does not add up (a missing field, a malformed manifest).
-    #[error("tracker sent a bad answer: {0}")]
-    BadAnswer(String),
-    #[error("invalid tracker URL '{0}'")]
-    BadUrl(String),
-}
-
-impl TrackerError {
-    /// Whether the failure is about the tracker or the session rather than this one call,
-    /// so the next call would fail the same way (commands stop instead of going on with
-    /// their other items).
-    pub fn affects_every_call(&self) -> bool {
-        matches!(
-            self,
-            TrackerError::NotLoggedIn
-                | TrackerError::Unavailable { .. }
-                | TrackerError::Unreachable { .. }
-                | TrackerError::Tls { .. }
-                | TrackerError::BadUrl(_)
-        )
-    }
-
-    /// Whether another tracker URL may do better (fail-over).
-    fn try_next(&self) -> bool {
-        matches!(
-            self,
-            TrackerError::Unavailable { .. }
-                | TrackerError::Unreachable { .. }
-                | TrackerError::Tls { .. }
-        )
-    }
-
-    /// The same failure, naming `all` the URLs tried.
-    fn at(self, all: String) -> Self {
-        match self {
-            TrackerError::Unavailable { message, .. } => {
-                TrackerError::Unavailable { urls: all, message }
-            }
-            TrackerError::Unreachable { reason, .. } => {
-                TrackerError::Unreachable { urls: all, reason }
-            }
-            TrackerError::Tls { reason, .. } => TrackerError::Tls { urls: all, reason },
-            other => other,
-        }
-    }
-}
-
 /// A client for one or more tracker URLs. Cheap to clone.
 #[derive(Clone)]
 pub struct TrackerClient {
@@ -127,6 +45,16 @@ pub struct TrackerClient {
     channels: Arc<Vec<Channel>>,
     current: Arc<AtomicUsize>,
     token: Option<String>,
+    /// Retry idempotent calls through an outage (see [`Patience`]).
+    patience: Option<Patience>,
+}
+
+/// Whether a call may be sent again after a failure that may or may not have reached the
+/// tracker: it is idempotent, and the tracker's failed calls have no effect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Yes,
+    No,
 }
 
 /// Normalises a tracker URL: `host:port` gets `http://`.
@@ -152,102 +80,6 @@ fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, TrackerError> {
         // closing the connection fails instead of waiting forever.
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10)))
-}
-
-/// What a failed call to `url` means: the one place that interprets gRPC codes and
-/// transport errors. `auth` says whether the call carried the session, so that
-/// UNAUTHENTICATED tells an expired session from a wrong password.
-///
-/// A status with an error source was made by this side's transport: no answer came back.
-/// One without came from the other end, and its code says what it means.
-fn classify(url: &str, s: &Status, auth: bool) -> TrackerError {
-    if std::error::Error::source(s).is_some() {
-        return transport_failure(url, s);
-    }
-    let message = common::names::printable(s.message(), 300);
-    let message = if message.is_empty() {
-        s.code().description().to_string()
-    } else {
-        message
-    };
-    match s.code() {
-        Code::Unauthenticated if auth => TrackerError::NotLoggedIn,
-        Code::Unauthenticated => TrackerError::InvalidCredentials,
-        Code::NotFound => TrackerError::NotFound { message },
-        Code::AlreadyExists => TrackerError::AlreadyExists { message },
-        Code::PermissionDenied => TrackerError::PermissionDenied { message },
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            TrackerError::InvalidInput { message }
-        }
-        Code::ResourceExhausted => TrackerError::Throttled { message },
-        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => TrackerError::Unavailable {
-            urls: url.to_string(),
-            message,
-        },
-        Code::Ok
-        | Code::Unknown
-        | Code::Internal
-        | Code::Unimplemented
-        | Code::Aborted
-        | Code::DataLoss => TrackerError::Protocol(message),
-    }
-}
-
-/// A call that got no answer from `url`: the connection or the TLS handshake failed, the
-/// call timed out, or the bytes back were not HTTP/2. Read from the error sources tonic
-/// keeps on the status (its code only says how tonic sorted them).
-fn transport_failure(url: &str, s: &Status) -> TrackerError {
-    let reason = common::names::printable(&status_detail(s), 300);
-    let (mut connecting, mut timed_out, mut broken) = (false, false, false);
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(s);
-    while let Some(e) = next {
-        connecting |= e.is::<tonic::ConnectError>();
-        timed_out |= e.is::<tonic::TimeoutExpired>();
-        // A connection that broke (the tracker restarting, a reset) is no protocol mismatch.
-        broken |= e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-            matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
-        });
-        // `io::Error::source` skips the error it wraps, so look at that one directly.
-        let wrapped = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if [Some(e), wrapped]
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.downcast_ref::<rustls::Error>())
-            .any(is_certificate_problem)
-        {
-            return TrackerError::Tls {
-                urls: url.to_string(),
-                reason,
-            };
-        }
-        next = e.source();
-    }
-    // Connected, then no HTTP/2 came back (a protocol error, or the connection closed
-    // before any answer; not a timeout): most likely a TLS port spoken to in plain text.
-    let not_http2 = !connecting && !timed_out && !broken && s.code() != Code::Unavailable;
-    let reason = if not_http2 && url.starts_with("http://") {
-        format!("{reason} (does the tracker serve TLS? then use https://)")
-    } else {
-        reason
-    };
-    TrackerError::Unreachable {
-        urls: url.to_string(),
-        reason,
-    }
-}
-
-/// Whether a TLS failure was about the tracker's certificate (which `--ca` can fix).
-fn is_certificate_problem(e: &rustls::Error) -> bool {
-    matches!(
-        e,
-        rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::UnsupportedNameType
-    )
 }
 
 /// The tasks the tracker pushes, converted (a task that does not add up arrives as
@@ -282,7 +114,15 @@ impl TrackerClient {
             channels: Arc::new(channels),
             current: Arc::new(AtomicUsize::new(0)),
             token,
+            patience: None,
         })
+    }
+
+    /// The same client, retrying its idempotent calls through outages with `patience`.
+    #[must_use]
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = Some(patience);
+        self
     }
 
     pub fn urls(&self) -> &[String] {
@@ -300,12 +140,64 @@ impl TrackerClient {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Sends one call, failing over across URLs on connection errors.
+    /// Sends one call (see [`TrackerClient::call_retried`]).
     async fn call<Req, Resp, F, Fut>(
         &self,
         req: Req,
         auth: bool,
+        retry: Retry,
         f: F,
+    ) -> Result<Resp, TrackerError>
+    where
+        Req: Clone,
+        F: Fn(Grpc<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.call_retried(req, auth, retry, f).await.0
+    }
+
+    /// Sends one call, failing over across URLs on connection errors, and with `retry`
+    /// and patience, again after a pause while the tracker is unavailable. Also says
+    /// whether the call was sent more than once (an earlier try may have taken effect).
+    async fn call_retried<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        auth: bool,
+        retry: Retry,
+        f: F,
+    ) -> (Result<Resp, TrackerError>, bool)
+    where
+        Req: Clone,
+        F: Fn(Grpc<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let patience = self.patience.as_ref().filter(|_| retry == Retry::Yes);
+        let mut attempt = 0;
+        loop {
+            let r = self.call_once(req.clone(), auth, &f).await;
+            let pause = match (&r, patience) {
+                (Err(e), Some(p)) => p.pause(e, attempt),
+                _ => None,
+            };
+            let Some(pause) = pause else {
+                if r.is_ok()
+                    && let Some(p) = &self.patience
+                {
+                    p.answered();
+                }
+                return (r, attempt > 0);
+            };
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// Sends one call once, failing over across URLs on connection errors.
+    async fn call_once<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        auth: bool,
+        f: &F,
     ) -> Result<Resp, TrackerError>
     where
         Req: Clone,
@@ -360,7 +252,9 @@ impl TrackerClient {
             password: password.into(),
         };
         let s = self
-            .call(req, false, |mut c, r| async move { c.register(r).await })
+            .call(req, false, Retry::No, |mut c, r| async move {
+                c.register(r).await
+            })
             .await?;
         Ok(Granted::from(s))
     }
@@ -371,15 +265,20 @@ impl TrackerClient {
             password: password.into(),
         };
         let s = self
-            .call(req, false, |mut c, r| async move { c.login(r).await })
+            .call(req, false, Retry::Yes, |mut c, r| async move {
+                c.login(r).await
+            })
             .await?;
         Ok(Granted::from(s))
     }
 
     pub async fn logout(&self) -> Result<(), TrackerError> {
-        self.call(pb::LogoutRequest {}, true, |mut c, r| async move {
-            c.logout(r).await
-        })
+        self.call(
+            pb::LogoutRequest {},
+            true,
+            Retry::No,
+            |mut c, r| async move { c.logout(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -399,7 +298,9 @@ impl TrackerClient {
             storage_used: used,
         };
         let r = self
-            .call(req, true, |mut c, r| async move { c.heartbeat(r).await })
+            .call(req, true, Retry::No, |mut c, r| async move {
+                c.heartbeat(r).await
+            })
             .await?;
         Ok(Beat {
             interval: Duration::from_millis(r.interval_ms as u64),
@@ -429,11 +330,9 @@ impl TrackerClient {
                 .collect(),
         };
         let r = self
-            .call(
-                req,
-                true,
-                |mut c, r| async move { c.sync_holdings(r).await },
-            )
+            .call(req, true, Retry::No, |mut c, r| async move {
+                c.sync_holdings(r).await
+            })
             .await?;
         Ok(r.unknown_file_ids)
     }
@@ -444,7 +343,9 @@ impl TrackerClient {
             manifest: Some(pb::Manifest::from(m)),
         };
         let r = self
-            .call(req, true, |mut c, r| async move { c.announce(r).await })
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.announce(r).await
+            })
             .await?;
         r.file
             .map(FileView::from)
@@ -463,23 +364,53 @@ impl TrackerClient {
             kind: pb::HoldingKind::Downloaded as i32,
             chunks,
         };
-        self.call(
-            req,
-            true,
-            |mut c, r| async move { c.report_chunks(r).await },
-        )
+        self.call(req, true, Retry::No, |mut c, r| async move {
+            c.report_chunks(r).await
+        })
         .await?;
         Ok(())
     }
 
+    /// Tells the tracker that `source` failed this getter on `chunk`; the tracker audits it
+    /// before believing it.
+    pub async fn report_source(
+        &self,
+        me: &PeerId,
+        file_id: &FileId,
+        source: &PeerId,
+        chunk: u32,
+        fault: pb::SourceFault,
+    ) -> Result<(), TrackerError> {
+        let req = pb::ReportSourceRequest {
+            reporter_peer_id: me.to_string(),
+            file_id: file_id.to_string(),
+            peer_id: source.to_string(),
+            chunk,
+            fault: fault as i32,
+        };
+        self.call(req, true, Retry::No, |mut c, r| async move {
+            c.report_source(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Withdraws this peer's holding of a file. A NOT_FOUND after a retry means done: an
+    /// earlier try (whose answer was lost) took effect.
     pub async fn unindex(&self, peer_id: &PeerId, file_id: &FileId) -> Result<(), TrackerError> {
         let req = pb::UnindexRequest {
             peer_id: peer_id.to_string(),
             file_id: file_id.to_string(),
         };
-        self.call(req, true, |mut c, r| async move { c.unindex(r).await })
-            .await?;
-        Ok(())
+        match self
+            .call_retried(req, true, Retry::Yes, |mut c, r| async move {
+                c.unindex(r).await
+            })
+            .await
+        {
+            (Ok(_), _) | (Err(TrackerError::NotFound { .. }), true) => Ok(()),
+            (Err(e), _) => Err(e),
+        }
     }
 
     pub async fn search(&self, query: &str, kind: &str) -> Result<Vec<FileView>, TrackerError> {
@@ -490,7 +421,9 @@ impl TrackerClient {
             offset: 0,
         };
         let r = self
-            .call(req, true, |mut c, r| async move { c.search(r).await })
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.search(r).await
+            })
             .await?;
         Ok(r.items.into_iter().map(FileView::from).collect())
     }
@@ -498,7 +431,9 @@ impl TrackerClient {
     pub async fn resolve(&self, term: &str) -> Result<Vec<FileView>, TrackerError> {
         let req = pb::ResolveRequest { term: term.into() };
         let r = self
-            .call(req, true, |mut c, r| async move { c.resolve(r).await })
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.resolve(r).await
+            })
             .await?;
         Ok(r.files.into_iter().map(FileView::from).collect())
     }
@@ -510,7 +445,9 @@ impl TrackerClient {
             have_manifest: false,
         };
         let r = self
-            .call(req, true, |mut c, r| async move { c.locate(r).await })
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.locate(r).await
+            })
             .await?;
         let file = r
             .file
@@ -538,7 +475,12 @@ impl TrackerClient {
             have_manifest: true,
         };
         let r = self
-            .call(req, true, |mut c, r| async move { c.locate(r).await })
+            .call(
+                req,
+                true,
+                Retry::No,
+                |mut c, r| async move { c.locate(r).await },
+            )
             .await?;
         Ok(Relocated {
             holders: holders_from_pb(r.holders, chunks),
@@ -552,7 +494,12 @@ impl TrackerClient {
             peer_id: peer_id.to_string(),
         };
         let stream = self
-            .call(req, true, |mut c, r| async move { c.tasks(r).await })
+            .call(
+                req,
+                true,
+                Retry::No,
+                |mut c, r| async move { c.tasks(r).await },
+            )
             .await?;
         let url = self.urls[self.current.load(Ordering::Relaxed)].clone();
         Ok(Box::pin(stream.map(move |item| {
@@ -574,20 +521,21 @@ impl TrackerClient {
             ok,
             error: if ok { String::new() } else { error.to_string() },
         };
-        self.call(
-            req,
-            true,
-            |mut c, r| async move { c.complete_task(r).await },
-        )
+        self.call(req, true, Retry::No, |mut c, r| async move {
+            c.complete_task(r).await
+        })
         .await?;
         Ok(())
     }
 
     pub async fn list_peers(&self) -> Result<Vec<PeerView>, TrackerError> {
         let r = self
-            .call(pb::ListPeersRequest {}, true, |mut c, r| async move {
-                c.list_peers(r).await
-            })
+            .call(
+                pb::ListPeersRequest {},
+                true,
+                Retry::Yes,
+                |mut c, r| async move { c.list_peers(r).await },
+            )
             .await?;
         Ok(r.peers
             .into_iter()
@@ -603,210 +551,4 @@ impl TrackerClient {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_get_a_scheme() {
-        assert_eq!(normalize_url("127.0.0.1:7070"), "http://127.0.0.1:7070");
-        assert_eq!(normalize_url("https://t.example/"), "https://t.example");
-    }
-
-    #[tokio::test]
-    async fn unreachable_trackers_fail_over_and_then_say_so() {
-        // Two closed ports: both are tried, and the error names them.
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let urls = vec![
-            a.local_addr().unwrap().to_string(),
-            b.local_addr().unwrap().to_string(),
-        ];
-        drop((a, b));
-        let c = TrackerClient::new(&urls, Some("t".into())).unwrap();
-        let err = c.search("", "").await.unwrap_err();
-        assert!(matches!(err, TrackerError::Unreachable { .. }), "{err}");
-        assert!(err.to_string().contains(&urls[1]), "{err}");
-        let no_token = TrackerClient::new(&urls, None).unwrap();
-        assert!(matches!(
-            no_token.search("", "").await,
-            Err(TrackerError::NotLoggedIn)
-        ));
-    }
-
-    #[test]
-    fn should_sort_the_trackers_answers_by_code() {
-        let url = "http://t:1";
-        let answer = |code, auth| classify(url, &Status::new(code, "m"), auth);
-        assert!(matches!(
-            answer(Code::Unauthenticated, true),
-            TrackerError::NotLoggedIn
-        ));
-        assert!(matches!(
-            answer(Code::Unauthenticated, false),
-            TrackerError::InvalidCredentials
-        ));
-        assert!(matches!(
-            answer(Code::NotFound, true),
-            TrackerError::NotFound { message } if message == "m"
-        ));
-        assert!(matches!(
-            answer(Code::AlreadyExists, false),
-            TrackerError::AlreadyExists { .. }
-        ));
-        assert!(matches!(
-            answer(Code::PermissionDenied, true),
-            TrackerError::PermissionDenied { .. }
-        ));
-        for code in [
-            Code::InvalidArgument,
-            Code::OutOfRange,
-            Code::FailedPrecondition,
-        ] {
-            assert!(
-                matches!(answer(code, true), TrackerError::InvalidInput { .. }),
-                "{code:?}"
-            );
-        }
-        assert!(matches!(
-            answer(Code::ResourceExhausted, false),
-            TrackerError::Throttled { .. }
-        ));
-        for code in [Code::Unavailable, Code::Cancelled, Code::DeadlineExceeded] {
-            let e = answer(code, true);
-            assert!(
-                matches!(&e, TrackerError::Unavailable { urls, .. } if urls == url),
-                "{code:?}: {e:?}"
-            );
-            assert!(e.try_next() && e.affects_every_call());
-        }
-        for code in [
-            Code::Ok,
-            Code::Unknown,
-            Code::Internal,
-            Code::Unimplemented,
-            Code::Aborted,
-            Code::DataLoss,
-        ] {
-            assert!(
-                matches!(answer(code, true), TrackerError::Protocol(_)),
-                "{code:?}"
-            );
-        }
-        // The tracker's words are shown as they are, whatever they say.
-        let e = classify(
-            url,
-            &Status::not_found("transport error: certificate"),
-            true,
-        );
-        assert_eq!(
-            e.to_string(),
-            "tracker refused: transport error: certificate"
-        );
-        let e = classify(url, &Status::internal(""), true);
-        assert!(
-            matches!(&e, TrackerError::Protocol(m) if !m.is_empty()),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn should_sort_transport_failures_by_their_sources() {
-        use std::io::{Error as IoError, ErrorKind};
-        let local = |e: Box<dyn std::error::Error + Send + Sync>| {
-            Status::from_error(Box::new(tonic::ConnectError(e)))
-        };
-        let refused = local(Box::new(IoError::from(ErrorKind::ConnectionRefused)));
-        let e = classify("http://t:1", &refused, true);
-        assert!(
-            matches!(&e, TrackerError::Unreachable { reason, .. } if !reason.contains("TLS")),
-            "{e:?}"
-        );
-        let bad_cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let tls = local(Box::new(IoError::new(ErrorKind::InvalidData, bad_cert)));
-        let e = classify("https://t:1", &tls, false);
-        assert!(matches!(e, TrackerError::Tls { .. }), "{e:?}");
-        assert!(e.to_string().contains("--ca"), "{e}");
-        // Another TLS failure is no certificate problem.
-        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
-        let tls = local(Box::new(IoError::new(ErrorKind::InvalidData, alert)));
-        let e = classify("https://t:1", &tls, false);
-        assert!(matches!(e, TrackerError::Unreachable { .. }), "{e:?}");
-        // Even a local status whose code is NOT_FOUND is a failure to reach the tracker.
-        let mut odd = Status::not_found("x");
-        odd.set_source(std::sync::Arc::new(IoError::from(ErrorKind::NotFound)));
-        let e = classify("http://t:1", &odd, true);
-        assert!(matches!(e, TrackerError::Unreachable { .. }), "{e:?}");
-        // Connected, then closed before any HTTP/2 answer (a TLS port spoken to in plain
-        // text loses this race or the protocol-error one): the hint either way.
-        let mut closed = Status::cancelled("connection closed");
-        closed.set_source(std::sync::Arc::new(IoError::other("connection closed")));
-        let e = classify("http://t:1", &closed, true);
-        assert!(e.to_string().contains("use https://"), "{e}");
-        // A working connection that broke (a tracker restarting) is no TLS mistake.
-        let mut reset = Status::unknown("h2 protocol error");
-        reset.set_source(std::sync::Arc::new(IoError::from(ErrorKind::BrokenPipe)));
-        let e = classify("http://t:1", &reset, true);
-        assert!(!e.to_string().contains("https://"), "{e}");
-        // A call that timed out is no TLS mistake.
-        let mut slow = Status::cancelled("timeout expired");
-        slow.set_source(std::sync::Arc::new(tonic::TimeoutExpired(())));
-        let e = classify("http://t:1", &slow, true);
-        assert!(!e.to_string().contains("https://"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn should_name_the_certificate_when_the_tracker_is_not_trusted() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![key.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let _ = acceptor.accept(tcp).await;
-            }
-        });
-        // No --ca: nothing is trusted.
-        let c = TrackerClient::new(&[format!("https://{addr}")], None).unwrap();
-        let err = c.login("u", "p").await.unwrap_err();
-        assert!(matches!(err, TrackerError::Tls { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(
-            text.contains("certificate") && text.contains("--ca"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn should_suggest_https_when_plain_http_meets_a_tls_port() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // What the tracker's TLS port answers to plain text.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                let mut buf = [0u8; 64];
-                let _ = tcp.read(&mut buf).await;
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
-                    .await;
-            }
-        });
-        let url = format!("http://{addr}");
-        let c = TrackerClient::new(std::slice::from_ref(&url), None).unwrap();
-        let err = c.login("u", "p").await.unwrap_err();
-        assert!(matches!(err, TrackerError::Unreachable { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(text.contains(&url) && text.contains("https://"), "{text}");
-    }
-}
+mod tests;

@@ -51,10 +51,13 @@ pub enum FetchError {
     /// The source could not be reached or the connection broke; it may come back.
     #[error("connection failed: {0}")]
     Connect(String),
-    /// The source answered but will not serve these chunks (it lacks them or its copy
-    /// changed); it may have them later.
+    /// The source answered but will not serve these chunks now (busy, or a ticket it does
+    /// not take); it may later.
     #[error("refused: {0}")]
     Refused(String),
+    /// The source says it lacks chunks it is listed for (or its copy changed).
+    #[error("not held: {0}")]
+    NotHeld(String),
     /// The source broke the protocol (wrong index, too many chunks, bad message).
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -272,11 +275,10 @@ fn classify(s: tonic::Status) -> FetchError {
     let msg = common::names::printable(&status_detail(&s), 300);
     match s.code() {
         // A refused ticket may be accepted later, once a fresh one is presented.
-        Code::NotFound
-        | Code::FailedPrecondition
-        | Code::ResourceExhausted
-        | Code::Unauthenticated
-        | Code::PermissionDenied => FetchError::Refused(msg),
+        Code::NotFound | Code::FailedPrecondition => FetchError::NotHeld(msg),
+        Code::ResourceExhausted | Code::Unauthenticated | Code::PermissionDenied => {
+            FetchError::Refused(msg)
+        }
         Code::InvalidArgument | Code::OutOfRange => FetchError::Protocol(msg),
         _ => FetchError::Connect(format!("{}: {msg}", s.code())),
     }

@@ -194,7 +194,7 @@ mod tests {
                 name: "a\0b".into(),
                 ..good.clone()
             }),
-            ManifestError::BadName
+            ManifestError::BadName(common::names::NameError::Nul(1))
         );
         assert!(matches!(
             refused(tracker_pb::Manifest {

@@ -127,6 +127,43 @@ pub struct Config {
         value_parser = parse_duration,
     )]
     pub task_lease: Duration,
+    /// Whether holders' claims count only once an audit has seen them served. Turn it off
+    /// only when every account is trusted (closed registration, one organisation): then a
+    /// claim counts as a copy as soon as it is made, and no audit traffic is spent.
+    #[arg(
+        long,
+        env = "TRACKER_AUDIT",
+        default_value = "true",
+        value_name = "BOOL",
+        value_parser = parse_bool,
+        action = ArgAction::Set,
+    )]
+    pub audit: bool,
+    /// How often the tracker re-audits one holding already verified, chosen at random (it
+    /// fetches one chunk from the holder and checks its SHA-256; new claims are audited at
+    /// once). Each audit costs one chunk of download; 0s turns re-audits off.
+    #[arg(
+        long,
+        env = "TRACKER_AUDIT_INTERVAL",
+        default_value = "10s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
+    pub audit_interval: Duration,
+    /// CA certificates (PEM) that sign the certificates of nodes serving TLS (`peer serve
+    /// --tls-cert`), for audits of those nodes; without it such nodes cannot be audited and
+    /// their copies never count.
+    #[arg(long, env = "TRACKER_PEER_CA", value_name = "PEM")]
+    pub peer_ca: Option<PathBuf>,
+    /// How long an audited holder has to deliver the chunk before the audit fails as a stall.
+    #[arg(
+        long,
+        env = "TRACKER_AUDIT_TIMEOUT",
+        default_value = "30s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
+    pub audit_timeout: Duration,
     /// Whether peers may create accounts.
     #[arg(
         long,
@@ -151,6 +188,69 @@ pub struct Config {
         value_parser = parse_duration,
     )]
     pub ticket_ttl: Duration,
+    /// How long a new connection has to send its first request's headers (TLS handshake
+    /// included), and an HTTP/1 connection each next request's.
+    #[arg(
+        long,
+        env = "TRACKER_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
+    pub header_timeout: Duration,
+    /// A connection with no request open, or whose open requests move no bytes, for this
+    /// long is closed. HTTP/2 clients are pinged every third of it and closed when they do
+    /// not answer, so a long-lived stream of a live client stays open.
+    #[arg(
+        long,
+        env = "TRACKER_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
+    pub idle_timeout: Duration,
+    /// Connections served at once (every peer's node keeps one); one more is closed as soon
+    /// as it is accepted. Keep it under the open-file limit.
+    #[arg(
+        long,
+        env = "TRACKER_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: u32,
+    /// Peer ids one user may own (each machine running `peer` is one).
+    #[arg(
+        long,
+        env = "TRACKER_MAX_PEERS_PER_USER",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_peers_per_user: u32,
+    /// Files one user's peers may share (a file shared from two of its peers counts twice).
+    #[arg(
+        long,
+        env = "TRACKER_MAX_FILES_PER_USER",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_files_per_user: u32,
+    /// Chunks a newly announced file may have. The default lets a 4 TiB file through at the
+    /// chunk size peers pick for it (16 MiB); its chunk hashes are 8 MiB.
+    #[arg(
+        long,
+        env = "TRACKER_MAX_CHUNKS_PER_FILE",
+        default_value_t = 262_144,
+        value_name = "N"
+    )]
+    pub max_chunks_per_file: u32,
+    /// Chunks of all the files one user's peers share together (1 TiB of 1 MiB chunks).
+    #[arg(
+        long,
+        env = "TRACKER_MAX_CHUNKS_PER_USER",
+        default_value_t = 1_048_576,
+        value_name = "N"
+    )]
+    pub max_chunks_per_user: u64,
     /// Certificate chain and private key to serve TLS with; plain when `None`. On the
     /// command line these are two settings, [`TlsArgs`].
     #[arg(skip)]
@@ -233,6 +333,27 @@ impl Config {
             return refuse(
                 "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)",
             );
+        }
+        if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return refuse(
+                "header and idle timeouts must be positive (--header-timeout, --idle-timeout, \
+                 TRACKER_HEADER_TIMEOUT, TRACKER_IDLE_TIMEOUT, header_timeout, idle_timeout)",
+            );
+        }
+        let limits = [
+            ("--max-connections", u64::from(self.max_connections)),
+            ("--max-peers-per-user", u64::from(self.max_peers_per_user)),
+            ("--max-files-per-user", u64::from(self.max_files_per_user)),
+            ("--max-chunks-per-file", u64::from(self.max_chunks_per_file)),
+            ("--max-chunks-per-user", self.max_chunks_per_user),
+        ];
+        if let Some((flag, _)) = limits.iter().find(|(_, n)| *n == 0) {
+            let var = format!("TRACKER_{}", flag[2..].replace('-', "_").to_uppercase());
+            let key = flag[2..].replace('-', "_");
+            return Err(Error::Config(format!(
+                "{} must be at least 1 ({flag}, {var}, {key})",
+                &flag[2..]
+            )));
         }
         Ok(())
     }

@@ -24,6 +24,11 @@ pub enum Error {
     /// Too many failed logins; the caller may retry after the given time.
     #[error("too many login attempts, retry in {}s", .retry_after.as_secs().max(1))]
     Throttled { retry_after: Duration },
+    /// The caller's user is at one of the tracker's limits (peers, files, chunks); the
+    /// message names it and the option that raises it.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The database failed or could not be reached; clients hear [`DB_UNAVAILABLE`].
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
     #[error("{context}: {source}")]
@@ -61,6 +66,30 @@ impl Error {
             self,
             Error::Database(_) | Error::Io { .. } | Error::Internal(_) | Error::Config(_)
         )
+    }
+}
+
+/// What a client hears when the database failed (gRPC UNAVAILABLE, HTTP 503): the call had
+/// no effect (see "Source of truth and cache" in ARCHITECTURE.md) and may be repeated.
+pub const DB_UNAVAILABLE: &str = "the tracker's database is unavailable; try again";
+
+/// Logs a request refused because the database failed: at warn at most once per 10 s (an
+/// outage refuses every write, and the writer logs the outage itself), else at debug.
+pub fn log_unavailable(cause: &dyn std::fmt::Display) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%cause, "requests refused: the database is unavailable");
+    } else {
+        tracing::debug!(%cause, "request refused: the database is unavailable");
     }
 }
 

@@ -19,13 +19,24 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::Error;
+use crate::app::audit::Fault;
 use crate::app::{
     Assignment, FileView, HolderView, HoldingInput, SearchQuery, SessionView, TrackerService,
 };
+use crate::error::DB_UNAVAILABLE;
 use crate::model::HoldingKind;
 
-/// Largest message accepted or sent (a manifest of a huge file is the biggest).
+/// Largest message accepted or sent (a manifest of a huge file is the biggest: 32 bytes a
+/// chunk, 8 MiB at the default --max-chunks-per-file), unless [`max_message`] says more.
 pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// The message limit for `max_chunks_per_file`: [`MAX_MESSAGE`], or room for such a
+/// manifest (32 bytes a chunk) and a Locate's partial holders (at most 128, a bit a chunk
+/// each) when the setting was raised that far.
+pub fn max_message(max_chunks_per_file: u32) -> usize {
+    let chunks = max_chunks_per_file as usize;
+    MAX_MESSAGE.max(chunks.saturating_mul(32 + 128 / 8).saturating_add(1 << 20))
+}
 
 /// The gRPC name of the tracker's service, as health checks and reflection name it.
 pub const SERVICE: &str = "tracker.v1.Tracker";
@@ -57,11 +68,12 @@ pub async fn report_health(
     }
 }
 
-/// The tonic service, with explicit message limits.
+/// The tonic service, with explicit message limits (see [`max_message`]).
 pub fn service(svc: TrackerService) -> TrackerServer<Grpc> {
+    let limit = max_message(svc.config().max_chunks_per_file);
     TrackerServer::new(Grpc { svc })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
 }
 
 /// The gRPC face of the tracker.
@@ -78,8 +90,12 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::NotFound(_) => Status::not_found(msg),
             Error::AlreadyExists(_) => Status::already_exists(msg),
-            Error::Throttled { .. } => Status::resource_exhausted(msg),
-            Error::Database(_) | Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {
+            Error::Throttled { .. } | Error::LimitReached(_) => Status::resource_exhausted(msg),
+            Error::Database(_) => {
+                crate::error::log_unavailable(&msg);
+                Status::unavailable(DB_UNAVAILABLE)
+            }
+            Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {
                 tracing::error!(cause = %msg, "request failed");
                 Status::internal("internal error")
             }
@@ -327,8 +343,8 @@ impl Tracker for Grpc {
         &self,
         req: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        self.svc.authenticate(token(&req))?;
-        let files = self.svc.resolve(&req.into_inner().term);
+        let caller = self.svc.authenticate(token(&req))?;
+        let files = self.svc.resolve(&caller, &req.into_inner().term);
         Ok(Response::new(pb::ResolveResponse {
             files: files.into_iter().map(file_info).collect(),
         }))
@@ -344,8 +360,11 @@ impl Tracker for Grpc {
         let l = self.svc.locate(&caller, &file)?;
         Ok(Response::new(pb::LocateResponse {
             // The hashes were packed once, when the file was indexed.
-            manifest: (!req.have_manifest)
-                .then(|| pb::Manifest::with_packed_hashes(&l.manifest, l.packed_hashes.clone())),
+            // Named as the file is for this caller, which the id does not cover.
+            manifest: (!req.have_manifest).then(|| pb::Manifest {
+                name: l.file.name.clone(),
+                ..pb::Manifest::with_packed_hashes(&l.manifest, l.packed_hashes.clone())
+            }),
             ticket: Some(peer_pb::Ticket::from(&l.ticket)),
             file: Some(file_info(l.file)),
             holders: l.holders.into_iter().map(holder).collect(),
@@ -398,5 +417,25 @@ impl Tracker for Grpc {
             .complete_task(&caller, &peer, r.task_id, r.ok, &r.error)
             .await?;
         Ok(Response::new(pb::CompleteTaskResponse {}))
+    }
+
+    async fn report_source(
+        &self,
+        req: Request<pb::ReportSourceRequest>,
+    ) -> Result<Response<pb::ReportSourceResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let reporter = peer_id(&r.reporter_peer_id)?;
+        let source = peer_id(&r.peer_id)?;
+        let file = file_id(&r.file_id)?;
+        let fault = match pb::SourceFault::try_from(r.fault) {
+            Ok(pb::SourceFault::BadData) => Fault::BadData,
+            Ok(pb::SourceFault::NotHeld) => Fault::NotHeld,
+            Ok(pb::SourceFault::Stalled) => Fault::Stalled,
+            _ => return Err(Status::invalid_argument("fault must be set")),
+        };
+        self.svc
+            .report_source(&caller, &reporter, &file, &source, r.chunk, fault)?;
+        Ok(Response::new(pb::ReportSourceResponse {}))
     }
 }

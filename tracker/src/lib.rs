@@ -15,6 +15,7 @@
 //! - `dashboard`: the web page at `GET /`, embedded in the binary.
 //! - [`admin`]: what the `tracker migrate` and `tracker user …` commands do.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
+//! - `serve`: the one port's serving loop, with its connection cap and timeouts.
 //! - [`tls`]: optional TLS on the one port (`--tls-cert`/`--tls-key`).
 //! - `testing` (feature `testing`): support for the integration tests of the tracker and
 //!   the peer.
@@ -30,6 +31,7 @@ mod metrics;
 mod model;
 mod replication;
 mod rest;
+mod serve;
 pub mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -49,6 +51,45 @@ pub use error::Error;
 
 /// How long open connections may finish after shutdown starts before they are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The longest wait between tries of an unavailable database at start.
+const START_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` until it succeeds (`Some`), fails for a reason other than an unavailable
+/// database (the error), or `shutdown` is cancelled (`None`). While the database is
+/// unavailable it logs why, once per try, and tries again after 1 s, doubling up to 10 s:
+/// a tracker started before its database, or during an outage, waits for it instead of
+/// exiting (so no supervisor's restart limit is spent on an outage), and says so.
+///
+/// # Errors
+/// The first error of `attempt` that is not [`db::is_unavailable`].
+pub async fn when_db_up<T, F, Fut>(
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if db::is_unavailable(&e) => {
+                tracing::warn!(
+                    cause = %e,
+                    retry_in_s = delay.as_secs(),
+                    "the database is unavailable; the tracker starts once it answers"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(START_RETRY_MAX);
+    }
+}
 
 /// Everything the one port serves: gRPC for peers (with the standard health service and
 /// server reflection), then every HTTP route from the REST
@@ -90,12 +131,14 @@ pub(crate) fn app(svc: TrackerService, shutdown: CancellationToken) -> axum::Rou
 /// replication planner until `shutdown` is cancelled; flushes pending DB writes before
 /// returning.
 ///
-/// Connects to the database and applies migrations first. With `cfg.tls` set, every
+/// Connects to the database, applies migrations and loads the state first, waiting (see
+/// [`when_db_up`]) while the database is unavailable. With `cfg.tls` set, every
 /// connection is TLS.
 ///
 /// # Errors
 /// [`Error::Config`] when the TLS files are unusable;
-/// [`Error::Database`] when the database cannot be reached, migrated or loaded;
+/// [`Error::Database`] when the database cannot be used for a reason waiting does not fix
+/// (a bad URL, password or path), or fails to migrate or load;
 /// [`Error::Io`] when serving fails.
 pub async fn run(
     cfg: Config,
@@ -106,9 +149,16 @@ pub async fn run(
         Some(files) => Some(tls::server_config(&files.cert, &files.key)?),
         None => None,
     };
-    let store = db::Store::connect(&cfg.database_url).await?;
-    store.migrate().await?;
-    let (svc, writer) = TrackerService::start(cfg, store.clone()).await?;
+    let started = when_db_up(&shutdown, || async {
+        let store = db::Store::connect(&cfg.database_url).await?;
+        store.migrate().await?;
+        let (svc, writer) = TrackerService::start(cfg.clone(), store.clone()).await?;
+        Ok((store, svc, writer))
+    })
+    .await?;
+    let Some((store, svc, writer)) = started else {
+        return Ok(());
+    };
     // Its own token, so it also stops when serving fails.
     let stop_planner = shutdown.child_token();
     let planner = tokio::spawn(svc.clone().replicate(stop_planner.clone()));
@@ -117,8 +167,14 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
     tracing::info!(%addr, tls = tls_config.is_some(), "serving gRPC and HTTP");
-    let serve = tls::serve(listener, app, tls_config, shutdown.clone())
-        .map_err(|e| Error::io("starting the TLS listener", e))?;
+    let serve = serve::serve(
+        listener,
+        app,
+        tls_config,
+        serve::Bounds::from(svc.config()),
+        svc.metrics().connections(),
+        shutdown.clone(),
+    );
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -55,6 +55,12 @@ pub enum Source {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditLabels {
+    /// `passed`, `bad_data`, `not_held`, `stalled`, `unreachable` or `busy`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -67,6 +73,58 @@ impl Source {
                 Source::Replication => "replication",
             },
         }
+    }
+}
+
+/// Why the tracker closed a connection itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    /// `header_timeout`, `idle` or `stalled`.
+    reason: &'static str,
+}
+
+/// The serving loop's counters; clones share them, so the loop holds one and `/metrics`
+/// renders the same.
+#[derive(Clone, Default)]
+pub struct Connections {
+    open: Gauge,
+    refused: Counter,
+    closed: Family<CloseLabels, Counter>,
+}
+
+impl Connections {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Connections being served",
+            self.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            self.refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the tracker closed itself, by reason",
+            self.closed.clone(),
+        );
+    }
+
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    pub fn ended(&self) {
+        self.open.dec();
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    pub fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&CloseLabels { reason }).inc();
     }
 }
 
@@ -102,6 +160,8 @@ pub struct Metrics {
     chunks: Family<SourceLabels, Counter>,
     bytes: Family<SourceLabels, Counter>,
     locates: Counter,
+    connections: Connections,
+    audits: Family<AuditLabels, Counter>,
     start: Instant,
     activity: Mutex<Activity>,
 }
@@ -116,7 +176,8 @@ pub trait Levels {
 /// Live transfer numbers for the stats endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Transfers {
-    /// Distinct (user, file) pairs that called `Locate` in the last 10 s.
+    /// Distinct (user, file) pairs that called `Locate` in the last 10 s and have not
+    /// reported the whole file since.
     pub active: u64,
     /// Bytes of verified chunks reported in the last 10 s, divided by 10.
     pub bytes_per_sec: u64,
@@ -145,6 +206,14 @@ impl Metrics {
         let chunks = Family::<SourceLabels, Counter>::default();
         let bytes = Family::<SourceLabels, Counter>::default();
         let locates = Counter::default();
+        let connections = Connections::default();
+        connections.register(&mut registry);
+        let audits = Family::<AuditLabels, Counter>::default();
+        registry.register(
+            "audits",
+            "Audits of holders' claims (one chunk fetched and checked), by outcome",
+            audits.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by protocol, route and status",
@@ -177,6 +246,8 @@ impl Metrics {
             chunks,
             bytes,
             locates,
+            connections,
+            audits,
             start: Instant::now(),
             activity: Mutex::new(Activity::default()),
         }
@@ -211,6 +282,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one audit by its outcome.
+    pub fn audited(&self, outcome: &'static str) {
+        self.audits.get_or_create(&AuditLabels { outcome }).inc();
+    }
+
+    /// The serving loop's counters.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+
     /// Counts a `Locate` by `user` of `file`.
     pub fn located(&self, user: i32, file: FileId) {
         self.locates.inc();
@@ -218,6 +299,13 @@ impl Metrics {
         let mut a = self.activity();
         a.prune(now, self.start);
         a.locates.insert((user, file), now);
+    }
+
+    /// `user` has all of `file` now: it stops counting as an active transfer at once, not
+    /// when its last `Locate` leaves the window (a getter re-Locates every second until it
+    /// reports the whole file, so a transfer still under way comes back within a second).
+    pub fn transfer_ended(&self, user: i32, file: FileId) {
+        self.activity().locates.remove(&(user, file));
     }
 
     /// Counts chunks newly held, with their total size.
@@ -357,6 +445,19 @@ mod tests {
         assert_eq!(t.chunks_total, 3);
         assert_eq!(t.bytes_total, 5 << 20);
         assert_eq!(t.bytes_per_sec, (5 << 20) / 10);
+    }
+
+    #[test]
+    fn a_transfer_ends_when_its_getter_has_the_whole_file() {
+        let m = Metrics::new();
+        m.located(1, file(1));
+        m.located(2, file(1));
+        m.transfer_ended(1, file(1));
+        assert_eq!(m.transfers().active, 1, "user 2 is still getting it");
+        m.transfer_ended(1, file(2));
+        assert_eq!(m.transfers().active, 1, "nothing to end");
+        m.transfer_ended(2, file(1));
+        assert_eq!(m.transfers().active, 0);
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl FileRecord {
     }
 }
 
-/// What one peer holds of one file; `have` is the bitfield's bytes.
+/// What one peer holds of one file; `have` is the bitfield's bytes as the peer claims it,
+/// `verified` those an audit confirmed (empty = none), `name` the sharer's name for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HoldingRecord {
     pub peer_id: PeerId,
@@ -90,6 +91,8 @@ pub struct HoldingRecord {
     pub kind: HoldingKind,
     pub have: Vec<u8>,
     pub updated_at_ms: i64,
+    pub verified: Vec<u8>,
+    pub name: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, the unit of every stored timestamp.

@@ -1,11 +1,14 @@
 //! `get`: resolve each term to one file, download them all concurrently with progress
 //! bars, then print one summary line (or one JSON object) per file. A failed file does not
-//! stop the others; the command exits 1 at the end if any failed.
+//! stop the others; the command exits 1 at the end if any failed. Ctrl-C stops the
+//! downloads under way, says for each what is kept and how to resume, and exits 130.
 
 use std::sync::Arc;
 
 use common::FileId;
 use common::units::{format_rate, format_size};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
 use super::Ctx;
@@ -13,7 +16,7 @@ use crate::cli::GetArgs;
 use crate::download::{self, DownloadConfig, Job, Outcome};
 use crate::error::{Error, Result, Scope};
 use crate::output::{self, safe};
-use crate::progress::{Bars, FileProgress, bars_wanted};
+use crate::progress::{Bars, FileProgress, Phase, Snapshot, bars_wanted};
 use crate::ratelimit::RateLimiter;
 use crate::tracker_client::{FileView, TrackerClient, TrackerError};
 use crate::transport::GrpcTransport;
@@ -34,7 +37,7 @@ pub fn resolution_error(term: &str, files: &[FileView]) -> Option<Error> {
                 .map(|f| {
                     format!(
                         "{} {} ({})",
-                        f.id.get(..12).unwrap_or(&f.id),
+                        safe(f.id.get(..12).unwrap_or(&f.id)),
                         safe(&f.name),
                         format_size(f.size)
                     )
@@ -69,12 +72,14 @@ fn no_match(term: &str) -> Error {
     }
 }
 
-/// The file a term names. A full id needs no round trip: the download's Locate finds it
-/// (or says it is unknown, see [`unknown_id`]). The term goes to the tracker as given: it
-/// trims an id, but a name matches exactly, spaces and all.
-async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
+/// The file a term names, and the name to save it under when the term is one of the names
+/// its sharers give it (each sharer names its own listing; otherwise the download takes
+/// the tracker's). A full id needs no round trip: the download's Locate finds it (or says
+/// it is unknown, see [`unknown_id`]). The term goes to the tracker as given: it trims an
+/// id, but a name matches exactly, spaces and all.
+async fn resolve(client: &TrackerClient, term: &str) -> Result<(FileId, Option<String>)> {
     if let Some(id) = full_id(term) {
-        return Ok(id);
+        return Ok((id, None));
     }
     let files = match client.resolve(term).await {
         Ok(f) => f,
@@ -88,10 +93,11 @@ async fn resolve(client: &TrackerClient, term: &str) -> Result<FileId> {
     if let Some(e) = resolution_error(term, &files) {
         return Err(e);
     }
-    files[0]
+    let id = files[0]
         .id
         .parse()
-        .map_err(|_| TrackerError::BadAnswer("a malformed file id".into()).into())
+        .map_err(|_| TrackerError::BadAnswer("a malformed file id".into()))?;
+    Ok((id, (files[0].name == term).then(|| term.to_string())))
 }
 
 /// `term` as a whole file id (64 hex digits), if it is one.
@@ -136,14 +142,41 @@ fn summary(o: &Outcome) -> String {
         );
     }
     let secs = o.elapsed.as_secs_f64().max(0.001);
-    let fetched_bytes = o.size as f64 * o.chunks_fetched as f64
-        / (o.chunks_fetched + o.chunks_reused).max(1) as f64;
+    // The rate is of the bytes fetched in this run: resumed ones are not speed.
+    let resumed = o.size.saturating_sub(o.bytes_fetched);
+    let resumed = if resumed > 0 {
+        format!(", {} resumed", format_size(resumed))
+    } else {
+        String::new()
+    };
     format!(
-        "{name}  {}  in {secs:.1}s at {} from {} source{} -> {path}",
+        "{name}  {}  in {secs:.1}s at {} from {} source{}{resumed} -> {path}",
         format_size(o.size),
-        format_rate(fetched_bytes / secs),
+        format_rate(o.bytes_fetched as f64 / secs),
         o.sources,
         if o.sources == 1 { "" } else { "s" }
+    )
+}
+
+/// What Ctrl-C leaves of one download: what is kept and how to go on. Running the same
+/// command is right whatever the state: it resumes a part file and checks a finished one.
+fn interrupted(p: &Snapshot) -> String {
+    let name = safe(&p.name);
+    let Some(part) = &p.part else {
+        return format!("interrupted: {name} had not started; run the same command to get it");
+    };
+    let path = safe(&part.to_string_lossy());
+    if !part.exists() {
+        // Published (or refused by the whole-file hash) as it was stopped.
+        return format!("interrupted: {name} was finishing; run the same command to check it");
+    }
+    if p.phase == Phase::Checking {
+        // What the part holds was still being checked: no share of it is known.
+        return format!("interrupted: {name} is kept in {path}; run the same command to resume");
+    }
+    format!(
+        "interrupted: {}% of {name} kept in {path}; run the same command to resume",
+        p.percent()
     )
 }
 
@@ -166,11 +199,11 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
     }
 
     let mut failed = 0usize;
-    let mut ids: Vec<(String, FileId)> = Vec::new();
+    let mut ids: Vec<(String, FileId, Option<String>)> = Vec::new();
     for term in &a.terms {
         match resolve(&client, term).await {
-            Ok(id) if ids.iter().any(|(_, x)| *x == id) => {}
-            Ok(id) => ids.push((term.clone(), id)),
+            Ok((id, _)) if ids.iter().any(|(_, x, _)| *x == id) => {}
+            Ok((id, name)) => ids.push((term.clone(), id, name)),
             Err(Error::Tracker(e)) if e.affects_every_call() => return Err(e.into()),
             Err(e) => {
                 output::report_error(&e);
@@ -187,14 +220,16 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         rate: a.max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
         cfg,
     });
-    let progress: Vec<Arc<FileProgress>> = ids.iter().map(|(t, _)| FileProgress::new(t)).collect();
+    let progress: Vec<Arc<FileProgress>> =
+        ids.iter().map(|(t, _, _)| FileProgress::new(t)).collect();
     let bars = Bars::spawn(progress.clone(), bars_wanted(cx.json, cx.quiet));
     let several = ids.len() > 1;
-    let runs = ids.iter().zip(&progress).map(|((term, id), p)| {
+    let runs = ids.iter().zip(&progress).map(|((term, id, name), p)| {
         let job = Job {
             file_id: *id,
             output: output_dir.clone(),
             from: a.from.clone().map(|f| f.to_ascii_lowercase()),
+            name: name.clone(),
         };
         let (dcx, p, term) = (dcx.clone(), p.clone(), term.clone());
         async move {
@@ -208,17 +243,42 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             })
         }
     });
-    let results = futures::future::join_all(runs).await;
+    // Ctrl-C drops the downloads under way (their part files stay, verified chunks and
+    // all) instead of killing the process before it can say so.
+    let mut interrupt = interrupt_signal();
+    let mut runs: FuturesUnordered<_> = runs
+        .enumerate()
+        .map(|(i, run)| async move { (i, run.await) })
+        .collect();
+    let mut results: Vec<Option<Result<Outcome>>> = ids.iter().map(|_| None).collect();
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            // Downloads that have ended are taken first: they print as usual.
+            biased;
+            next = runs.next() => match next {
+                Some((i, r)) => results[i] = Some(r),
+                None => break,
+            },
+            () = interrupt.recv() => {
+                stopped = true;
+                break;
+            }
+        }
+    }
+    drop(runs);
     bars.stop().await;
 
     let mut done = Vec::new();
-    for r in results {
+    let mut cut = Vec::new();
+    for (r, p) in results.into_iter().zip(&progress) {
         match r {
-            Ok(o) => done.push(o),
-            Err(e) => {
+            Some(Ok(o)) => done.push(o),
+            Some(Err(e)) => {
                 output::report_error(&e);
                 failed += 1;
             }
+            None => cut.push(interrupted(&p.snapshot())),
         }
     }
     if cx.json {
@@ -241,10 +301,39 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             output::println(&summary(o));
         }
     }
+    for line in &cut {
+        eprintln!("{line}");
+    }
+    if stopped {
+        return Err(Error::Interrupted);
+    }
     if failed > 0 {
         return Err(Error::AlreadyReported(failed));
     }
     Ok(())
+}
+
+/// SIGINT, watched from now on (its default action, death without a word, is replaced).
+struct Interrupt(Option<tokio::signal::unix::Signal>);
+
+fn interrupt_signal() -> Interrupt {
+    use tokio::signal::unix::{SignalKind, signal};
+    Interrupt(
+        signal(SignalKind::interrupt())
+            .inspect_err(|e| tracing::debug!("cannot watch SIGINT: {e}"))
+            .ok(),
+    )
+}
+
+impl Interrupt {
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -309,22 +398,73 @@ mod tests {
             sha256: String::new(),
             sources: 2,
             chunks_fetched: 10,
+            bytes_fetched: 10 << 20,
             chunks_reused: 0,
             elapsed: std::time::Duration::from_secs(2),
         };
+        // One unit system: 10 MiB in 2 s reads as 5 MiB/s.
         assert_eq!(
             summary(&o),
-            "x.bin  10 MiB  in 2.0s at 5.2 MB/s from 2 sources -> /o/x.bin"
+            "x.bin  10 MiB  in 2.0s at 5.0 MiB/s from 2 sources -> /o/x.bin"
+        );
+        // Resumed bytes are said, and not counted as speed.
+        let resumed = Outcome {
+            sources: 1,
+            chunks_fetched: 4,
+            bytes_fetched: 4 << 20,
+            chunks_reused: 6,
+            ..o.clone()
+        };
+        assert_eq!(
+            summary(&resumed),
+            "x.bin  10 MiB  in 2.0s at 2.0 MiB/s from 1 source, 6.0 MiB resumed -> /o/x.bin"
         );
         let held = Outcome {
             sources: 0,
             chunks_fetched: 0,
+            bytes_fetched: 0,
             chunks_reused: 10,
             ..o
         };
         assert_eq!(
             summary(&held),
             "x.bin  10 MiB  already complete -> /o/x.bin"
+        );
+    }
+
+    #[test]
+    fn an_interrupt_says_what_is_kept_and_how_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("x\u{202e}.bin.tessera-part");
+        let p = FileProgress::new("x");
+        assert_eq!(
+            interrupted(&p.snapshot()),
+            "interrupted: x had not started; run the same command to get it"
+        );
+        p.start("x\u{202e}.bin", 1000, part.clone());
+        std::fs::write(&part, b"").unwrap();
+        assert_eq!(
+            interrupted(&p.snapshot()),
+            format!(
+                "interrupted: x\\u{{202e}}.bin is kept in {}; run the same command to resume",
+                safe(&part.to_string_lossy())
+            ),
+            "what the part holds is not known yet"
+        );
+        p.add_resumed(200);
+        p.fetching();
+        p.add_done(215);
+        assert_eq!(
+            interrupted(&p.snapshot()),
+            format!(
+                "interrupted: 41% of x\\u{{202e}}.bin kept in {}; run the same command to resume",
+                safe(&part.to_string_lossy())
+            )
+        );
+        std::fs::remove_file(&part).unwrap();
+        assert_eq!(
+            interrupted(&p.snapshot()),
+            "interrupted: x\\u{202e}.bin was finishing; run the same command to check it"
         );
     }
 }

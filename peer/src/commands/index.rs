@@ -41,15 +41,15 @@ fn collect(path: &Path, top: bool, out: &mut Vec<PathBuf>, errors: &mut usize) {
     let meta = if meta.file_type().is_symlink() {
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => {
-                eprintln!(
-                    "warning: skipping {}: symlink to a directory",
+                output::warn(&format!(
+                    "skipping {}: symlink to a directory",
                     path.display()
-                );
+                ));
                 return;
             }
             Ok(m) => m,
             Err(_) => {
-                eprintln!("warning: skipping {}: dangling symlink", path.display());
+                output::warn(&format!("skipping {}: dangling symlink", path.display()));
                 return;
             }
         }
@@ -72,25 +72,25 @@ fn collect(path: &Path, top: bool, out: &mut Vec<PathBuf>, errors: &mut usize) {
         entries.sort();
         for e in entries {
             if e.file_name().and_then(|n| n.to_str()).is_none() {
-                eprintln!(
-                    "warning: skipping {}: name is not UTF-8",
+                output::warn(&format!(
+                    "skipping {}: name is not UTF-8",
                     e.to_string_lossy()
-                );
+                ));
                 continue;
             }
             collect(&e, false, out, errors);
         }
     } else if meta.is_file() {
         if path.file_name().and_then(|n| n.to_str()).is_none() {
-            eprintln!(
-                "warning: skipping {}: name is not UTF-8",
+            output::warn(&format!(
+                "skipping {}: name is not UTF-8",
                 path.to_string_lossy()
-            );
+            ));
             return;
         }
         out.push(path.to_path_buf());
     } else {
-        eprintln!("warning: skipping {}: not a regular file", path.display());
+        output::warn(&format!("skipping {}: not a regular file", path.display()));
     }
 }
 
@@ -201,10 +201,16 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         let existed = cx.home.record(&id).ok().flatten().is_some();
         cx.home.save_record(&rec)?;
         let view = match client.announce(&peer_id, &h.manifest).await {
-            Ok(v) => v,
+            Ok(v) => {
+                cx.home.delete_withdrawal(&id)?;
+                v
+            }
             Err(e) if e.affects_every_call() => {
                 if !existed {
                     cx.home.delete_record(&id)?;
+                    // A call whose answer was lost may have taken effect: the node makes
+                    // sure it did not, once the tracker answers.
+                    cx.home.add_withdrawal(&id)?;
                 }
                 tasks.abort_all();
                 return Err(e.into());
@@ -233,7 +239,7 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
 
     let shown: Vec<FileView> = shown.into_iter().flatten().collect();
     if !shown.is_empty() && cx.home.live_node().is_none() {
-        eprintln!("warning: {}", no_node_warning(cx.home.dir()));
+        output::warn(&no_node_warning(cx.home.dir()));
     }
     if cx.json {
         output::json(&shown)?;
@@ -241,7 +247,7 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         for f in &shown {
             output::println(&format!(
                 "{}  {}  {}",
-                f.id.get(..12).unwrap_or(&f.id),
+                output::safe(f.id.get(..12).unwrap_or(&f.id)),
                 common::units::format_size(f.size),
                 output::safe(&f.name)
             ));
@@ -332,7 +338,13 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> Result<()> {
             Ok(()) => None,
             Err(TrackerError::NotFound { .. }) => Some("the tracker listed no holding".to_string()),
             Err(e @ TrackerError::NotLoggedIn) => return Err(e.into()),
-            Err(e) => Some(format!("the tracker was not told: {e}")),
+            Err(e) => {
+                // This home's node tells the tracker once it answers.
+                cx.home.add_withdrawal(&id)?;
+                Some(format!(
+                    "the tracker was not told: {e}; this home's node tells it once it answers"
+                ))
+            }
         };
         cx.home.delete_record(&id)?;
         if !cx.json {

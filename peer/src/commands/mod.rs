@@ -8,10 +8,13 @@ mod query;
 mod serve;
 mod status;
 
+use std::sync::Arc;
+
 use crate::cli::{Cli, Command};
 use crate::error::Result;
 use crate::home::Home;
-use crate::tracker_client::{DEFAULT_TRACKER, TrackerClient};
+use crate::output;
+use crate::tracker_client::{DEFAULT_TRACKER, Patience, TrackerClient};
 
 /// What every command needs: the home, the tracker URLs, the output mode.
 pub struct Ctx {
@@ -21,6 +24,8 @@ pub struct Ctx {
     pub quiet: bool,
     /// The CAs trusted for https:// trackers and TLS nodes (`--ca`).
     pub tls: crate::transport::ClientTls,
+    /// How the command's tracker calls wait out an outage (`--tracker-wait`).
+    pub patience: Patience,
 }
 
 impl Ctx {
@@ -49,11 +54,13 @@ impl Ctx {
             json: cli.json,
             quiet: cli.quiet,
             tls: crate::transport::ClientTls::load(cli.ca.as_deref())?,
+            patience: Patience::new(cli.tracker_wait, Arc::new(|line: &str| output::warn(line))),
         })
     }
 
     /// A tracker client carrying the saved session's token (none if logged out or expired:
-    /// calls that need one then fail with "not logged in").
+    /// calls that need one then fail with "not logged in"), waiting out outages for its
+    /// idempotent calls as `--tracker-wait` says.
     ///
     /// # Errors
     /// For a malformed tracker URL or an unreadable session file.
@@ -63,7 +70,8 @@ impl Ctx {
             .session()?
             .filter(|s| s.expires_at_ms <= 0 || s.expires_at_ms > crate::now_ms())
             .map(|s| s.token);
-        Ok(TrackerClient::with_tls(&self.trackers, token, &self.tls)?)
+        Ok(TrackerClient::with_tls(&self.trackers, token, &self.tls)?
+            .with_patience(self.patience.clone()))
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> 
         .iter()
         .map(|f| {
             vec![
-                f.id.get(..12).unwrap_or(&f.id).to_string(),
+                safe(f.id.get(..12).unwrap_or(&f.id)),
                 safe(&f.name),
                 format_size(f.size),
                 safe(&f.kind),

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use crate::cli::ServeArgs;
-use crate::node::{self, Node, NodeConfig, NodeError};
+use crate::node::{self, Node, NodeConfig, NodeError, StreamLimits};
 use crate::output;
 
 pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
@@ -23,6 +23,7 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
         Some(addr) => Some(bind("for metrics ", addr).await?),
         None => None,
     };
+    let limits = limits(&a);
     let config = NodeConfig {
         client_tls: cx.tls.clone(),
         advertise: a.advertise,
@@ -30,7 +31,9 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
         storage_quota: a.storage_quota,
         max_upload_rate: a.max_upload_rate,
         rescan_every: a.rescan_every,
+        sync_every: a.sync_every,
         metrics,
+        limits,
         ..NodeConfig::new(cx.home.clone(), cx.trackers.clone())
     };
     let node = Node::bind(config, listener).await?;
@@ -52,4 +55,31 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
         std::process::exit(130);
     });
     Ok(node.run(shutdown).await?)
+}
+
+/// The node's limits: the defaults with the chunk-request flags applied.
+fn limits(a: &ServeArgs) -> StreamLimits {
+    let mut l = StreamLimits::default();
+    l.uploads.total = a.max_uploads as usize;
+    l.uploads.per_client = a.max_uploads_per_client as usize;
+    l.upload_buffer = a.upload_buffer;
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_flags_defaults_are_the_nodes() {
+        let Command::Serve(a) = Cli::try_parse_from(["peer", "serve"]).unwrap().command else {
+            panic!("not serve")
+        };
+        let (got, want) = (limits(&a), StreamLimits::default());
+        assert_eq!(got.uploads, want.uploads);
+        assert_eq!(got.upload_buffer, want.upload_buffer);
+    }
 }

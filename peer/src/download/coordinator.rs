@@ -26,23 +26,30 @@ use super::error::{DownloadError, NoSource};
 use super::files;
 use super::job::{Context, Job, Outcome};
 use super::record::RecordWriter;
-use super::shared::{Event, Shared, WorkerEnd};
+use super::shared::{Event, Fault, Shared, WorkerEnd};
 use super::whole::WholeHash;
 use super::worker;
 use crate::progress::FileProgress;
 use crate::tracker_client::{HolderView, Relocated, TrackerError};
 use crate::transport::ChunkTransport;
+use proto::tracker::v1 as pb;
 
 /// What the coordinator knows of a source.
 struct Source {
     /// A worker is fetching from it now.
     running: bool,
-    /// It sent bad bytes: never used again for this file.
+    /// It sent bad bytes, or refused or stalled on chunks it is listed for
+    /// [`REFUSALS_TO_BAN`] times: never used again for this file.
     banned: bool,
+    /// Times it refused or stalled on a chunk it is listed for.
+    refusals: u32,
     /// After a failure, not re-admitted before this.
     retry_at: Instant,
     failures: u32,
 }
+
+/// Refusals or stalls on listed chunks after which a source is not used again.
+const REFUSALS_TO_BAN: u32 = 2;
 
 /// The coordinator's conversation with the tracker: reports and re-Locates run as spawned
 /// calls whose answers come back as events, at most one of each at a time.
@@ -51,6 +58,8 @@ struct TrackerLink {
     pending: Vec<u32>,
     reporting: bool,
     relocating: bool,
+    /// The Locate under way, which `finish` lets land before the final report.
+    locate_task: Option<tokio::task::JoinHandle<()>>,
     /// Whether the last Locate was answered (an outage is logged once).
     answering: bool,
     backoff: Duration,
@@ -70,8 +79,9 @@ pub(super) struct Coordinator<T> {
     started: std::time::Instant,
     /// Chunks found verified in the part file at start.
     reused: u32,
-    /// Chunks verified since.
+    /// Chunks verified since, and their bytes.
     fetched: u32,
+    fetched_bytes: u64,
     sources: HashMap<PeerId, Source>,
     /// Distinct peers that supplied verified chunks.
     suppliers: HashSet<PeerId>,
@@ -82,6 +92,12 @@ pub(super) struct Coordinator<T> {
     last_activity: Instant,
     /// Why the last source was dropped, for the give-up message (e.g. a refused certificate).
     last_gone: Option<String>,
+    /// A Locate answered while every known source was banned, with none new: the download
+    /// fails at the next tick instead of waiting for the give-up time.
+    all_bad: bool,
+    /// Reports of failed sources on their way to the tracker; a failing download waits
+    /// for them (briefly), so the process does not exit before they are sent.
+    complaints: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the coordinator starts from.
@@ -106,6 +122,7 @@ impl<T: ChunkTransport> Coordinator<T> {
         let mut c = Coordinator {
             reused: s.have.count(),
             fetched: 0,
+            fetched_bytes: 0,
             sources: HashMap::new(),
             suppliers: HashSet::new(),
             dirty: false,
@@ -113,12 +130,15 @@ impl<T: ChunkTransport> Coordinator<T> {
                 pending: s.have.iter_ones().collect(),
                 reporting: false,
                 relocating: false,
+                locate_task: None,
                 answering: true,
                 backoff: Duration::from_secs(1),
                 next_locate: Instant::now() + relocate_every,
             },
             last_activity: Instant::now(),
             last_gone: None,
+            all_bad: false,
+            complaints: Vec::new(),
             cx: s.cx,
             job: s.job,
             sh: s.sh,
@@ -169,34 +189,80 @@ impl<T: ChunkTransport> Coordinator<T> {
         self.whole.landed(index);
         self.suppliers.insert(source);
         self.fetched += 1;
+        self.fetched_bytes += r.end - r.start;
         self.tracker.pending.push(index);
         self.dirty = true;
         self.last_activity = Instant::now();
     }
 
     fn worker_ended(&mut self, source: PeerId, addr: &str, end: WorkerEnd) {
+        let mut complaint = None;
         if let Some(s) = self.sources.get_mut(&source) {
             s.running = false;
-            match &end {
-                WorkerEnd::Bad(why) => {
+            match end {
+                WorkerEnd::Bad { why, chunk } => {
                     s.banned = true;
                     tracing::warn!(peer = %source, "source sent bad data ({why}); not using it again for this file");
+                    complaint = chunk.map(|c| (c, pb::SourceFault::BadData));
+                    self.last_gone = Some(format!("bad data: {why}"));
                 }
-                WorkerEnd::Gone(why) => {
+                WorkerEnd::Gone { why, fault } => {
                     s.failures += 1;
                     s.retry_at = Instant::now() + Duration::from_secs(1 << s.failures.min(5));
                     self.cx.transport.forget(addr);
-                    tracing::info!(peer = %source, "dropping source: {why}");
-                    self.last_gone = Some(why.clone());
+                    if let Some((chunk, fault)) = fault {
+                        s.refusals += 1;
+                        s.banned = s.refusals >= REFUSALS_TO_BAN;
+                        complaint = Some((
+                            chunk,
+                            match fault {
+                                Fault::NotHeld => pb::SourceFault::NotHeld,
+                                Fault::Stalled => pb::SourceFault::Stalled,
+                            },
+                        ));
+                    }
+                    tracing::info!(peer = %source, banned = s.banned, "dropping source: {why}");
+                    self.last_gone = Some(why);
                 }
                 WorkerEnd::Done | WorkerEnd::Cancelled => {}
             }
+        }
+        if let Some((chunk, fault)) = complaint {
+            self.complain(source, chunk, fault);
         }
         if !self.sources.values().any(|s| s.running) {
             let soon = Instant::now() + Duration::from_millis(300);
             self.tracker.next_locate = self.tracker.next_locate.min(soon);
         }
         self.progress.set_sources(self.running());
+    }
+
+    /// Tells the tracker (in the background) that `source` failed on `chunk`, so it can
+    /// audit the source and stop handing it out.
+    fn complain(&mut self, source: PeerId, chunk: u32, fault: pb::SourceFault) {
+        let (t, me, id) = (
+            self.cx.tracker.clone(),
+            self.cx.peer_id.clone(),
+            self.job.file_id,
+        );
+        self.complaints.retain(|h| !h.is_finished());
+        self.complaints.push(tokio::spawn(async move {
+            if let Err(e) = t.report_source(&me, &id, &source, chunk, fault).await {
+                tracing::debug!(peer = %source, "cannot report the source to the tracker: {e}");
+            }
+        }));
+    }
+
+    /// Gives the reports under way a few seconds to reach the tracker.
+    async fn send_complaints(&mut self) {
+        for h in self.complaints.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+    }
+
+    /// Every source known is banned.
+    fn all_banned(&self) -> bool {
+        !self.sources.is_empty() && self.sources.values().all(|s| s.banned)
     }
 
     fn relocated(&mut self, r: Result<Relocated, TrackerError>) {
@@ -211,6 +277,7 @@ impl<T: ChunkTransport> Coordinator<T> {
                 t.backoff = Duration::from_secs(1);
                 t.next_locate = Instant::now() + self.cx.cfg.relocate_every;
                 self.add_holders(loc.holders, loc.ticket);
+                self.all_bad = self.all_banned();
             }
             Err(e) => {
                 if t.answering {
@@ -248,9 +315,9 @@ impl<T: ChunkTransport> Coordinator<T> {
                 self.sh.events.clone(),
             );
             let n = self.chunk_count();
-            tokio::spawn(async move {
+            self.tracker.locate_task = Some(tokio::spawn(async move {
                 let _ = tx.send(Event::Relocated(t.relocate(&id, n).await));
-            });
+            }));
         }
         let (in_flight, remaining) = {
             let s = self.sh.sched();
@@ -260,7 +327,23 @@ impl<T: ChunkTransport> Coordinator<T> {
             self.last_activity = now;
         }
         self.progress.set_sources(self.running());
+        if self.all_bad && in_flight == 0 {
+            self.send_complaints().await;
+            return Err(DownloadError::NoLiveSource {
+                missing: remaining,
+                total: self.chunk_count(),
+                name: common::names::printable(&self.sh.manifest.name, 200),
+                why: NoSource::AllBad {
+                    sources: self.sources.len(),
+                    last_error: self
+                        .last_gone
+                        .as_deref()
+                        .map(|w| common::names::printable(w, 300)),
+                },
+            });
+        }
         if now.duration_since(self.last_activity) > self.cx.cfg.give_up_after {
+            self.send_complaints().await;
             let last_error = self
                 .last_gone
                 .as_deref()
@@ -311,6 +394,7 @@ impl<T: ChunkTransport> Coordinator<T> {
             let s = self.sources.entry(h.peer_id.clone()).or_insert(Source {
                 running: false,
                 banned: false,
+                refusals: 0,
                 retry_at: now,
                 failures: 0,
             });
@@ -327,6 +411,7 @@ impl<T: ChunkTransport> Coordinator<T> {
         if changed {
             self.sh.wake.send_modify(|g| *g += 1);
         }
+        self.progress.set_sources(self.running());
     }
 
     /// Stops the workers, checks the whole file's SHA-256, and gives the file its final
@@ -335,8 +420,14 @@ impl<T: ChunkTransport> Coordinator<T> {
     /// # Errors
     /// When the whole-file hash differs from the listed one (nothing is kept), or the file
     /// cannot be flushed or published.
-    pub(super) async fn finish(self) -> Result<Outcome, DownloadError> {
+    pub(super) async fn finish(mut self) -> Result<Outcome, DownloadError> {
         self.sh.cancel.cancel();
+        // The tracker counts a getter as active from its Locates until its report of the
+        // whole file: a Locate landing after that report would count it again for 10 s.
+        // The call is bounded by the client's timeouts, as the report is.
+        if let Some(h) = self.tracker.locate_task.take() {
+            let _ = h.await;
+        }
         let m = self.sh.manifest.clone();
         let digest = self
             .whole
@@ -380,6 +471,7 @@ impl<T: ChunkTransport> Coordinator<T> {
         let ((), published) = tokio::join!(self.cx.report(&self.job.file_id, pending), publish);
         published?;
         self.records.write(&Bitfield::full(n), true);
+        self.progress.set_sources(self.suppliers.len());
         self.progress.finish(true);
         Ok(Outcome {
             id: self.job.file_id,
@@ -389,6 +481,7 @@ impl<T: ChunkTransport> Coordinator<T> {
             sha256: m.sha256.to_hex(),
             sources: self.suppliers.len(),
             chunks_fetched: self.fetched,
+            bytes_fetched: self.fetched_bytes,
             chunks_reused: self.reused,
             elapsed: self.started.elapsed(),
         })

@@ -97,6 +97,12 @@ pub enum NoSource {
     /// Nothing arrived for the give-up time; why the last source was dropped (already
     /// escaped for a terminal), if one was.
     GaveUp { last_error: Option<String> },
+    /// Every source the tracker listed sent bad data or refused chunks it is listed for,
+    /// and the tracker had no other (the last error is already escaped).
+    AllBad {
+        sources: usize,
+        last_error: Option<String>,
+    },
 }
 
 impl fmt::Display for NoSource {
@@ -107,6 +113,21 @@ impl fmt::Display for NoSource {
                 last_error: Some(e),
             } => write!(f, " (last source error: {e})"),
             NoSource::GaveUp { last_error: None } => Ok(()),
+            NoSource::AllBad {
+                sources,
+                last_error,
+            } => {
+                let s = if *sources == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    ": its {sources} listed source{s} sent bad data or refused chunks they are \
+                     listed for, and the tracker lists no other (reported to the tracker)"
+                )?;
+                match last_error {
+                    Some(e) => write!(f, "; last: {e}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

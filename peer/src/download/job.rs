@@ -92,6 +92,9 @@ pub struct Job {
     pub output: PathBuf,
     /// Only sources whose peer id starts with this.
     pub from: Option<String>,
+    /// The name to save it under when the user asked for it by a name a sharer gives it;
+    /// else the tracker's (the id does not cover names, so both are only names).
+    pub name: Option<String>,
 }
 
 impl Job {
@@ -116,6 +119,8 @@ pub struct Outcome {
     /// Distinct peers that supplied verified chunks.
     pub sources: usize,
     pub chunks_fetched: u32,
+    /// Bytes of the chunks fetched.
+    pub bytes_fetched: u64,
     /// Chunks found verified in an existing part (or final) file.
     pub chunks_reused: u32,
     pub elapsed: Duration,

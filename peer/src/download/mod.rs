@@ -59,7 +59,7 @@ pub async fn download<T: ChunkTransport>(
     let started = std::time::Instant::now();
     let _active = crate::metrics::metrics().transfer("download");
     let located = cx.tracker.locate(&job.file_id).await?;
-    let manifest = located
+    let mut manifest = located
         .manifest
         .clone()
         .verified(&job.file_id)
@@ -67,11 +67,18 @@ pub async fn download<T: ChunkTransport>(
             id: job.file_id,
             source,
         })?;
+    if let Some(name) = job
+        .name
+        .as_ref()
+        .filter(|n| common::names::is_valid_file_name(n))
+    {
+        manifest.name.clone_from(name);
+    }
     let manifest = Arc::new(manifest);
     let n = manifest.chunk_count();
-    progress.start(&manifest.name, manifest.size);
     let final_path = files::final_path(&job.output, &manifest.name);
     let part = part_path(&final_path);
+    progress.start(&manifest.name, manifest.size, part.clone());
 
     let (fp, m2) = (final_path.clone(), manifest.clone());
     let existing = tokio::task::spawn_blocking(move || files::check_existing(&fp, &m2))
@@ -80,7 +87,7 @@ pub async fn download<T: ChunkTransport>(
     if let files::Existing::Same = existing {
         RecordWriter::new(&cx.home, &manifest, &final_path).write(&Bitfield::full(n), true);
         cx.report(&job.file_id, (0..n).collect()).await;
-        progress.add_done(manifest.size);
+        progress.add_resumed(manifest.size);
         progress.finish(true);
         return Ok(Outcome {
             id: job.file_id,
@@ -90,6 +97,7 @@ pub async fn download<T: ChunkTransport>(
             sha256: manifest.sha256.to_hex(),
             sources: 0,
             chunks_fetched: 0,
+            bytes_fetched: 0,
             chunks_reused: n,
             elapsed: started.elapsed(),
         });
@@ -120,7 +128,7 @@ pub async fn download<T: ChunkTransport>(
     for i in have.iter_ones() {
         sched.mark_verified(i);
         let r = manifest.chunk_range(i);
-        progress.add_done(r.end - r.start);
+        progress.add_resumed(r.end - r.start);
     }
     if have.count() > 0 {
         tracing::info!(file = %job.file_id, reused = have.count(), "resuming from part file");
@@ -150,6 +158,7 @@ pub async fn download<T: ChunkTransport>(
         .map_err(DownloadError::HashThread)?;
     let mut tick = tokio::time::interval(cx.cfg.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    progress.fetching();
     let start = Start {
         cx,
         job,

@@ -87,8 +87,22 @@ pub enum WorkerEnd {
     Done,
     /// The download is being stopped.
     Cancelled,
-    /// The source sent bad bytes: never use it again for this download.
-    Bad(String),
-    /// The source failed, refused or stalled: it may be re-admitted later.
-    Gone(String),
+    /// The source sent bad bytes (of `chunk`, when known): never use it again for this
+    /// download.
+    Bad { why: String, chunk: Option<u32> },
+    /// The source failed, refused or stalled: it may be re-admitted later. `fault` says how
+    /// it failed a chunk it is listed for, which is worth telling the tracker.
+    Gone {
+        why: String,
+        fault: Option<(u32, Fault)>,
+    },
+}
+
+/// How a source failed a chunk it is listed for (besides bad bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// It said it does not hold the chunk.
+    NotHeld,
+    /// It sent nothing for the stall timeout.
+    Stalled,
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::holdings;
 use super::pace::Depth;
 use super::scheduler::ChunkState;
-use super::shared::{Event, Shared, WorkerEnd};
+use super::shared::{Event, Fault, Shared, WorkerEnd};
 use crate::transport::{ChunkTransport, FetchError};
 
 /// Most candidates offered in one request (the node's limit on indices per request).
@@ -38,8 +38,11 @@ enum Ask {
 
 /// Why one request failed.
 enum Fail {
-    Bad(String),
+    /// Bad bytes (of the chunk, when known).
+    Bad(String, Option<u32>),
     Gone(String),
+    /// The source refused a chunk as not held.
+    NotHeld(String),
     /// The chunk landed from another source first; nothing is wrong with this one.
     Superseded,
     /// Writing to our own disk failed: the whole download fails.
@@ -49,7 +52,8 @@ enum Fail {
 impl From<FetchError> for Fail {
     fn from(e: FetchError) -> Self {
         match e {
-            FetchError::Protocol(m) => Fail::Bad(m),
+            FetchError::Protocol(m) => Fail::Bad(m, None),
+            e @ FetchError::NotHeld(_) => Fail::NotHeld(e.to_string()),
             e @ (FetchError::Connect(_) | FetchError::Refused(_)) => Fail::Gone(e.to_string()),
         }
     }
@@ -71,11 +75,12 @@ pub async fn run<T: ChunkTransport>(sh: Arc<Shared<T>>, source: PeerId, addr: St
             }
         }
     };
-    if matches!(end, WorkerEnd::Bad(_) | WorkerEnd::Gone(_)) {
-        let requeued = sh.sched().remove_source(&source);
-        if !requeued.is_empty() {
-            sh.wake.send_modify(|g| *g += 1);
-        }
+    if matches!(end, WorkerEnd::Bad { .. } | WorkerEnd::Gone { .. }) {
+        sh.sched().remove_source(&source);
+        // Wake the other workers even when nothing else was in flight here: the chunk that
+        // failed went back to Missing when it was released, and a worker idle for lack of
+        // work would otherwise ask for it only at its next 1 s look.
+        sh.wake.send_modify(|g| *g += 1);
     }
     let _ = sh.events.send(Event::WorkerEnded { source, addr, end });
 }
@@ -88,6 +93,8 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
     let chunk = sh.manifest.chunk_size as u64;
     let deepest = (sh.cfg.max_in_flight_bytes / chunk.max(1)) as usize;
     let mut depth = Depth::new(sh.cfg.min_in_flight, deepest, chunk, Instant::now());
+    // The newest chunk asked for: the one named when the source stalls.
+    let mut last_asked: Option<u32> = None;
     loop {
         wake.borrow_and_update();
         {
@@ -96,7 +103,10 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                 return WorkerEnd::Done;
             }
             if !sched.has_source(source) {
-                return WorkerEnd::Gone("dropped".into());
+                return WorkerEnd::Gone {
+                    why: "dropped".into(),
+                    fault: None,
+                };
             }
             let mut rng = rand::rng();
             let full = sched.is_full_holder(source);
@@ -116,6 +126,10 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                 if in_flight.is_empty() {
                     last_chunk = Instant::now();
                 }
+                last_asked = match &ask {
+                    Ask::One(i) => Some(*i),
+                    Ask::Pick(c) => c.first().copied(),
+                };
                 in_flight.push(fetch_one(sh.clone(), addr.to_string(), ask));
             }
         }
@@ -161,8 +175,15 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                         _ => "picked chunk".to_string(),
                     };
                     return match fail {
-                        Fail::Bad(m) => WorkerEnd::Bad(format!("{what}: {m}")),
-                        Fail::Gone(m) => WorkerEnd::Gone(m),
+                        Fail::Bad(m, chunk) => WorkerEnd::Bad {
+                            why: format!("{what}: {m}"),
+                            chunk: chunk.or(reserved.first().copied()),
+                        },
+                        Fail::Gone(m) => WorkerEnd::Gone { why: m, fault: None },
+                        Fail::NotHeld(m) => WorkerEnd::Gone {
+                            why: m,
+                            fault: reserved.first().map(|&c| (c, Fault::NotHeld)),
+                        },
                         Fail::Superseded => WorkerEnd::Cancelled,
                         Fail::Local(e) => {
                             let _ = sh.events.send(Event::Fatal(e));
@@ -174,10 +195,10 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
             // New chunks at the source (or released ones) when there is room for requests.
             _ = wake.changed(), if in_flight.len() < depth.target() => {}
             _ = tokio::time::sleep_until(last_chunk + stall) => {
-                return WorkerEnd::Gone(format!(
-                    "stalled: no chunk in {}",
-                    humantime::format_duration(stall)
-                ));
+                return WorkerEnd::Gone {
+                    why: format!("stalled: no chunk in {}", humantime::format_duration(stall)),
+                    fault: last_asked.map(|c| (c, Fault::Stalled)),
+                };
             }
             _ = sh.cancel.cancelled() => return WorkerEnd::Cancelled,
         }
@@ -256,9 +277,10 @@ async fn fetch_inner<T: ChunkTransport>(
         Ask::Pick(cands) => cands.contains(&i),
     };
     if !asked_for {
-        return Err(Fail::Bad(format!(
-            "sent chunk {i}, which was not asked for"
-        )));
+        return Err(Fail::Bad(
+            format!("sent chunk {i}, which was not asked for"),
+            None,
+        ));
     }
     let range = sh.manifest.chunk_range(i);
     let (m, f) = (sh.manifest.clone(), sh.file.clone());
@@ -278,7 +300,10 @@ async fn fetch_inner<T: ChunkTransport>(
         }
         Ok(false) => {
             crate::metrics::metrics().verification_failures.inc();
-            Err(Fail::Bad("failed its SHA-256 or length check".into()))
+            Err(Fail::Bad(
+                "failed its SHA-256 or length check".into(),
+                Some(i),
+            ))
         }
         Err(e) => Err(Fail::Local(e)),
     }

@@ -1,21 +1,25 @@
 //! Keeping the tracker informed: heartbeats at the interval the tracker asks for, and a
-//! full SyncHoldings at start and whenever the tracker answers again after an outage (so a
-//! restarted tracker relearns what this peer holds). Failures are logged once per outage
-//! and never stop the node.
+//! full reconciliation of holdings ([`super::sync`]) at start, whenever the tracker answers
+//! again after an outage (so a restarted tracker relearns what this peer holds) and every
+//! `sync_every` (5 minutes by default, ±10 % so nodes started together spread out), so the
+//! tracker's listing of this peer converges with its disk whatever either side lost.
+//! Failures are logged once per outage and never stop the node.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::PeerId;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::home::{Home, Kind};
+use crate::home::Home;
 use crate::replica::ReplicaStore;
 use crate::server::TrackerKey;
-use crate::tracker_client::{HoldingIn, TrackerClient};
+use crate::tracker_client::TrackerClient;
 
-use super::NodeError;
+use super::sync::Reconcile;
 
 /// The heartbeat loop of one node and what it reads and updates.
 pub struct Heartbeats {
@@ -30,15 +34,28 @@ pub struct Heartbeats {
     /// Bumped on the first answer and each time the tracker answers again after an outage
     /// (the task stream reopens then).
     pub tracker_up: watch::Sender<u64>,
+    /// How often the full holdings are sent even when nothing seemed wrong.
+    pub sync_every: Duration,
 }
 
 impl Heartbeats {
     /// Heartbeats until `token` is cancelled.
     pub async fn run(self, token: CancellationToken) {
         let mut healthy: Option<bool> = None;
+        // A sync is due (at start, after an outage, or when one failed), or the routine one
+        // is, at `next_sync`.
         let mut need_sync = true;
+        let mut next_sync = Instant::now() + self.sync_every;
         let mut interval = Duration::from_secs(10);
+        let mut holdings = Reconcile {
+            client: self.client.clone(),
+            home: self.home.clone(),
+            peer_id: self.peer_id.clone(),
+            replicas: self.replicas.clone(),
+            withdrawn: HashSet::new(),
+        };
         loop {
+            let routine = !need_sync && Instant::now() >= next_sync;
             let (quota, used) = (self.replicas.quota(), self.replicas.used());
             match self
                 .client
@@ -60,13 +77,25 @@ impl Heartbeats {
                         self.tracker_up.send_modify(|e| *e += 1);
                     }
                     healthy = Some(true);
-                    if need_sync {
-                        match self.sync().await {
+                    if need_sync || routine {
+                        match holdings.run().await {
                             Ok(n) => {
+                                if need_sync {
+                                    tracing::info!(
+                                        holdings = n,
+                                        "holdings synced with the tracker"
+                                    );
+                                } else {
+                                    tracing::debug!(holdings = n, "holdings synced again");
+                                }
                                 need_sync = false;
-                                tracing::info!(holdings = n, "holdings synced with the tracker");
+                                let spread = rand::random_range(0.9..1.1);
+                                next_sync = Instant::now() + self.sync_every.mul_f64(spread);
                             }
-                            Err(e) => tracing::warn!("cannot sync holdings (will retry): {e}"),
+                            Err(e) => {
+                                tracing::warn!("cannot sync holdings (will retry): {e}");
+                                need_sync = true;
+                            }
                         }
                     }
                 }
@@ -80,7 +109,7 @@ impl Heartbeats {
                 }
             }
             let wait = if healthy == Some(true) && !need_sync {
-                interval
+                interval.min(next_sync.saturating_duration_since(Instant::now()))
             } else {
                 interval.min(Duration::from_secs(2))
             };
@@ -106,55 +135,5 @@ impl Heartbeats {
             Ok(false) => {}
             Err(e) => tracing::warn!("the tracker sent a bad ticket key: {e}"),
         }
-    }
-
-    /// Sends every store record to the tracker (replicas as REPLICA); re-announces shared
-    /// files it has forgotten and deletes replicas of files it does not know.
-    async fn sync(&self) -> Result<usize, NodeError> {
-        let records: Vec<_> = self
-            .home
-            .records()?
-            .into_iter()
-            .filter(|r| !r.changed)
-            .collect();
-        let holdings: Vec<HoldingIn> = records
-            .iter()
-            .map(|r| HoldingIn {
-                file_id: r.file_id,
-                kind: r.kind,
-                have: (!r.complete).then(|| r.have_bits()),
-            })
-            .collect();
-        let unknown = self.client.sync_holdings(&self.peer_id, &holdings).await?;
-        for id in unknown {
-            let Some(r) = records.iter().find(|r| r.file_id.to_string() == id) else {
-                continue;
-            };
-            if r.kind == Kind::Replica {
-                let (store, file) = (self.replicas.clone(), r.file_id);
-                match tokio::task::spawn_blocking(move || store.forget(&file)).await {
-                    Ok(Ok(freed)) => {
-                        tracing::info!(file = %file, freed_bytes = freed, "the tracker no longer knows a replicated file; its replica is deleted");
-                    }
-                    Ok(Err(e)) => tracing::warn!(file = %file, "cannot delete replica: {e}"),
-                    Err(e) => {
-                        tracing::warn!(file = %file, "cannot delete replica: replica task failed: {e}");
-                    }
-                }
-                continue;
-            }
-            if r.kind != Kind::Shared || !r.complete {
-                continue;
-            }
-            match r.manifest() {
-                Ok(m) => {
-                    if let Err(e) = self.client.announce(&self.peer_id, &m).await {
-                        tracing::warn!(file = %r.file_id, "cannot re-announce: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!(file = %r.file_id, "bad store record: {e}"),
-            }
-        }
-        Ok(holdings.len())
     }
 }

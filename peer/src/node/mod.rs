@@ -3,7 +3,8 @@
 //! `127.0.0.1:0`), works out the address other peers should dial and writes node.json;
 //! [`Node::run`] serves chunks ([`crate::server`]) until the shutdown token is cancelled,
 //! with its background work under the same token:
-//! - heartbeats and holdings sync ([`heartbeat`]);
+//! - heartbeats ([`heartbeat`]) and the reconciliation of holdings with the tracker at
+//!   start, after an outage and every `sync_every` ([`sync`]);
 //! - the replication task stream ([`crate::replica::tasks::task_stream`]), opened once the
 //!   first heartbeat succeeds and reopened whenever the tracker answers again;
 //! - rescans of shared files and the replica store, and node.json refreshes ([`upkeep`]);
@@ -15,6 +16,7 @@
 
 pub mod advertise;
 mod heartbeat;
+mod sync;
 mod tls;
 mod upkeep;
 
@@ -38,7 +40,11 @@ use crate::transport::{ClientTls, GrpcTransport};
 
 /// How often shared files and the replica store are checked against the disk by default.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// How often the node sends the tracker its full holdings by default (besides at start and
+/// after an outage), so the two converge whatever either lost (see [`heartbeat`]).
+pub const SYNC_EVERY: Duration = Duration::from_secs(300);
 
+pub use crate::server::{StreamCaps, StreamLimits};
 pub use tls::identity as tls_identity;
 
 /// Why a node could not start or stopped with an error.
@@ -96,10 +102,14 @@ pub struct NodeConfig {
     pub max_upload_rate: Option<u64>,
     /// How often shared files and the replica store are checked against the disk.
     pub rescan_every: Duration,
+    /// How often the full holdings are sent to the tracker.
+    pub sync_every: Duration,
     /// Serve Prometheus metrics on this listener.
     pub metrics: Option<TcpListener>,
     /// Applied to the chunk source the node serves from.
     pub source_layer: Option<SourceLayer>,
+    /// What clients may take: streams, chunk bytes in memory, connections.
+    pub limits: StreamLimits,
 }
 
 impl NodeConfig {
@@ -114,8 +124,10 @@ impl NodeConfig {
             storage_quota: 1_000_000_000,
             max_upload_rate: None,
             rescan_every: RESCAN_EVERY,
+            sync_every: SYNC_EVERY,
             metrics: None,
             source_layer: None,
+            limits: StreamLimits::default(),
         }
     }
 }
@@ -135,6 +147,7 @@ pub struct Node {
     replicas: Arc<ReplicaStore>,
     key: TrackerKey,
     rescan_every: Duration,
+    sync_every: Duration,
     node_file: NodeFile,
     /// The home's node lock, held until the node stops, so a second node on the same home
     /// is refused instead of fighting this one over node.json and the store.
@@ -171,8 +184,10 @@ impl Node {
             storage_quota,
             max_upload_rate,
             rescan_every,
+            sync_every,
             metrics,
             source_layer,
+            limits,
         } = config;
         let lock = home.lock_node()?;
         let peer_id = home.peer_id()?;
@@ -218,13 +233,16 @@ impl Node {
             Some(layer) => layer(source),
             None => source,
         };
-        let svc = Arc::new(PeerService::new(
-            source,
-            peer_id.clone(),
-            advertised.clone(),
-            max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
-            key.clone(),
-        ));
+        let svc = Arc::new(
+            PeerService::new(
+                source,
+                peer_id.clone(),
+                advertised.clone(),
+                max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
+                key.clone(),
+            )
+            .with_limits(limits),
+        );
         let node_file = NodeFile {
             pid: std::process::id(),
             addr: advertised.clone(),
@@ -258,6 +276,7 @@ impl Node {
             replicas,
             key,
             rescan_every,
+            sync_every,
             node_file,
             lock,
         })
@@ -320,6 +339,7 @@ impl Node {
                 replicas: self.replicas.clone(),
                 key: self.key,
                 tracker_up,
+                sync_every: self.sync_every,
             }
             .run(token.clone()),
         );

@@ -15,53 +15,31 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Bitfield, FileId};
 use proto::peer::v1 as pb;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::limits::Admission;
 use super::source::{ChunkSource, Holding};
 
-/// How often a stream looks at what the node holds.
+/// How often a stream looks at what the node holds. Each open stream costs a task and a
+/// look this often, so they are capped like chunk streams (`StreamLimits::holdings`).
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
-/// Most Holdings streams one node follows at once: each costs a task and a look every
-/// [`POLL_EVERY`]; a getter opens one per partial source.
-pub const MAX_STREAMS: usize = 256;
 
 /// Messages of one Holdings stream.
 pub type UpdateStream = ReceiverStream<Result<pb::HoldingsUpdate, Status>>;
 
-/// The Holdings streams of one node: the bound on how many are open, and their stop signal.
+/// The Holdings streams of one node: their stop signal.
+#[derive(Default)]
 pub(super) struct Followers {
-    slots: Arc<Semaphore>,
     /// Cancelled when the node shuts down: the streams end, so the server's graceful
     /// shutdown does not wait for getters that are still downloading.
     pub(super) stop: CancellationToken,
 }
 
-impl Default for Followers {
-    fn default() -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(MAX_STREAMS)),
-            stop: CancellationToken::new(),
-        }
-    }
-}
-
 impl Followers {
-    /// A slot for one more stream, held for its life.
-    ///
-    /// # Errors
-    /// RESOURCE_EXHAUSTED when [`MAX_STREAMS`] are open.
-    pub(super) fn slot(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "this node follows {MAX_STREAMS} holdings streams already"
-            ))
-        })
-    }
-
     /// The stream of what `source` holds of `id`, starting from `first`, until the node
     /// holds every chunk (or its shared file changed), `until_ms` (Unix ms: the ticket's
     /// end) passes, the reader goes away or the node stops.
@@ -71,7 +49,7 @@ impl Followers {
         id: FileId,
         first: Arc<Holding>,
         until_ms: i64,
-        slot: OwnedSemaphorePermit,
+        slot: Admission,
     ) -> UpdateStream {
         let (tx, rx) = mpsc::channel(1);
         let left = u64::try_from(until_ms.saturating_sub(crate::now_ms())).unwrap_or(0);

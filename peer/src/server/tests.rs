@@ -1,5 +1,6 @@
 //! Unit tests of the node: ticket checks, holdings and chunk reads.
 
+use super::upload::ChunkStream;
 use super::*;
 use crate::home::{Home, Kind, StoreRecord, len_and_mtime};
 use crate::replica::{FileMeta, ReplicaStore};
@@ -323,13 +324,15 @@ async fn should_cap_holdings_streams_and_end_them_on_shutdown() {
     record_download(&home, &m, &[3]);
     let svc = service(&home);
     let mut open = Vec::new();
-    for _ in 0..holdings::MAX_STREAMS {
+    // Every ticket here is alice's: her cap is reached first.
+    for _ in 0..StreamLimits::default().holdings.per_client {
         open.push(open_holdings(&svc, &id, good_ticket(&id)).await.unwrap());
     }
     let err = open_holdings(&svc, &id, good_ticket(&id))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("user 'alice'"), "{err:?}");
 
     // A reader that goes away frees its slot.
     open.pop();
@@ -413,4 +416,78 @@ async fn should_serve_a_chunk_recorded_just_after_the_record_was_read() {
     record(&[0, 1]);
     let got = fetch(&svc, &m.id(), vec![1]).await.unwrap();
     assert_eq!(got, [Bytes::from(vec![4u8; MIB as usize])]);
+}
+
+/// A service with `uploads` caps over a download in progress of three 1 MiB chunks.
+fn three_chunks(tmp: &std::path::Path, uploads: StreamCaps) -> (PeerService, FileId) {
+    let home = Home::open(Some(tmp.join("h"))).unwrap();
+    let hashes = [7u8; 3 * 32];
+    let d = Sha256Digest::of(b"c");
+    let m = Manifest::from_parts("c.bin".into(), 3 * MIB, d, MIB as u32, &hashes).unwrap();
+    let path = tmp.join("c.bin");
+    std::fs::write(&path, vec![4u8; 3 * MIB as usize]).unwrap();
+    let rec = StoreRecord::new(&m, Kind::Downloaded, path, &Bitfield::full(3));
+    home.save_record(&rec).unwrap();
+    let limits = StreamLimits {
+        uploads,
+        ..StreamLimits::default()
+    };
+    (service(&home).with_limits(limits), m.id())
+}
+
+async fn open_chunks(svc: &PeerService, id: &FileId, user: &str) -> Result<ChunkStream, Status> {
+    let t = tracker_signer().sign(TicketClaims {
+        file_id: *id,
+        peer_id: None,
+        user: user.into(),
+        expires_at_ms: crate::now_ms() + 60_000,
+    });
+    let req = pb::GetChunksRequest {
+        file_id: id.to_string(),
+        indices: vec![0, 1, 2],
+        ticket: Some(pb::Ticket::from(&t)),
+        pick: 0,
+    };
+    Ok(svc.get_chunks(Request::new(req)).await?.into_inner())
+}
+
+#[tokio::test]
+async fn should_cap_chunk_streams_per_user_and_in_total_and_free_them_when_they_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caps = StreamCaps {
+        total: 3,
+        per_client: 2,
+        per_connection: 2,
+    };
+    let (svc, id) = three_chunks(tmp.path(), caps);
+    let mut alice = vec![
+        open_chunks(&svc, &id, "alice").await.unwrap(),
+        open_chunks(&svc, &id, "alice").await.unwrap(),
+    ];
+    let busy = |r: Result<ChunkStream, Status>, who: &str| {
+        let err = r.err().expect("refused");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains(who), "{err:?}");
+        assert!(err.message().contains("try again later"), "{err:?}");
+    };
+    busy(open_chunks(&svc, &id, "alice").await, "user 'alice'");
+    let bob = open_chunks(&svc, &id, "bob").await.unwrap();
+    busy(open_chunks(&svc, &id, "bob").await, "this node");
+
+    // A stream read to its end frees its slot; so does one dropped unread.
+    let mut first = alice.pop().unwrap();
+    let mut n = 0;
+    while let Some(c) = first.next().await {
+        assert_eq!(c.unwrap().data.len(), MIB as usize);
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    drop(first);
+    let again = open_chunks(&svc, &id, "bob").await.unwrap();
+    drop((bob, again));
+    alice.push(open_chunks(&svc, &id, "alice").await.unwrap());
+    drop(alice);
+    for user in ["carol", "dave", "erin"] {
+        let _ = open_chunks(&svc, &id, user).await.unwrap();
+    }
 }

@@ -227,9 +227,7 @@ fn fetch_from_pb(f: pb::FetchReplica) -> Result<FetchTask, String> {
         .ok_or_else(|| "chunk_sha256 is not 32 bytes".to_string())?;
     let layout = ChunkLayout::new(f.file_size, f.chunk_size)
         .map_err(|_| format!("bad chunk size {}", f.chunk_size))?;
-    if !common::names::is_valid_file_name(&f.name) {
-        return Err("bad file name".into());
-    }
+    common::names::check_file_name(&f.name).map_err(|e| e.to_string())?;
     if layout.chunk_count() > MAX_REPLICA_CHUNKS {
         return Err(format!(
             "file too large to replicate ({} chunks)",

@@ -41,6 +41,10 @@ pub struct TestTracker {
     tweak: fn(&mut tracker::Config),
     /// Certificate and key when the tracker serves TLS.
     pub tls: Option<tracker::config::TlsFiles>,
+    /// A database URL that replaces the SQLite file (a PostgreSQL database of its own).
+    database_url: Option<String>,
+    /// The CA of TLS nodes, for audits.
+    peer_ca: Option<PathBuf>,
     /// The tracker while it runs (not between `stop` and `restart_after_stop`).
     running: Option<InProcessTracker>,
 }
@@ -52,13 +56,15 @@ impl TestTracker {
 
     /// Starts a tracker whose test config is changed by `tweak` (at every restart too).
     pub async fn start_with(tweak: fn(&mut tracker::Config)) -> anyhow::Result<Self> {
-        Self::start_tls(tweak, None).await
+        Self::start_tls(tweak, None, None).await
     }
 
     /// Like [`TestTracker::start_with`], serving TLS with `tls` when given.
+    /// `peer_ca` is the CA of TLS nodes, for the tracker's audits (`--peer-ca`).
     pub async fn start_tls(
         tweak: fn(&mut tracker::Config),
         tls: Option<tracker::config::TlsFiles>,
+        peer_ca: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -68,6 +74,8 @@ impl TestTracker {
             addr,
             tweak,
             tls,
+            database_url: None,
+            peer_ca,
             running: None,
         };
         t.spawn(listener)?;
@@ -78,6 +86,10 @@ impl TestTracker {
         let mut cfg = tracker::Config::ephemeral(self.dir.path());
         cfg.peer_timeout = PEER_TIMEOUT;
         cfg.tls = self.tls.clone();
+        if let Some(url) = &self.database_url {
+            cfg.database_url = url.clone();
+        }
+        cfg.peer_ca.clone_from(&self.peer_ca);
         (self.tweak)(&mut cfg);
         cfg
     }
@@ -85,6 +97,31 @@ impl TestTracker {
     fn spawn(&mut self, listener: TcpListener) -> anyhow::Result<()> {
         self.running = Some(InProcessTracker::serve(self.config(), listener)?);
         Ok(())
+    }
+
+    /// Like [`TestTracker::start_with`] on a fresh PostgreSQL database of its own when
+    /// `TRACKER_TEST_DATABASE_URL` names a server (drop it with `TempPostgres::drop_db`);
+    /// `None` without one.
+    pub async fn start_on_postgres(
+        tweak: fn(&mut tracker::Config),
+    ) -> anyhow::Result<Option<(Self, tracker::testing::TempPostgres)>> {
+        let Some(admin) = tracker::testing::postgres_admin_url() else {
+            eprintln!("TRACKER_TEST_DATABASE_URL is not set: skipping the PostgreSQL run");
+            return Ok(None);
+        };
+        let pg = tracker::testing::TempPostgres::create(&admin).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut t = Self {
+            dir: tempfile::tempdir()?,
+            addr: listener.local_addr()?,
+            tweak,
+            tls: None,
+            database_url: Some(pg.url.clone()),
+            peer_ca: None,
+            running: None,
+        };
+        t.spawn(listener)?;
+        Ok(Some((t, pg)))
     }
 
     pub fn url(&self) -> String {
@@ -306,6 +343,18 @@ impl TestPeer {
         let out = output.to_str().context("utf-8")?;
         Ok(self
             .command(&["--json", "get", id, "--output", out])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Starts `peer ARGS` with `envs` on top of the harness's, without waiting for it;
+    /// stdout and stderr are piped.
+    pub fn spawn_with(&self, envs: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .command(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

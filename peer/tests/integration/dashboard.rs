@@ -2,7 +2,8 @@
 //! `peer serve` nodes and two shared files (one with a hostile name), the page driven over
 //! WebDriver. It must show the peers and files, search, open a chunk map, show replication
 //! health and bytes per peer, notice a killed node and the chunks it leaves
-//! under-replicated without a reload, and say when the tracker is gone. A screenshot is
+//! under-replicated without a reload (calmly: two peers cannot hold three copies), and say
+//! when the tracker is gone. A screenshot is
 //! kept in `target/test-artifacts/dashboard.png`.
 
 mod webdriver;
@@ -47,6 +48,8 @@ return {
   under: document.getElementById('s-under').textContent,
   target: document.getElementById('s-target').textContent,
   pending: document.getElementById('s-pending').textContent,
+  reach: document.getElementById('s-reach').hidden ? null : document.getElementById('s-reach').textContent,
+  healthWarn: document.getElementById('health-card').classList.contains('warn'),
   bytesTotal: document.getElementById('s-bytes-total').textContent,
   chunksTotal: document.getElementById('s-chunks-total').textContent,
   peers: rows('#peers tbody tr').map(tr => ({
@@ -246,6 +249,8 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
         .await?;
         assert_eq!(s["target"], REPLICATION.to_string());
         assert_eq!(s["bytesTotal"], "8.02 MiB", "twice both files");
+        assert_eq!(s["reach"], Value::Null, "three peers can hold three copies");
+        assert_eq!(s["healthWarn"], false);
         for (p, shared) in peers.iter().zip([BOTH_FILES, "0 B", "0 B"]) {
             let id = p.peer_id.as_deref().context("id")?;
             assert_eq!(
@@ -277,12 +282,15 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
 
         // Each of the 6 chunks now has 2 live copies of 3. Repair waits for the grace
         // period (60 s), so nothing is pending; the tracker still records what bob held.
+        // Two peers cannot hold three copies: the page says so, without the warning.
         let s = wait_page(&b, POLL_SLACK, "6 under-replicated chunks", |s| {
             s["under"] == "6"
         })
         .await?;
         assert_eq!(s["pending"], "0", "no repair task within the grace period");
         assert_eq!(s["target"], REPLICATION.to_string());
+        assert_eq!(s["reach"], "target 3, only 2 peers can hold copies");
+        assert_eq!(s["healthWarn"], false, "an unreachable target is no alarm");
         assert_eq!(
             bytes_cells(&s, &bob),
             Some(("0 B".to_string(), BOTH_FILES.to_string())),

@@ -106,7 +106,17 @@ async fn should_index_search_and_get_every_size_byte_identical() -> anyhow::Resu
 
         let out = tempfile::tempdir()?;
         for (name, size, sha) in expected {
-            let found = bob.run(&["--json", "search", name]).await?.ok()?.json()?;
+            // A holder counts once the tracker's audit has seen it serve (a few ms here).
+            let mut found;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                found = bob.run(&["--json", "search", name]).await?.ok()?.json()?;
+                let counted = found[0]["holders"] == 1;
+                if counted || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let found = found.as_array().context("array")?;
             assert_eq!(found.len(), 1, "search {name}: {found:?}");
             assert_eq!(found[0]["size"], size as u64);

@@ -155,6 +155,12 @@ impl Tracker for LyingTracker {
     ) -> Result<Response<tpb::CompleteTaskResponse>, Status> {
         unimplemented()
     }
+    async fn report_source(
+        &self,
+        _: Request<tpb::ReportSourceRequest>,
+    ) -> Result<Response<tpb::ReportSourceResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves `tracker` on 127.0.0.1 until the token is cancelled; returns its URL.

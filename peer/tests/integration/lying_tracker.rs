@@ -102,6 +102,7 @@ proxy_impl! {
     search: SearchRequest => SearchResponse,
     list_peers: ListPeersRequest => ListPeersResponse,
     complete_task: CompleteTaskRequest => CompleteTaskResponse,
+    report_source: ReportSourceRequest => ReportSourceResponse,
 }
 
 /// Serves a proxy for `tracker` on 127.0.0.1 until the guard drops; returns its URL.
@@ -323,7 +324,14 @@ async fn should_make_hostile_names_safe_inside_the_output() -> anyhow::Result<()
                 assert_eq!(got.stdout.lines().count(), 1, "one summary: {}", got.stdout);
                 seen.push(format!("{short:?} -> {safe:?}"));
             } else {
-                seen.push(format!("{short:?} refused: {}", refused(&got, &out)));
+                let line = refused(&got, &out);
+                if name.contains('\0') {
+                    assert!(
+                        line.contains("file name contains a NUL character"),
+                        "{line}"
+                    );
+                }
+                seen.push(format!("{short:?} refused: {line}"));
             }
         }
         eprintln!("{}", seen.join("\n"));

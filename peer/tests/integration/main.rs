@@ -5,6 +5,7 @@
 //!
 //! Run one area with `cargo test -p peer --test integration e2e::`.
 
+mod audit;
 mod common;
 mod dashboard;
 mod e2e;
@@ -12,15 +13,20 @@ mod failover;
 mod faults;
 mod faults_tracker_disk;
 mod first_steps;
+mod get_end;
 mod get_output;
 mod holdings;
 mod layout;
 mod lying_tracker;
+mod names;
 mod node_in_process;
 mod operator;
+mod outage;
 mod packaging;
 mod reference;
 mod replication;
+mod slow_streams;
 mod super_seed;
+mod terminal_text;
 mod tickets;
 mod tls;

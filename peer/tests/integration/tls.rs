@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::common::*;
 use anyhow::Context;
@@ -111,7 +112,9 @@ async fn serve_tls(pki: &Pki, p: &mut TestPeer, extra: &[&str]) -> anyhow::Resul
 async fn should_register_share_and_fetch_over_tls_byte_identical() -> anyhow::Result<()> {
     bounded(async {
         let pki = Pki::new()?;
-        let tracker = TestTracker::start_tls(|_| {}, Some(pki.files("tracker"))).await?;
+        let tracker =
+            TestTracker::start_tls(|_| {}, Some(pki.files("tracker")), Some(pki.path("ca.pem")))
+                .await?;
         assert!(tracker.url().starts_with("https://"));
         let ca = pki.ca();
 
@@ -162,7 +165,27 @@ async fn should_register_share_and_fetch_over_tls_byte_identical() -> anyhow::Re
         let st = st.json()?;
         assert_eq!(st["node"]["running"], true, "{st}");
 
+        // The tracker audits TLS nodes with --peer-ca: both copies count.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = carol
+                .run(&["--ca", &ca, "--json", "search", "tls.bin"])
+                .await?
+                .ok()?
+                .json()?;
+            let file = &found[0];
+            if file["holders"] == 2 {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "TLS nodes' copies never counted: {file}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
         // The tracker lists both nodes with their https:// addresses.
+
         let peers = carol.run(&["--ca", &ca, "--json", "peers"]).await?.ok()?;
         let text = peers.stdout;
         for p in [&alice, &bob] {
@@ -178,7 +201,9 @@ async fn should_register_share_and_fetch_over_tls_byte_identical() -> anyhow::Re
 async fn should_fail_with_one_clear_line_without_the_ca_or_with_plain_http() -> anyhow::Result<()> {
     bounded(async {
         let pki = Pki::new()?;
-        let tracker = TestTracker::start_tls(|_| {}, Some(pki.files("tracker"))).await?;
+        let tracker =
+            TestTracker::start_tls(|_| {}, Some(pki.files("tracker")), Some(pki.path("ca.pem")))
+                .await?;
         let p = TestPeer::new(&tracker, "mallory")?;
 
         let out = p
@@ -271,7 +296,9 @@ async fn should_serve_rest_over_tls_with_http1_alpn() -> anyhow::Result<()> {
 
     bounded(async {
         let pki = Pki::new()?;
-        let tracker = TestTracker::start_tls(|_| {}, Some(pki.files("tracker"))).await?;
+        let tracker =
+            TestTracker::start_tls(|_| {}, Some(pki.files("tracker")), Some(pki.path("ca.pem")))
+                .await?;
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(pki.path("ca.pem"))?)?;
         let mut cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))

@@ -1,5 +1,5 @@
-//! Accounts and sessions on [`TrackerService`]: register, login (with the throttle and the
-//! constant-work answer for unknown users), logout, and the per-request session check,
+//! Accounts and sessions on [`TrackerService`]: register, login (with the sender's throttle
+//! and the constant-work answer for unknown users), logout, and the per-request session check,
 //! which reads memory only.
 
 use std::net::IpAddr;
@@ -31,13 +31,25 @@ impl TrackerService {
             )));
         }
         let hash = auth::hash_password(password.to_string()).await?;
-        let rec = self.inner.store.create_user(user, &hash).await?;
+        // The account and its first session commit together: a registration the caller is
+        // told failed leaves no account behind.
+        let (token, session) = self.session_record(0);
+        let rec = (self.inner.store)
+            .create_user_with(user, &hash, Some(session.clone()))
+            .await?;
         tracing::debug!(user = %rec.name, "registered");
-        self.new_session(rec.id, rec.name).await
+        Ok(self.session_made(
+            token,
+            rec.id,
+            rec.name,
+            session.token_hash,
+            session.expires_at_ms,
+        ))
     }
 
     /// Starts a session. Unknown users and wrong passwords get the same answer after the
-    /// same work; `ip` (when known) is throttled along with the user name.
+    /// same work. Failures throttle the sender (`ip`, the socket's address, when known), not
+    /// the user: see `throttle`. A throttled sender is answered before any password work.
     ///
     /// # Errors
     /// `Unauthenticated` ("invalid user or password"), `Throttled`.
@@ -47,61 +59,73 @@ impl TrackerService {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<SessionView, Error> {
-        let keys = throttle_keys(user, ip);
-        let started = Instant::now();
-        {
-            let mut t = lock(&self.inner.throttle);
-            if let Some(retry_after) = keys.iter().filter_map(|k| t.retry_after(k, started)).max() {
-                return Err(Error::Throttled { retry_after });
-            }
-        }
-        let plausible = auth::check_name(user).is_ok() && password.len() <= auth::MAX_PASSWORD_LEN;
-        let rec = if plausible {
-            self.inner.store.user_by_name(user).await?
-        } else {
-            None
+        let attempt = lock(&self.inner.throttle)
+            .admit(user, ip, Instant::now())
+            .map_err(|retry_after| Error::Throttled { retry_after })?;
+        let checked = async {
+            let plausible =
+                auth::check_name(user).is_ok() && password.len() <= auth::MAX_PASSWORD_LEN;
+            let rec = if plausible {
+                self.inner.store.user_by_name(user).await?
+            } else {
+                None
+            };
+            let hash = match &rec {
+                Some(u) => u.password_hash.clone(),
+                None => self
+                    .inner
+                    .dummy_hash
+                    .get_or_try_init(|| auth::hash_password(auth::new_token().0))
+                    .await?
+                    .clone(),
+            };
+            let matches = auth::verify_password(password.to_string(), hash).await;
+            Ok::<_, Error>(rec.filter(|_| matches))
         };
-        let hash = match &rec {
-            Some(u) => u.password_hash.clone(),
-            None => self
-                .inner
-                .dummy_hash
-                .get_or_try_init(|| auth::hash_password(auth::new_token().0))
-                .await?
-                .clone(),
-        };
-        let matches = auth::verify_password(password.to_string(), hash).await;
-        match rec {
-            Some(rec) if matches => {
-                lock(&self.inner.throttle).clear(&keys[0]);
+        match checked.await {
+            Ok(Some(rec)) => {
+                lock(&self.inner.throttle).succeeded(attempt);
                 self.new_session(rec.id, rec.name).await
             }
-            _ => {
-                let mut t = lock(&self.inner.throttle);
-                for k in &keys {
-                    t.record_failure(k, Instant::now());
-                }
-                Err(Error::Unauthenticated(BAD_CREDENTIALS.into()))
+            // The attempt stays counted as a failure.
+            Ok(None) => Err(Error::Unauthenticated(BAD_CREDENTIALS.into())),
+            // Not the sender's failure (the database, say): it does not count.
+            Err(e) => {
+                lock(&self.inner.throttle).forget(attempt);
+                Err(e)
             }
         }
     }
 
-    async fn new_session(&self, user_id: i32, user: String) -> Result<SessionView, Error> {
+    /// A new session for `user_id`, not stored yet, and its token.
+    fn session_record(&self, user_id: i32) -> (String, SessionRecord) {
         let (token, token_hash) = auth::new_token();
         let now = now_ms();
-        let expires_at_ms = now.saturating_add(duration_ms(self.inner.cfg.session_ttl));
-        self.inner
-            .store
-            .insert_session(
-                &SessionRecord {
-                    token_hash: token_hash.clone(),
-                    user_id,
-                    created_at_ms: now,
-                    expires_at_ms,
-                },
-                &user,
-            )
-            .await?;
+        let rec = SessionRecord {
+            token_hash,
+            user_id,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(duration_ms(self.inner.cfg.session_ttl)),
+        };
+        (token, rec)
+    }
+
+    /// Starts a session: stored first, then known to this tracker's memory.
+    async fn new_session(&self, user_id: i32, user: String) -> Result<SessionView, Error> {
+        let (token, rec) = self.session_record(user_id);
+        self.inner.store.insert_session(&rec, &user).await?;
+        Ok(self.session_made(token, user_id, user, rec.token_hash, rec.expires_at_ms))
+    }
+
+    /// Adds a stored session to memory; returns what the caller is told.
+    fn session_made(
+        &self,
+        token: String,
+        user_id: i32,
+        user: String,
+        token_hash: String,
+        expires_at_ms: i64,
+    ) -> SessionView {
         self.inner
             .sessions
             .write()
@@ -114,11 +138,11 @@ impl TrackerService {
                     expires_at_ms,
                 },
             );
-        Ok(SessionView {
+        SessionView {
             token,
             user,
             expires_at_ms,
-        })
+        }
     }
 
     /// Revokes the session named by `token`.
@@ -128,12 +152,14 @@ impl TrackerService {
     pub async fn logout(&self, token: Option<&str>) -> Result<(), Error> {
         let caller = self.authenticate(token)?;
         let hash = auth::token_hash(token.unwrap_or_default());
+        // Revoked in the database first: a logout that fails leaves the session working
+        // here as on every other tracker.
+        self.inner.store.delete_session(&hash).await?;
         self.inner
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&hash);
-        self.inner.store.delete_session(&hash).await?;
         tracing::debug!(user = %caller.user, "logged out");
         Ok(())
     }
@@ -165,13 +191,4 @@ impl TrackerService {
             )),
         }
     }
-}
-
-fn throttle_keys(user: &str, ip: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!(
-        "user:{}",
-        user.chars().take(80).collect::<String>()
-    )];
-    keys.extend(ip.map(|ip| format!("ip:{ip}")));
-    keys
 }

@@ -1,10 +1,8 @@
-//! Accounts and sessions: argon2id password hashes, random session tokens stored only as
-//! SHA-256, and a throttle on failed logins. Password hashing is slow on purpose, so it runs
-//! on the blocking pool, never on an async worker.
+//! Accounts and sessions: argon2id password hashes and random session tokens stored only as
+//! SHA-256 (the login throttle is in `throttle`). Password hashing is slow on purpose, so it
+//! runs on its own threads, never on an async worker.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::PoisonError;
-use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
@@ -19,9 +17,6 @@ use crate::Error;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password, in bytes (argon2 time does not depend on it, memory does).
 pub const MAX_PASSWORD_LEN: usize = 1024;
-/// Failures within [`THROTTLE_WINDOW`] after which logins are refused.
-pub const THROTTLE_LIMIT: usize = 5;
-pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Checks a user name: 1–64 of `[A-Za-z0-9_.-]`.
 ///
@@ -204,51 +199,6 @@ pub fn token_hash(token: &str) -> String {
     String::from_utf8(out).expect("hex digits are ASCII")
 }
 
-/// Counts failed logins per key (`user:NAME`, `ip:ADDR`) over a sliding window.
-#[derive(Debug, Default)]
-pub struct Throttle {
-    failures: HashMap<String, VecDeque<Instant>>,
-}
-
-impl Throttle {
-    /// How long until `key` may try again, if it is throttled now.
-    pub fn retry_after(&mut self, key: &str, now: Instant) -> Option<Duration> {
-        let q = self.failures.get_mut(key)?;
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= THROTTLE_WINDOW)
-        {
-            q.pop_front();
-        }
-        if q.len() < THROTTLE_LIMIT {
-            return None;
-        }
-        // Allowed again once the failure that keeps the count at the limit ages out.
-        let t = q[q.len() - THROTTLE_LIMIT];
-        let wait = THROTTLE_WINDOW.saturating_sub(now.duration_since(t));
-        Some(Duration::from_secs(
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        ))
-    }
-
-    pub fn record_failure(&mut self, key: &str, now: Instant) {
-        if self.failures.len() > 100_000 {
-            self.failures.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) < THROTTLE_WINDOW)
-            });
-        }
-        self.failures
-            .entry(key.to_string())
-            .or_default()
-            .push_back(now);
-    }
-
-    pub fn clear(&mut self, key: &str) {
-        self.failures.remove(key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,25 +248,6 @@ mod tests {
         // Characters, not bytes: four two-byte letters are still four.
         assert!(check_password("éééé").is_err());
         assert!(check_password("éééééééé").is_ok());
-    }
-
-    #[test]
-    fn should_throttle_after_five_failures_within_the_window() {
-        let mut t = Throttle::default();
-        let t0 = Instant::now();
-        for i in 0..5 {
-            assert_eq!(t.retry_after("user:a", t0), None, "attempt {i}");
-            t.record_failure("user:a", t0 + Duration::from_secs(i));
-        }
-        let wait = t
-            .retry_after("user:a", t0 + Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(wait, Duration::from_secs(50));
-        assert_eq!(t.retry_after("user:b", t0), None);
-        assert_eq!(t.retry_after("user:a", t0 + Duration::from_secs(60)), None);
-        t.record_failure("user:a", t0 + Duration::from_secs(61));
-        t.clear("user:a");
-        assert_eq!(t.retry_after("user:a", t0 + Duration::from_secs(61)), None);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Delivery of replication tasks on [`TrackerService`]: each node's `Tasks` stream, the
-//! pushing of its due tasks under a lease, and what a node reports back when it is done.
+//! pushing of its due tasks under a lease, and what a node reports back when it is done
+//! (committed before it answers, see `commit`).
 //! The planner that creates the tasks is in `replication`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Bitfield, PeerId, TicketSigner};
+use common::{Bitfield, FileId, PeerId, TicketSigner};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::commit::{Change, Key, Plan, Planned};
 use super::holdings::{claim_peer, holding_record, not_yours};
 use super::index::{Holding, Index};
 use super::{
@@ -125,11 +127,12 @@ impl TrackerService {
     }
 
     /// Records a task's outcome: a fetched chunk becomes a replica holding, a drop clears
-    /// one, a failure is retried with back-off (and given up after five).
+    /// one, a failure is retried with back-off (and given up after five). Committed before
+    /// memory changes and before it returns (see `commit`).
     ///
     /// # Errors
     /// `NotFound` for a task unknown to this peer (or cancelled), `PermissionDenied` for
-    /// another user's peer.
+    /// another user's peer; `Database` when the commit failed (then nothing changed).
     pub async fn complete_task(
         &self,
         caller: &Caller,
@@ -140,94 +143,174 @@ impl TrackerService {
     ) -> Result<(), Error> {
         let now = now_ms();
         let unknown = || Error::not_found(format!("unknown task {task}"));
-        {
-            let mut ix = self.index_mut();
+        let error: String = error.chars().take(1000).collect();
+        self.write_through(|ix| {
             match ix.peers.get(peer) {
                 None => return Err(unknown()),
                 Some(p) if p.rec.user_id != caller.user_id => return Err(not_yours(peer)),
                 Some(_) => {}
             }
-            let t = ix
-                .tasks
-                .get(task)
+            let t = (ix.tasks.get(task))
                 .filter(|t| t.rec.peer_id == *peer)
                 .ok_or_else(unknown)?;
             let (kind, file, chunks) = (t.rec.kind, t.rec.file_id, t.rec.chunks.clone());
             let mut ops = Vec::new();
             if ok {
-                ix.tasks.remove(task);
                 ops.push(WriteOp::TaskDelete(task));
-                let held = ix.files.get(&file).map(|f| {
-                    let count = f.manifest.chunk_count();
-                    let h = f.holdings.get(peer).cloned();
-                    (count, h)
+                match holding_after(ix, peer, kind, &file, &chunks, now) {
+                    Some(Some(h)) => ops.push(WriteOp::Holding(holding_record(peer, file, &h))),
+                    Some(None) => ops.push(WriteOp::HoldingDelete(peer.clone(), file)),
+                    None => {}
+                }
+            } else {
+                ops.push(match ix.tasks.failed_row(task, error.clone(), now) {
+                    Some(rec) => WriteOp::Task(rec),
+                    None => WriteOp::TaskDelete(task),
                 });
-                match (kind, held) {
-                    (TaskKind::Fetch, Some((count, h))) => {
-                        let mut h = h.unwrap_or_else(|| Holding {
-                            kind: HoldingKind::Replica,
-                            have: Bitfield::new(count),
-                            updated_at_ms: now,
-                        });
-                        if let Some(f) = ix.files.get(&file) {
-                            let valid: Vec<u32> =
-                                chunks.iter().copied().filter(|&c| c < count).collect();
-                            let (n, bytes) =
-                                super::holdings::fresh_chunks(&f.manifest, &h.have, &valid);
+            }
+            let (svc, peer, error) = (self.clone(), peer.clone(), error.clone());
+            let change: Change<()> = Box::new(move |ix| {
+                let done = Done {
+                    task,
+                    kind,
+                    file,
+                    chunks,
+                };
+                (svc.completed(ix, &peer, done, ok, error, now), ())
+            });
+            Ok(Plan {
+                planned: Planned {
+                    user: caller.user_id,
+                    keys: vec![Key::File(file)],
+                    shares: None,
+                    ops,
+                },
+                change,
+            })
+        })
+        .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Applies a committed task outcome to memory; returns the rows it changed (and those
+    /// of the tasks pushed next).
+    fn completed(
+        &self,
+        ix: &mut Index,
+        peer: &PeerId,
+        done: Done,
+        ok: bool,
+        error: String,
+        now: i64,
+    ) -> Vec<WriteOp> {
+        let Done {
+            task,
+            kind,
+            file,
+            chunks,
+        } = done;
+        let mut ops = Vec::new();
+        if ok {
+            ix.tasks.remove(task);
+            ops.push(WriteOp::TaskDelete(task));
+            match holding_after(ix, peer, kind, &file, &chunks, now) {
+                Some(Some(h)) => {
+                    if let Some(f) = ix.files.get(&file) {
+                        let old = f.holdings.get(peer).map(|o| &o.have);
+                        let empty = Bitfield::new(f.manifest.chunk_count());
+                        let fresh: Vec<u32> = (chunks.iter().copied())
+                            .filter(|&c| c < f.manifest.chunk_count())
+                            .collect();
+                        let (n, bytes) = super::holdings::fresh_chunks(
+                            &f.manifest,
+                            old.unwrap_or(&empty),
+                            &fresh,
+                        );
+                        if kind == TaskKind::Fetch {
                             self.inner.metrics.chunks_reported(
                                 crate::metrics::Source::Replication,
                                 n,
                                 bytes,
                             );
                         }
-                        for &c in chunks.iter().filter(|&&c| c < count) {
-                            h.have.set(c);
-                        }
-                        h.updated_at_ms = now;
-                        ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
-                        ix.set_holding(file, peer, h);
                     }
-                    (TaskKind::Drop, Some((count, Some(mut h))))
-                        if h.kind == HoldingKind::Replica =>
-                    {
-                        for &c in chunks.iter().filter(|&&c| c < count) {
-                            h.have.clear(c);
-                        }
-                        if h.have.count() == 0 && count > 0 {
-                            ix.take_holding(&file, peer);
-                            ops.push(WriteOp::HoldingDelete(peer.clone(), file));
-                        } else {
-                            h.updated_at_ms = now;
-                            ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
-                            ix.set_holding(file, peer, h);
-                        }
-                    }
-                    _ => {}
+                    ops.push(WriteOp::Holding(holding_record(peer, file, &h)));
+                    ix.set_holding(file, peer, h);
                 }
-            } else {
-                let error: String = error.chars().take(1000).collect();
-                match ix.tasks.fail(task, error, now) {
-                    Some(Failed::Retry(rec)) => ops.push(WriteOp::Task(rec)),
-                    Some(Failed::GaveUp(t)) => {
-                        tracing::debug!(
-                            task,
-                            peer = %peer,
-                            file = %file,
-                            error = t.rec.last_error.as_deref().unwrap_or(""),
-                            "task given up"
-                        );
-                        ops.push(WriteOp::TaskDelete(task));
-                        ix.dirty.insert(file);
-                    }
-                    None => {}
+                Some(None) => {
+                    ix.take_holding(&file, peer);
+                    ops.push(WriteOp::HoldingDelete(peer.clone(), file));
                 }
+                None => {}
             }
-            ops.extend(self.push_due(&mut ix, peer, now));
-            self.inner.writer.queue(ops)?;
+        } else {
+            match ix.tasks.fail(task, error, now) {
+                Some(Failed::Retry(rec)) => ops.push(WriteOp::Task(rec)),
+                Some(Failed::GaveUp(t)) => {
+                    tracing::debug!(
+                        task,
+                        peer = %peer,
+                        file = %file,
+                        error = t.rec.last_error.as_deref().unwrap_or(""),
+                        "task given up"
+                    );
+                    ops.push(WriteOp::TaskDelete(task));
+                    ix.dirty.insert(file);
+                }
+                None => {}
+            }
         }
-        self.inner.writer.ready().await;
-        self.inner.wake.notify_one();
-        Ok(())
+        ops.extend(self.push_due(ix, peer, now));
+        ops
+    }
+}
+
+/// The task a completion is about, as it was when the completion was planned.
+struct Done {
+    task: u64,
+    kind: TaskKind,
+    file: FileId,
+    chunks: Vec<u32>,
+}
+
+/// What `peer` holds of `file` once a completed task is applied: `Some(Some(h))` to set,
+/// `Some(None)` to remove, `None` for no change (the file is gone, or a drop of a holding
+/// that is not a replica).
+fn holding_after(
+    ix: &Index,
+    peer: &PeerId,
+    kind: TaskKind,
+    file: &FileId,
+    chunks: &[u32],
+    now: i64,
+) -> Option<Option<Holding>> {
+    let f = ix.files.get(file)?;
+    let count = f.manifest.chunk_count();
+    let held = f.holdings.get(peer).cloned();
+    let chunks = chunks.iter().copied().filter(|&c| c < count);
+    match kind {
+        TaskKind::Fetch => {
+            let mut h = held.unwrap_or_else(|| {
+                Holding::claimed(HoldingKind::Replica, Bitfield::new(count), now)
+            });
+            for c in chunks {
+                h.have.set(c);
+            }
+            h.updated_at_ms = now;
+            Some(Some(h))
+        }
+        TaskKind::Drop => {
+            let mut h = held.filter(|h| h.kind == HoldingKind::Replica)?;
+            for c in chunks {
+                h.have.clear(c);
+            }
+            if h.have.count() == 0 && count > 0 {
+                return Some(None);
+            }
+            h.updated_at_ms = now;
+            Some(Some(h))
+        }
     }
 }
 
@@ -255,10 +338,11 @@ fn assignment(
     if chunk >= m.chunk_count() {
         return None;
     }
+    // Verified copies only: a fetch from a mere claim would fail at the node and retry.
     let mut sources: Vec<HolderView> = f
         .holdings
         .iter()
-        .filter(|(p, h)| **p != t.rec.peer_id && h.have.get(chunk) && ix.is_serving(p, now))
+        .filter(|(p, h)| **p != t.rec.peer_id && h.verified.get(chunk) && ix.is_serving(p, now))
         .filter_map(|(p, _)| {
             Some(HolderView {
                 peer_id: p.clone(),

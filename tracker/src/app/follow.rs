@@ -21,7 +21,7 @@ use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Bitfield, PeerId};
+use common::PeerId;
 use tokio_util::sync::CancellationToken;
 
 use super::index::{FileEntry, Holding, Index, PeerEntry};
@@ -38,6 +38,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 pub const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How often the leader prunes old changes.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// While the feed cannot be read, how often that is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The first task id of a tracker whose start row in the feed has id `hello`.
 pub(super) fn task_block(hello: i64) -> u64 {
@@ -85,13 +87,32 @@ impl TrackerService {
     pub(super) async fn follow(self, shutdown: CancellationToken) {
         let mut last_lease = Instant::now();
         let mut last_prune = Instant::now();
+        // Since when polling has failed, and when that was last logged: one line per
+        // LOG_EVERY while the database is down, not one per poll.
+        let mut failing: Option<(Instant, Instant)> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             }
-            if let Err(e) = self.poll_feed().await {
-                tracing::warn!(cause = %e, "following the change feed");
+            match self.poll_feed().await {
+                Ok(()) => {
+                    if let Some((since, _)) = failing.take() {
+                        let after_s = since.elapsed().as_secs_f32();
+                        tracing::info!(after_s, "following the change feed again");
+                    }
+                }
+                Err(e) => match &mut failing {
+                    Some((_, logged)) if logged.elapsed() < LOG_EVERY => {}
+                    Some((_, logged)) => {
+                        *logged = Instant::now();
+                        tracing::warn!(cause = %e, "following the change feed: still failing");
+                    }
+                    None => {
+                        failing = Some((Instant::now(), Instant::now()));
+                        tracing::warn!(cause = %e, "following the change feed");
+                    }
+                },
             }
             if last_lease.elapsed() >= LEASE_RENEW {
                 last_lease = Instant::now();
@@ -219,7 +240,7 @@ fn apply_batch(
             Some(_) => {}
             None => {
                 let user = names.get(&rec.user_id).cloned().unwrap_or_default();
-                ix.peers.insert(rec.id.clone(), PeerEntry { rec, user });
+                ix.insert_peer(PeerEntry { rec, user });
             }
         }
     }
@@ -246,12 +267,7 @@ fn apply_batch(
         {
             continue;
         }
-        if let Ok(have) = Bitfield::from_bytes(&h.have, f.manifest.chunk_count()) {
-            let holding = Holding {
-                kind: h.kind,
-                have,
-                updated_at_ms: h.updated_at_ms,
-            };
+        if let Some(holding) = Holding::from_record(&h, f.manifest.chunk_count()) {
             ix.set_holding(h.file_id, &h.peer_id, holding);
         }
     }
@@ -300,7 +316,7 @@ fn remove_user(ix: &mut Index, user_id: i32) {
         for id in ix.tasks.of_peer(peer) {
             ix.tasks.remove(id);
         }
-        ix.peers.remove(peer);
+        ix.remove_peer(peer);
     }
     let empty: Vec<_> = ix
         .files

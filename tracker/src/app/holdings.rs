@@ -1,14 +1,18 @@
 //! What peers tell the tracker on [`TrackerService`]: heartbeats, full holdings syncs,
-//! announces, chunk reports and unindexing. Each updates the in-memory index under one
-//! write lock (never held across an await), then queues the matching writes.
+//! announces, chunk reports and unindexing. Background facts (heartbeats, syncs, reports)
+//! update the in-memory index under one write lock (never held across an await), then
+//! queue the matching writes; announce and unindex commit first (`commit`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{Bitfield, FileId, Manifest, PeerId};
 
+use super::commit::{Change, Key, Plan, Planned};
 use super::index::{FileEntry, Holding, Index, PeerEntry};
-use super::replication::{Outcome, withdraw_if_unheld};
+use super::limits::Usage;
+use super::names::save_last_name;
+use super::replication::{Outcome, plan_withdrawal, withdraw_planned};
 use super::{Caller, FileView, HoldingInput, MAX_ADDR_LEN, TrackerService, file_view};
 use crate::Error;
 use crate::db::writer::WriteOp;
@@ -83,17 +87,27 @@ impl TrackerService {
             }
             ops.extend(claim_peer(&mut ix, caller, peer, now)?);
             ops.push(WriteOp::ClearHoldings(peer.clone()));
-            for id in ix.files_of(peer) {
-                ix.take_holding(&id, peer);
+            let held = ix.files_of(peer);
+            for id in &held {
+                if !parsed.contains_key(id) {
+                    ix.take_holding(id, peer);
+                }
             }
             for (id, (kind, have)) in parsed {
-                let h = Holding {
-                    kind,
-                    have,
-                    updated_at_ms: now,
-                };
+                let mut h = Holding::claimed(kind, have, now);
+                keep_verified(&ix, &id, peer, &mut h);
+                // A sync carries no names: a shared holding keeps the one it was announced
+                // with (and, replaced rather than taken, its age).
+                if kind == HoldingKind::Shared {
+                    h.name = (ix.files.get(&id))
+                        .and_then(|f| f.holdings.get(peer))
+                        .and_then(|old| old.name.clone());
+                }
                 ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
                 ix.set_holding(id, peer, h);
+            }
+            for id in &held {
+                ops.extend(save_last_name(&mut ix, id));
             }
             self.inner.writer.queue(ops)?;
         }
@@ -102,11 +116,14 @@ impl TrackerService {
         Ok(unknown)
     }
 
-    /// Publishes a file (idempotent for the same content: the first name stays) and records
-    /// that `peer` holds all of it as shared. Durable when it returns.
+    /// Publishes a file (idempotent for the same content) and records that `peer` shares all
+    /// of it under the manifest's name: its own listing, which a later announce renames; the
+    /// first announcer names nobody else's (see `names`). Committed before memory changes
+    /// and before it returns (see `commit`).
     ///
     /// # Errors
-    /// `PermissionDenied` for another user's peer.
+    /// `PermissionDenied` for another user's peer, `LimitReached`; `Database` when the
+    /// commit failed (then nothing changed).
     pub async fn announce(
         &self,
         caller: &Caller,
@@ -115,33 +132,74 @@ impl TrackerService {
     ) -> Result<FileView, Error> {
         let now = now_ms();
         let id = manifest.id();
-        let mut ops = Vec::new();
-        let view = {
-            let mut ix = self.index_mut();
-            ops.extend(claim_peer(&mut ix, caller, peer, now)?);
-            if !ix.files.contains_key(&id) {
-                let rec = FileRecord {
-                    manifest,
-                    created_at_ms: now,
+        let name = manifest.name.clone();
+        let chunks = manifest.chunk_count();
+        let view = self
+            .write_through(|ix| {
+                ix.check_announce(caller, peer, &id, chunks)?;
+                let new_peer = check_claim(ix, caller, peer, now)?;
+                let known = ix.files.get(&id);
+                let shares = !known
+                    .and_then(|f| f.holdings.get(peer))
+                    .is_some_and(|h| Usage::counts(h.kind));
+                // The file's row as memory has it (a known file keeps its name and age).
+                let file = match known {
+                    Some(f) => FileRecord {
+                        manifest: (*f.manifest).clone(),
+                        created_at_ms: f.created_at_ms,
+                    },
+                    None => FileRecord {
+                        manifest: manifest.clone(),
+                        created_at_ms: now,
+                    },
                 };
-                ops.push(WriteOp::FileUpsert(rec.clone()));
-                ix.insert_file(FileEntry::new(rec));
-                tracing::debug!(file = %id, user = %caller.user, "new file announced");
-            }
-            let Some(f) = ix.files.get(&id) else {
-                return Err(Error::Internal("announced file vanished".into()));
-            };
-            let h = Holding {
-                kind: HoldingKind::Shared,
-                have: Bitfield::full(f.manifest.chunk_count()),
-                updated_at_ms: now,
-            };
-            ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
-            ix.set_holding(id, peer, h);
-            self.inner.writer.queue(ops)?;
-            file_view(&ix, &ix.files[&id], now)
-        };
-        self.inner.writer.flush().await?;
+                let mut h = Holding::claimed(HoldingKind::Shared, Bitfield::full(chunks), now);
+                h.name = Some(name.clone());
+                keep_verified(ix, &id, peer, &mut h);
+                let mut keys = vec![Key::File(id)];
+                let mut ops = Vec::new();
+                if let Some(rec) = &new_peer {
+                    keys.push(Key::NewPeer(peer.clone()));
+                    ops.push(WriteOp::Peer(rec.clone()));
+                }
+                // Always written, so a withdrawal folded into the same transaction cannot
+                // leave the holding without its file.
+                ops.push(WriteOp::FileUpsert(file.clone()));
+                ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
+                let (peer, user, name) = (peer.clone(), caller.user.clone(), name.clone());
+                let change: Change<FileView> = Box::new(move |ix| {
+                    let mut rows = Vec::new();
+                    if let Some(rec) = new_peer {
+                        if !ix.peers.contains_key(&peer) {
+                            ix.insert_peer(PeerEntry { rec, user });
+                        }
+                        rows.extend(ix.peers.get(&peer).map(|p| WriteOp::Peer(p.rec.clone())));
+                    }
+                    if !ix.files.contains_key(&id) {
+                        rows.push(WriteOp::FileUpsert(file.clone()));
+                        ix.insert_file(FileEntry::new(file));
+                        tracing::debug!(file = %id, "new file announced");
+                    }
+                    // Verified as far as the holding is now (an audit may have failed since).
+                    let mut h = h;
+                    h.verified = Bitfield::new(chunks);
+                    keep_verified(ix, &id, &peer, &mut h);
+                    rows.push(WriteOp::Holding(holding_record(&peer, id, &h)));
+                    ix.set_holding(id, &peer, h);
+                    let view = file_view(ix, &ix.files[&id], &name, now);
+                    (rows, view)
+                });
+                Ok(Plan {
+                    planned: Planned {
+                        user: caller.user_id,
+                        keys,
+                        shares: shares.then_some(chunks),
+                        ops,
+                    },
+                    change,
+                })
+            })
+            .await?;
         self.wake_planner();
         Ok(view)
     }
@@ -178,11 +236,11 @@ impl TrackerService {
             let Some(f) = ix.files.get(file) else {
                 return Err(Error::not_found(format!("unknown file {file}")));
             };
-            let mut h = f.holdings.get(peer).cloned().unwrap_or_else(|| Holding {
-                kind,
-                have: Bitfield::new(count),
-                updated_at_ms: now,
-            });
+            let mut h = f
+                .holdings
+                .get(peer)
+                .cloned()
+                .unwrap_or_else(|| Holding::claimed(kind, Bitfield::new(count), now));
             // Shared beats downloaded beats replica: a report never demotes a holding.
             h.kind = h.kind.min(kind);
             let (fresh, fresh_bytes) = fresh_chunks(&f.manifest, &h.have, chunks);
@@ -191,6 +249,10 @@ impl TrackerService {
                 .chunks_reported(Source::Report, fresh, fresh_bytes);
             for &c in chunks {
                 h.have.set(c);
+            }
+            if kind == HoldingKind::Downloaded && h.have.is_complete() {
+                // A getter reports the whole file as it finishes: no longer a transfer.
+                self.inner.metrics.transfer_ended(caller.user_id, *file);
             }
             h.updated_at_ms = now;
             ops.push(WriteOp::Holding(holding_record(peer, *file, &h)));
@@ -204,11 +266,12 @@ impl TrackerService {
 
     /// Removes `peer`'s holding of a file. When no user holds it any more (only replicas
     /// are left, or nothing), the file is withdrawn: its fetches are cancelled, every
-    /// replica holder gets a drop task, and the file is forgotten. Durable when it returns.
+    /// replica holder gets a drop task, and the file is forgotten. Committed before memory
+    /// changes and before it returns (see `commit`).
     ///
     /// # Errors
     /// `NotFound` when the peer held nothing of it, `PermissionDenied` for another user's
-    /// peer.
+    /// peer; `Database` when the commit failed (then nothing changed).
     pub async fn unindex(
         &self,
         caller: &Caller,
@@ -216,23 +279,84 @@ impl TrackerService {
         file: &FileId,
     ) -> Result<(), Error> {
         let now = now_ms();
-        let mut out = Outcome::default();
-        {
-            let mut ix = self.index_mut();
+        let file = *file;
+        self.write_through(|ix| {
             let not_held = || Error::not_found(format!("peer {peer} holds nothing of file {file}"));
             match ix.peers.get(peer) {
                 None => return Err(not_held()),
                 Some(p) if p.rec.user_id != caller.user_id => return Err(not_yours(peer)),
                 Some(_) => {}
             }
-            ix.take_holding(file, peer).ok_or_else(not_held)?;
-            out.ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
-            withdraw_if_unheld(&mut ix, file, now, &mut out);
-            out.queue(&self.inner.writer)?;
-        }
-        self.apply_outcome(out).await?;
+            let f = (ix.files.get(&file))
+                .filter(|f| f.holdings.contains_key(peer))
+                .ok_or_else(not_held)?;
+            let withdraw =
+                !(f.holdings.iter()).any(|(p, h)| p != peer && h.kind != HoldingKind::Replica);
+            let mut ops = vec![WriteOp::HoldingDelete(peer.clone(), file)];
+            let drops = if withdraw {
+                plan_withdrawal(ix, &file, peer, now, &mut ops)
+            } else {
+                Vec::new()
+            };
+            let (svc, peer) = (self.clone(), peer.clone());
+            let change: Change<()> = Box::new(move |ix| {
+                let mut out = Outcome::default();
+                if ix.take_holding(&file, &peer).is_some() {
+                    out.ops.push(WriteOp::HoldingDelete(peer.clone(), file));
+                }
+                if withdraw {
+                    let targets: Vec<PeerId> = drops.iter().map(|t| t.peer_id.clone()).collect();
+                    withdraw_planned(ix, &file, drops, &mut out);
+                    out.ops.extend(svc.push_due_all(ix, &targets, now_ms()));
+                } else {
+                    out.ops.extend(save_last_name(ix, &file));
+                }
+                (out.ops, ())
+            });
+            Ok(Plan {
+                planned: Planned {
+                    user: caller.user_id,
+                    keys: vec![Key::File(file)],
+                    shares: None,
+                    ops,
+                },
+                change,
+            })
+        })
+        .await?;
         self.wake_planner();
         Ok(())
+    }
+}
+
+/// Whether `caller` may claim `peer`: `Some(row)` for a peer id new to the index (within
+/// the caller's limit), `None` for one it owns already.
+fn check_claim(
+    ix: &Index,
+    caller: &Caller,
+    peer: &PeerId,
+    now: i64,
+) -> Result<Option<PeerRecord>, Error> {
+    match ix.peers.get(peer) {
+        Some(p) if p.rec.user_id != caller.user_id => Err(not_yours(peer)),
+        Some(_) => Ok(None),
+        None => {
+            match ix.reserved.claimant(peer) {
+                Some(u) if u != caller.user_id => return Err(not_yours(peer)),
+                // Counted already by the write in flight that claims it.
+                Some(_) => {}
+                None => ix.check_new_peer(caller)?,
+            }
+            Ok(Some(PeerRecord {
+                id: peer.clone(),
+                user_id: caller.user_id,
+                addr: String::new(),
+                storage_quota: 0,
+                storage_used: 0,
+                last_seen_ms: None,
+                created_at_ms: now,
+            }))
+        }
     }
 }
 
@@ -243,29 +367,14 @@ pub(super) fn claim_peer(
     peer: &PeerId,
     now: i64,
 ) -> Result<Option<WriteOp>, Error> {
-    match ix.peers.get(peer) {
-        Some(p) if p.rec.user_id != caller.user_id => Err(not_yours(peer)),
-        Some(_) => Ok(None),
-        None => {
-            let rec = PeerRecord {
-                id: peer.clone(),
-                user_id: caller.user_id,
-                addr: String::new(),
-                storage_quota: 0,
-                storage_used: 0,
-                last_seen_ms: None,
-                created_at_ms: now,
-            };
-            ix.peers.insert(
-                peer.clone(),
-                PeerEntry {
-                    rec: rec.clone(),
-                    user: caller.user.clone(),
-                },
-            );
-            Ok(Some(WriteOp::Peer(rec)))
-        }
-    }
+    let Some(rec) = check_claim(ix, caller, peer, now)? else {
+        return Ok(None);
+    };
+    ix.insert_peer(PeerEntry {
+        rec: rec.clone(),
+        user: caller.user.clone(),
+    });
+    Ok(Some(WriteOp::Peer(rec)))
 }
 
 /// How many of `chunks` (indexes checked by the caller) `have` lacks, and their bytes:
@@ -294,6 +403,17 @@ fn bitfield(have: &[u8], f: &FileEntry) -> Result<Bitfield, Error> {
         .map_err(|e| Error::invalid(format!("holding of file {}: {e}", f.id)))
 }
 
+/// What audits verified of `peer`'s previous holding of `file` stays verified in `h`, as
+/// far as `h` still claims it: a node's sync at every start or a re-announce must not send
+/// every holding back to be audited.
+fn keep_verified(ix: &Index, file: &FileId, peer: &PeerId, h: &mut Holding) {
+    if let Some(old) = ix.files.get(file).and_then(|f| f.holdings.get(peer)) {
+        let mut v = old.verified.clone();
+        v.intersect_with(&h.have);
+        h.verified = v;
+    }
+}
+
 pub(super) fn holding_record(peer: &PeerId, file: FileId, h: &Holding) -> HoldingRecord {
     HoldingRecord {
         peer_id: peer.clone(),
@@ -301,6 +421,8 @@ pub(super) fn holding_record(peer: &PeerId, file: FileId, h: &Holding) -> Holdin
         kind: h.kind,
         have: h.have.as_bytes().to_vec(),
         updated_at_ms: h.updated_at_ms,
+        verified: h.verified.as_bytes().to_vec(),
+        name: h.name.clone(),
     }
 }
 

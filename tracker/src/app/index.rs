@@ -5,22 +5,65 @@
 //!
 //! Time is passed in (`now_ms`) rather than read, so liveness is testable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
 
+use super::commit::Reservations;
+use super::limits::Usage;
+use super::names::SharerNames;
 use super::search::NameIndex;
-use crate::model::{FileRecord, HoldingKind, PeerRecord};
+use crate::model::{FileRecord, HoldingKind, HoldingRecord, PeerRecord};
 use crate::replication::TaskTable;
 
 /// What one peer holds of one file.
+///
+/// `have` is what the peer claims; `verified` (a subset of it) what audits confirmed. Only
+/// verified chunks count as copies (holders, `min_copies`, replication); claimed ones are
+/// still handed to getters, who check every chunk themselves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Holding {
     pub kind: HoldingKind,
     pub have: Bitfield,
+    pub verified: Bitfield,
+    /// The sharer's name for the file (shared holdings), else `None`.
+    pub name: Option<String>,
     pub updated_at_ms: i64,
+}
+
+impl Holding {
+    /// A fresh claim: nothing of it verified yet.
+    pub fn claimed(kind: HoldingKind, have: Bitfield, now_ms: i64) -> Self {
+        let verified = Bitfield::new(have.len());
+        Self {
+            kind,
+            have,
+            verified,
+            name: None,
+            updated_at_ms: now_ms,
+        }
+    }
+
+    /// A stored holding of a file of `chunks` chunks; `None` when its bitfields do not fit.
+    /// What was verified but is no longer claimed is dropped.
+    pub fn from_record(rec: &HoldingRecord, chunks: u32) -> Option<Self> {
+        let have = Bitfield::from_bytes(&rec.have, chunks).ok()?;
+        let mut verified = if rec.verified.is_empty() {
+            Bitfield::new(chunks)
+        } else {
+            Bitfield::from_bytes(&rec.verified, chunks).ok()?
+        };
+        verified.intersect_with(&have);
+        Some(Self {
+            kind: rec.kind,
+            have,
+            verified,
+            name: rec.name.clone(),
+            updated_at_ms: rec.updated_at_ms,
+        })
+    }
 }
 
 /// A known file.
@@ -30,9 +73,11 @@ pub struct FileEntry {
     pub manifest: Arc<Manifest>,
     /// The chunk hashes as they go on the wire, packed once so every Locate shares them.
     pub packed_hashes: Bytes,
-    pub file_type: FileType,
     pub created_at_ms: i64,
     pub holdings: HashMap<PeerId, Holding>,
+    /// The names its sharers give it (`super::names`); kept by `Index::set_holding` and
+    /// `take_holding`.
+    pub names: SharerNames,
 }
 
 impl FileEntry {
@@ -41,11 +86,11 @@ impl FileEntry {
         let m = rec.manifest;
         Self {
             id,
-            file_type: FileType::from_name(&m.name),
             packed_hashes: Bytes::from(m.packed_hashes()),
             manifest: Arc::new(m),
             created_at_ms: rec.created_at_ms,
             holdings: HashMap::new(),
+            names: SharerNames::default(),
         }
     }
 }
@@ -66,13 +111,13 @@ pub fn is_up(last_seen_ms: Option<i64>, now_ms: i64, timeout_ms: i64) -> bool {
 ///
 /// Holdings are changed only through [`Index::set_holding`] and [`Index::take_holding`], which
 /// keep the per-peer index of held files (so a peer's liveness change finds its files
-/// without a scan) and mark the file dirty for the replication planner.
+/// without a scan) and the file's sharer names and listings (`super::names`), and mark the
+/// file dirty for the replication planner.
 #[derive(Debug, Default)]
 pub struct Index {
     pub files: BTreeMap<FileId, FileEntry>,
-    /// (name, id) in order, for searches ordered by name then id and exact-name lookups.
-    by_name: BTreeSet<(String, FileId)>,
-    /// Trigram postings over the lowercased names, for searches with terms.
+    /// Every listing (a file under one of its names) in order, with trigram postings: for
+    /// searches and exact-name lookups.
     pub(super) names: NameIndex,
     pub peers: HashMap<PeerId, PeerEntry>,
     /// peer → the files it holds something of.
@@ -81,8 +126,20 @@ pub struct Index {
     pub tasks: TaskTable,
     /// Files whose copies changed since the planner last looked at them.
     pub dirty: HashSet<FileId>,
+    /// Holdings that claim chunks no audit has verified yet, for the auditor.
+    pub unverified: HashSet<(FileId, PeerId)>,
+    /// Peers demoted by failed audits or bad reports, until when (Unix ms): they are not
+    /// serving, so nothing of theirs is handed out or counted.
+    pub demoted: HashMap<PeerId, i64>,
+    /// Claims count as verified as soon as they are made (`--audit false`).
+    pub trust_claims: bool,
     /// The peer timeout in milliseconds.
     pub timeout_ms: i64,
+    /// Per-user counts for the limits (`super::limits`), kept by the methods that change
+    /// peers and holdings.
+    pub(super) usage: Usage,
+    /// The files and new peer ids of client-waited writes in flight (`super::commit`).
+    pub(super) reserved: Reservations,
 }
 
 /// One search, already validated.
@@ -103,22 +160,22 @@ impl Index {
     }
 
     pub fn insert_file(&mut self, entry: FileEntry) {
-        if let Some(old) = self.files.get(&entry.id) {
-            self.by_name.remove(&(old.manifest.name.clone(), old.id));
+        self.names.remove_file(&entry.id);
+        for name in entry.listed() {
+            self.names.insert(entry.id, name);
         }
-        self.by_name.insert((entry.manifest.name.clone(), entry.id));
-        self.names
-            .insert(entry.id, &entry.manifest, entry.file_type);
         self.files.insert(entry.id, entry);
     }
 
     pub fn remove_file(&mut self, id: &FileId) -> Option<FileEntry> {
         let entry = self.files.remove(id)?;
-        self.by_name
-            .remove(&(entry.manifest.name.clone(), entry.id));
-        self.names.remove(id);
-        for peer in entry.holdings.keys() {
+        self.names.remove_file(id);
+        let chunks = entry.manifest.chunk_count();
+        for (peer, h) in &entry.holdings {
+            self.usage
+                .holding_changed(peer, chunks, Usage::counts(h.kind), false);
             self.unlink(peer, id);
+            self.unverified.remove(&(*id, peer.clone()));
         }
         self.dirty.remove(id);
         Some(entry)
@@ -127,23 +184,48 @@ impl Index {
     /// Records what `peer` holds of a known file (replacing what it held); false for an
     /// unknown file.
     pub fn set_holding(&mut self, file: FileId, peer: &PeerId, h: Holding) -> bool {
+        let user = self.peers.get(peer).map(|p| p.rec.user_id);
         let Some(f) = self.files.get_mut(&file) else {
             return false;
         };
-        f.holdings.insert(peer.clone(), h);
+        let relist = f.rename(peer, user, Some(&h));
+        let mut h = h;
+        if self.trust_claims {
+            h.verified = h.have.clone();
+        } else {
+            // A chunk no longer claimed (dropped, changed on disk) is no longer a copy.
+            h.verified.intersect_with(&h.have);
+        }
+        if h.have.is_subset_of(&h.verified) {
+            self.unverified.remove(&(file, peer.clone()));
+        } else {
+            self.unverified.insert((file, peer.clone()));
+        }
+        let (chunks, shared) = (f.manifest.chunk_count(), Usage::counts(h.kind));
+        let was = f.holdings.insert(peer.clone(), h);
+        let was = was.is_some_and(|o| Usage::counts(o.kind));
+        self.usage.holding_changed(peer, chunks, was, shared);
         self.peer_files
             .entry(peer.clone())
             .or_default()
             .insert(file);
         self.dirty.insert(file);
+        self.relist(file, relist);
         true
     }
 
     /// Removes `peer`'s holding of a file.
     pub fn take_holding(&mut self, file: &FileId, peer: &PeerId) -> Option<Holding> {
-        let h = self.files.get_mut(file)?.holdings.remove(peer)?;
+        let f = self.files.get_mut(file)?;
+        let relist = f.rename(peer, None, None);
+        let h = f.holdings.remove(peer)?;
+        let chunks = f.manifest.chunk_count();
+        self.usage
+            .holding_changed(peer, chunks, Usage::counts(h.kind), false);
         self.unlink(peer, file);
+        self.unverified.remove(&(*file, peer.clone()));
         self.dirty.insert(*file);
+        self.relist(*file, relist);
         Some(h)
     }
 
@@ -170,15 +252,32 @@ impl Index {
             .is_some_and(|p| is_up(p.rec.last_seen_ms, now_ms, self.timeout_ms))
     }
 
-    /// Up and reachable: the only peers handed out to getters or counted as copies.
+    /// Up, reachable and not demoted: the only peers handed out to getters or counted as
+    /// copies.
     pub fn is_serving(&self, peer: &PeerId, now_ms: i64) -> bool {
         self.peers.get(peer).is_some_and(|p| {
             !p.rec.addr.is_empty() && is_up(p.rec.last_seen_ms, now_ms, self.timeout_ms)
-        })
+        }) && !self.is_demoted(peer, now_ms)
     }
 
-    /// Serving peers holding some chunk, if together they hold every chunk; else 0. For a
-    /// file with no chunks: serving peers holding it.
+    /// Whether a failed audit or bad reports demoted `peer` and the demotion still runs.
+    pub fn is_demoted(&self, peer: &PeerId, now_ms: i64) -> bool {
+        self.demoted.get(peer).is_some_and(|&until| now_ms < until)
+    }
+
+    /// Serving peers that can hold a copy of something: holders (of any kind) and peers
+    /// with a storage quota for replicas. No chunk can have more live copies than this, so
+    /// a replication target above it cannot be met now.
+    pub fn copy_capable_peers(&self, now_ms: i64) -> u32 {
+        let capable = |p: &&PeerEntry| {
+            (p.rec.storage_quota > 0 || self.peer_files.contains_key(&p.rec.id))
+                && self.is_serving(&p.rec.id, now_ms)
+        };
+        self.peers.values().filter(capable).count() as u32
+    }
+
+    /// Serving peers holding some verified chunk, if together they hold every chunk; else
+    /// 0. For a file with no chunks: serving peers holding it.
     pub fn holders(&self, file: &FileEntry, now_ms: i64) -> u32 {
         let chunks = file.manifest.chunk_count();
         let mut union = Bitfield::new(chunks);
@@ -188,10 +287,10 @@ impl Index {
                 continue;
             }
             if chunks > 0 {
-                if h.have.count() == 0 {
+                if h.verified.count() == 0 {
                     continue;
                 }
-                union.union_with(&h.have);
+                union.union_with(&h.verified);
             }
             n += 1;
         }
@@ -200,35 +299,6 @@ impl Index {
         } else {
             0
         }
-    }
-
-    /// Files whose names contain every term (already lowercased), of the type if given,
-    /// ordered by name then id; returns one page and the total.
-    ///
-    /// Without terms this walks the names in order and stops once the page is full (the
-    /// total is a count kept on insert and remove); with terms the [`NameIndex`] narrows
-    /// the files to look at.
-    pub fn search(&self, q: &Search) -> (Vec<&FileEntry>, usize) {
-        if !q.terms.is_empty() {
-            let (ids, total) = self.names.find(&q.terms, q.file_type, q.offset, q.limit);
-            return (
-                ids.iter().filter_map(|id| self.files.get(id)).collect(),
-                total,
-            );
-        }
-        let total = match q.file_type {
-            None => self.files.len(),
-            Some(t) => self.names.count_of(t),
-        };
-        let page = self
-            .by_name
-            .iter()
-            .filter_map(|(_, id)| self.files.get(id))
-            .filter(|f| q.file_type.is_none_or(|t| t == f.file_type))
-            .skip(q.offset)
-            .take(q.limit)
-            .collect();
-        (page, total)
     }
 
     /// Files whose id starts with `prefix` (lowercase hex, at most 64 digits).
@@ -246,34 +316,7 @@ impl Index {
         self.files.range(lo..=hi).map(|(_, f)| f).collect()
     }
 
-    /// Files named exactly `name`, by id.
-    pub fn by_name(&self, name: &str) -> Vec<&FileEntry> {
-        let lo = (name.to_string(), FileId(Sha256Digest([0; 32])));
-        let hi = (name.to_string(), FileId(Sha256Digest([0xff; 32])));
-        self.by_name
-            .range(lo..=hi)
-            .filter_map(|(_, id)| self.files.get(id))
-            .collect()
-    }
-
-    /// Every match of a term: by id prefix (6+ hex digits, case-insensitive, surrounding
-    /// whitespace ignored, as a pasted id often has), then by exact name as given (a name
-    /// may begin or end with spaces), without duplicates.
-    pub fn resolve(&self, term: &str) -> Vec<&FileEntry> {
-        let mut out: Vec<&FileEntry> = Vec::new();
-        let lower = term.trim().to_ascii_lowercase();
-        if (6..=64).contains(&lower.len()) && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            out.extend(self.by_id_prefix(&lower));
-        }
-        for f in self.by_name(term) {
-            if !out.iter().any(|o| o.id == f.id) {
-                out.push(f);
-            }
-        }
-        out
-    }
-
-    /// The fewest serving holders of any chunk of `file`. Complete holders are counted
+    /// The fewest serving holders of any chunk of `file`, counting verified chunks only. Complete holders are counted
     /// without looking at their bits, the common case for a popular file.
     pub fn min_copies(&self, file: &FileEntry, now_ms: i64) -> u32 {
         let chunks = file.manifest.chunk_count() as usize;
@@ -283,11 +326,11 @@ impl Index {
             if !self.is_serving(peer, now_ms) {
                 continue;
             }
-            if h.have.is_complete() {
+            if h.verified.is_complete() {
                 full += 1;
             } else {
                 let copies = partial.get_or_insert_with(|| vec![0u32; chunks]);
-                for i in h.have.iter_ones() {
+                for i in h.verified.iter_ones() {
                     copies[i as usize] += 1;
                 }
             }
@@ -295,12 +338,12 @@ impl Index {
         full + partial.map_or(0, |c| c.into_iter().min().unwrap_or(0))
     }
 
-    /// Per chunk of `file`: how many serving peers hold it.
+    /// Per chunk of `file`: how many serving peers hold it verified.
     pub fn copies(&self, file: &FileEntry, now_ms: i64) -> Vec<u32> {
         let mut copies = vec![0u32; file.manifest.chunk_count() as usize];
         for (peer, h) in &file.holdings {
             if self.is_serving(peer, now_ms) {
-                for i in h.have.iter_ones() {
+                for i in h.verified.iter_ones() {
                     copies[i as usize] += 1;
                 }
             }
@@ -356,20 +399,42 @@ mod tests {
         id
     }
 
+    /// Records an audited holding (its claim verified) of `chunks`.
     fn hold(ix: &mut Index, file: FileId, peer: &PeerId, chunks: &[u32]) {
         let mut have = Bitfield::new(ix.files[&file].manifest.chunk_count());
         for &c in chunks {
             have.set(c);
         }
+        let mut h = Holding::claimed(HoldingKind::Shared, have, 0);
+        h.verified = h.have.clone();
+        ix.set_holding(file, peer, h);
+    }
+
+    #[test]
+    fn should_count_only_verified_chunks_and_no_demoted_peer() {
+        let mut ix = Index::new(100_000);
+        let f = add_file(&mut ix, "a.bin", 2, 1);
+        let liar = add_peer(&mut ix, 1, Some(10_000), "h:1");
+        let honest = add_peer(&mut ix, 2, Some(10_000), "h:2");
         ix.set_holding(
-            file,
-            peer,
-            Holding {
-                kind: HoldingKind::Shared,
-                have,
-                updated_at_ms: 0,
-            },
+            f,
+            &liar,
+            Holding::claimed(HoldingKind::Replica, Bitfield::full(2), 0),
         );
+        assert!(ix.unverified.contains(&(f, liar.clone())));
+        assert_eq!(ix.holders(&ix.files[&f], 10_000), 0);
+        assert_eq!(ix.copies(&ix.files[&f], 10_000), vec![0, 0]);
+        hold(&mut ix, f, &honest, &[0, 1]);
+        assert!(!ix.unverified.contains(&(f, honest.clone())));
+        assert_eq!(ix.holders(&ix.files[&f], 10_000), 1);
+        assert_eq!(ix.min_copies(&ix.files[&f], 10_000), 1);
+        ix.demoted.insert(honest.clone(), 15_000);
+        assert_eq!(ix.holders(&ix.files[&f], 10_000), 0);
+        assert!(!ix.is_serving(&honest, 10_000));
+        // A demotion ends.
+        assert_eq!(ix.holders(&ix.files[&f], 15_000), 1);
+        ix.take_holding(&f, &liar);
+        assert!(ix.unverified.is_empty());
     }
 
     #[test]
@@ -417,13 +482,8 @@ mod tests {
             limit,
             offset,
         };
-        let names = |r: (Vec<&FileEntry>, usize)| {
-            (
-                r.0.iter()
-                    .map(|f| f.manifest.name.clone())
-                    .collect::<Vec<_>>(),
-                r.1,
-            )
+        let names = |r: (Vec<(&FileEntry, &str)>, usize)| {
+            (r.0.iter().map(|f| f.1.to_string()).collect::<Vec<_>>(), r.1)
         };
         let (all, total) = names(ix.search(&q(&[], None, 50, 0)));
         assert_eq!(total, 4);
@@ -447,17 +507,17 @@ mod tests {
         add_file(&mut ix, "other.txt", 1, 3);
         let hex = a.to_string();
         assert_eq!(ix.resolve(&hex).len(), 1);
-        assert_eq!(ix.resolve(&hex[..6].to_uppercase())[0].id, a);
+        assert_eq!(ix.resolve(&hex[..6].to_uppercase())[0].0.id, a);
         assert_eq!(ix.resolve(&hex[..7]).len(), 1);
         assert!(ix.resolve(&hex[..5]).is_empty());
         let both = ix.resolve("same.txt");
         assert_eq!(both.len(), 2);
-        assert!(both.iter().any(|f| f.id == b));
+        assert!(both.iter().any(|f| f.0.id == b && f.1 == Some("same.txt")));
         assert!(ix.resolve("SAME.TXT").is_empty());
         assert!(ix.resolve("").is_empty());
-        assert_eq!(ix.resolve(&format!(" {}\n", &hex[..8]))[0].id, a);
+        assert_eq!(ix.resolve(&format!(" {}\n", &hex[..8]))[0].0.id, a);
         let spaced = add_file(&mut ix, " leading space.txt", 1, 4);
-        assert_eq!(ix.resolve(" leading space.txt")[0].id, spaced);
+        assert_eq!(ix.resolve(" leading space.txt")[0].0.id, spaced);
         assert!(ix.resolve("leading space.txt").is_empty());
         assert!(ix.resolve(" same.txt").is_empty());
         assert!(ix.remove_file(&a).is_some());

@@ -1,19 +1,25 @@
 //! `TrackerService`: the tracker's domain logic, which both adapters (gRPC for peers, REST
 //! for people and scripts) call. It owns the in-memory [`index::Index`] (files, holdings,
 //! peers) and the session table, and decides what is written to the database and when:
-//! account and session changes are written directly (they are rare and must be durable
-//! before the answer), announce and unindex wait for the batch writer to commit, and
-//! heartbeats and chunk reports are only queued to it.
+//! what a client waits for (accounts, sessions, announce, unindex, task completion) commits
+//! before memory changes and before the answer (`commit`), and background facts
+//! (heartbeats, chunk reports, syncs, audits, the planner's tasks) change memory at once and
+//! are queued to the batch writer, which retries them.
 
 mod accounts;
+pub mod audit;
 pub mod auth;
+mod commit;
 mod delivery;
 mod follow;
 mod holdings;
 pub mod index;
+mod limits;
+mod names;
 mod queries;
 mod replication;
 mod search;
+mod throttle;
 pub mod tickets;
 pub mod views;
 
@@ -22,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use common::{Bitfield, PeerId, TicketSigner};
+use common::{PeerId, TicketSigner};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -33,8 +39,8 @@ use crate::metrics::{Levels, Metrics};
 use crate::model::now_ms;
 use crate::replication::TaskTable;
 use crate::{Config, Error};
-use auth::Throttle;
 use index::{FileEntry, Holding, Index, PeerEntry};
+use throttle::Throttle;
 pub use views::*;
 
 /// Longest peer address accepted in a heartbeat.
@@ -74,6 +80,12 @@ struct Inner {
     feed_pos: AtomicI64,
     /// Request, transfer and locate counters for `/metrics` and the stats.
     metrics: Metrics,
+    /// The auditor's queue and memory (see `audit`). Lock order: `index`, then this.
+    audits: Mutex<audit::Audits>,
+    /// Wakes the auditor when a report arrives.
+    audit_wake: Notify,
+    /// Wakes writes waiting for a reservation (`commit`) when one is released.
+    freed: Notify,
 }
 
 /// A node's open task stream.
@@ -103,9 +115,11 @@ impl TrackerService {
         let feed_pos = store.last_change_id().await?;
         let names = store.user_names().await?;
         let mut index = Index::new(duration_ms(cfg.peer_timeout));
+        index.trust_claims = !cfg.audit;
+        index.usage.limits = limits::Limits::from(&cfg);
         for rec in store.load_peers().await? {
             let user = names.get(&rec.user_id).cloned().unwrap_or_default();
-            index.peers.insert(rec.id.clone(), PeerEntry { rec, user });
+            index.insert_peer(PeerEntry { rec, user });
         }
         for rec in store.load_files().await? {
             index.insert_file(FileEntry::new(rec));
@@ -114,16 +128,11 @@ impl TrackerService {
             let Some(f) = index.files.get(&h.file_id) else {
                 continue;
             };
-            match Bitfield::from_bytes(&h.have, f.manifest.chunk_count()) {
-                Ok(have) => {
-                    let holding = Holding {
-                        kind: h.kind,
-                        have,
-                        updated_at_ms: h.updated_at_ms,
-                    };
+            match Holding::from_record(&h, f.manifest.chunk_count()) {
+                Some(holding) => {
                     index.set_holding(h.file_id, &h.peer_id, holding);
                 }
-                Err(e) => tracing::warn!(file = %h.file_id, cause = %e, "skipping a bad holding"),
+                None => tracing::warn!(file = %h.file_id, "skipping a holding that does not fit"),
             }
         }
         let hello = store
@@ -178,6 +187,9 @@ impl TrackerService {
                 feed_pos: AtomicI64::new(feed_pos),
                 metrics: Metrics::new(),
                 located_tickets: tickets::TicketCache::default(),
+                audits: Mutex::default(),
+                audit_wake: Notify::new(),
+                freed: Notify::new(),
             }),
         };
         // A tracker alone on its database plans from the first round.
@@ -197,7 +209,7 @@ impl TrackerService {
     /// Writes every queued update and waits for the commit.
     ///
     /// # Errors
-    /// [`Error::Internal`] when the write fails.
+    /// [`Error::Database`] when the write fails.
     pub async fn flush(&self) -> Result<(), Error> {
         self.inner.writer.flush().await
     }
@@ -259,8 +271,18 @@ impl Levels for Stats {
                 u64::from(self.replication),
             ),
             (
+                "replication_reachable",
+                "The replication target as far as serving peers can hold copies now",
+                u64::from(self.reachable_replication),
+            ),
+            (
+                "under_reachable_chunks",
+                "Chunks with fewer live copies than the reachable target",
+                self.under_reachable_chunks,
+            ),
+            (
                 "active_transfers",
-                "Distinct (user, file) pairs that called Locate in the last 10 s",
+                "Distinct (user, file) pairs that called Locate in the last 10 s, not done since",
                 self.active_transfers,
             ),
             (
@@ -281,23 +303,26 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 /// A file as search results and the REST API show it.
-fn file_view(ix: &Index, f: &FileEntry, now: i64) -> FileView {
+/// `name` is the one this answer shows it under (one of its listed names).
+fn file_view(ix: &Index, f: &FileEntry, name: &str, now: i64) -> FileView {
     FileView {
         min_copies: Some(ix.min_copies(f, now)),
-        ..file_view_with(f, ix.holders(f, now))
+        names: f.all_names(),
+        ..file_view_with(f, name, ix.holders(f, now))
     }
 }
 
-/// A file with its `holders` count and without the copy count, which Locate (the hot
-/// path) counts itself and does not answer with.
-fn file_view_with(f: &FileEntry, holders: u32) -> FileView {
+/// A file with its `holders` count and without the copy count and other names, which
+/// Locate (the hot path) counts itself and does not answer with.
+fn file_view_with(f: &FileEntry, name: &str, holders: u32) -> FileView {
     let m = &f.manifest;
     FileView {
         id: f.id,
-        name: m.name.clone(),
+        name: name.to_string(),
+        names: Vec::new(),
         size: m.size,
         sha256: m.sha256,
-        file_type: f.file_type,
+        file_type: common::FileType::from_name(name),
         chunk_size: m.chunk_size,
         chunks: m.chunk_count(),
         holders,

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use common::{Bitfield, FileId, PeerId};
 
 use super::index::{self, Holding, Search};
+use super::limits::{Sample, holder_views};
 use super::{
-    Caller, ChunkView, FileDetail, FileView, HolderView, Located, PeerView, SearchPage,
-    SearchQuery, Stats, TrackerService, file_view, file_view_with,
+    Caller, ChunkPage, ChunkView, FileDetail, FileView, Located, MAX_CHUNK_PEERS, PeerView,
+    SearchPage, SearchQuery, Stats, TrackerService, file_view, file_view_with,
 };
 use crate::Error;
 use crate::model::{HoldingKind, now_ms};
@@ -41,28 +42,39 @@ impl TrackerService {
         let ix = self.index();
         let (page, total) = ix.search(&search);
         Ok(SearchPage {
-            items: page.into_iter().map(|f| file_view(&ix, f, now)).collect(),
+            items: page
+                .into_iter()
+                .map(|(f, name)| file_view(&ix, f, name, now))
+                .collect(),
             total: total as u64,
         })
     }
 
-    /// Every file matching an id, id prefix (6+ hex digits) or exact name. The term is not
-    /// trimmed here: a name may begin or end with spaces (the index trims ids itself).
-    pub fn resolve(&self, term: &str) -> Vec<FileView> {
+    /// Every file matching an id, id prefix (6+ hex digits) or exact name (any sharer's).
+    /// The term is not trimmed here: a name may begin or end with spaces (the index trims
+    /// ids itself). A file found by name is shown under that name, one found by id under
+    /// the caller's own or else the most used.
+    pub fn resolve(&self, caller: &Caller, term: &str) -> Vec<FileView> {
         let now = now_ms();
         let ix = self.index();
         ix.resolve(term)
             .into_iter()
-            .map(|f| file_view(&ix, f, now))
+            .map(|(f, by)| {
+                let name = by.unwrap_or_else(|| f.name_for(caller.user_id));
+                file_view(&ix, f, name, now)
+            })
             .collect()
     }
 
     /// A file's manifest and the serving peers that hold some of it, with a ticket for the
-    /// caller's user to fetch from them.
+    /// caller's user to fetch from them. The file is named for the caller (`names`); the
+    /// manifest keeps the last known name, which the adapter replaces with that one.
     ///
     /// The hot path of every getter: one pass over the file's holdings under the read lock
-    /// finds the holders and their count (what [`index::Index::holders`] counts), and the
-    /// manifest, its packed hashes and the ticket are shared, not rebuilt.
+    /// finds the holders and their count, and the manifest, its packed hashes and the ticket
+    /// are shared, not rebuilt. Claims not yet audited are handed out too (a getter checks
+    /// every chunk and reports a source that fails it), so the count is of claims, where
+    /// [`index::Index::holders`] counts verified copies.
     ///
     /// # Errors
     /// `NotFound` for an unknown file.
@@ -74,21 +86,19 @@ impl TrackerService {
             .get(file)
             .ok_or_else(|| Error::not_found(format!("unknown file {file}")))?;
         let chunks = f.manifest.chunk_count();
-        let mut holders: Vec<HolderView> = Vec::with_capacity(f.holdings.len());
         // Together they hold every chunk once one holds all (a file of no chunks counts).
         let mut complete = chunks == 0;
         let mut union: Option<Bitfield> = None;
+        // A bounded random choice of holders is listed (`limits::Sample`); only the chosen
+        // partial holders' bitfields are copied.
+        let (mut full, mut partial) = (Sample::new(), Sample::new());
         for (p, h) in &f.holdings {
-            let Some(peer) = ix.peers.get(p) else {
+            let Some(peer) = ix.peers.get(p).filter(|_| ix.is_serving(p, now)) else {
                 continue;
             };
-            if peer.rec.addr.is_empty() || !index::is_up(peer.rec.last_seen_ms, now, ix.timeout_ms)
-            {
-                continue;
-            }
-            let have = if chunks == 0 || h.have.is_complete() {
+            if chunks == 0 || h.have.is_complete() {
                 complete = true;
-                None
+                full.offer((p, peer, None));
             } else if h.have.count() == 0 {
                 continue;
             } else {
@@ -97,18 +107,17 @@ impl TrackerService {
                         .get_or_insert_with(|| Bitfield::new(chunks))
                         .union_with(&h.have);
                 }
-                Some(h.have.clone())
-            };
-            holders.push(HolderView {
-                peer_id: p.clone(),
-                addr: peer.rec.addr.clone(),
-                have,
-            });
+                partial.offer((p, peer, Some(&h.have)));
+            }
         }
         complete = complete || union.is_some_and(|u| u.is_complete());
-        holders.sort_unstable_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        let n = if complete { holders.len() as u32 } else { 0 };
-        let view = file_view_with(f, n);
+        let n = if complete {
+            (full.seen() + partial.seen()) as u32
+        } else {
+            0
+        };
+        let holders = holder_views(full, partial);
+        let view = file_view_with(f, f.name_for(caller.user_id), n);
         let (manifest, packed_hashes) = (f.manifest.clone(), f.packed_hashes.clone());
         drop(ix);
         self.inner.metrics.located(caller.user_id, *file);
@@ -139,6 +148,7 @@ impl TrackerService {
                 storage_used: p.rec.storage_used,
                 shared_bytes: bytes.get(&p.rec.id).map_or(0, |b| b.0),
                 held_bytes: bytes.get(&p.rec.id).map_or(0, |b| b.1),
+                demoted_until_ms: ix.demoted.get(&p.rec.id).copied().filter(|&t| t > now),
             })
             .collect();
         peers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -150,7 +160,7 @@ impl TrackerService {
     /// # Errors
     /// `InvalidArgument` for text that is not 6–64 hex digits, `NotFound` for no match or
     /// an ambiguous prefix.
-    pub fn file_detail(&self, id: &str) -> Result<FileDetail, Error> {
+    pub fn file_detail(&self, id: &str, chunks: ChunkPage) -> Result<FileDetail, Error> {
         let id = id.trim().to_ascii_lowercase();
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
@@ -180,27 +190,32 @@ impl TrackerService {
             .iter()
             .map(|(p, h)| (p, h, ix.is_up(p, now)))
             .collect();
-        holders.sort_by(|a, b| a.0.cmp(b.0));
+        // Up holders first: a chunk lists at most MAX_CHUNK_PEERS of them.
+        holders.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
         let copies = ix.copies(f, now);
-        let chunks = (0..f.manifest.chunk_count())
+        let end = chunks.end(f.manifest.chunk_count());
+        let chunks = (chunks.offset.min(end)..end)
             .map(|i| {
                 let range = f.manifest.chunk_range(i);
+                let mut held = holders.iter().filter(|(_, h, _)| h.have.get(i));
+                let peers = held
+                    .by_ref()
+                    .take(MAX_CHUNK_PEERS)
+                    .map(|(p, h, up)| ((*p).clone(), *up, h.kind))
+                    .collect::<Vec<_>>();
                 ChunkView {
                     index: i,
                     offset: range.start,
                     size: range.end - range.start,
                     sha256: f.manifest.chunk_hashes[i as usize],
                     copies: copies[i as usize],
-                    peers: holders
-                        .iter()
-                        .filter(|(_, h, _)| h.have.get(i))
-                        .map(|(p, h, up)| ((*p).clone(), *up, h.kind))
-                        .collect(),
+                    holders: (peers.len() + held.count()) as u32,
+                    peers,
                 }
             })
             .collect();
         Ok(FileDetail {
-            file: file_view(&ix, f, now),
+            file: file_view(&ix, f, f.display_name(), now),
             chunks,
         })
     }
@@ -234,13 +249,15 @@ impl TrackerService {
                 s.peers_down += 1;
             }
         }
+        let reachable = replication.min(ix.copy_capable_peers(now));
+        s.reachable_replication = reachable;
+        s.unreachable_target = reachable < replication;
         for f in ix.files.values() {
             s.chunks += f.manifest.chunk_count() as u64;
-            s.under_replicated_chunks += ix
-                .copies(f, now)
-                .iter()
-                .filter(|&&c| c < replication)
-                .count() as u64;
+            for c in ix.copies(f, now) {
+                s.under_replicated_chunks += u64::from(c < replication);
+                s.under_reachable_chunks += u64::from(c < reachable);
+            }
         }
         Ok(s)
     }

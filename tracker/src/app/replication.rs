@@ -23,7 +23,7 @@ use super::index::{Holding, Index};
 use super::{TrackerService, duration_ms, lock};
 use crate::Error;
 use crate::db::writer::{WriteOp, Writer};
-use crate::model::{HoldingKind, TaskKind, now_ms};
+use crate::model::{HoldingKind, TaskKind, TaskRecord, now_ms};
 use crate::replication::policy::{self, PeerLoad};
 
 /// How often the planner looks at liveness and timers when nothing wakes it.
@@ -143,6 +143,7 @@ impl TrackerService {
     /// cancelled, then closes every task stream.
     pub async fn replicate(self, shutdown: CancellationToken) {
         let follower = tokio::spawn(self.clone().follow(shutdown.clone()));
+        let auditor = tokio::spawn(self.clone().audit(shutdown.clone()));
         let mut st = Planner::default();
         loop {
             tokio::select! {
@@ -158,10 +159,13 @@ impl TrackerService {
         if let Err(e) = follower.await {
             tracing::error!(cause = %e, "the change-feed follower failed");
         }
+        if let Err(e) = auditor.await {
+            tracing::error!(cause = %e, "the auditor failed");
+        }
     }
 
     fn liveness(&self, ix: &Index, peer: &PeerId, now: i64) -> Liveness {
-        let Some(p) = ix.peers.get(peer) else {
+        let Some(p) = ix.peers.get(peer).filter(|_| !ix.is_demoted(peer, now)) else {
             return Liveness::Lost;
         };
         if ix.is_serving(peer, now) {
@@ -327,7 +331,14 @@ impl TrackerService {
         let holders: Vec<(PeerId, HoldingKind, Liveness, Bitfield)> = f
             .holdings
             .iter()
-            .map(|(p, h)| (p.clone(), h.kind, self.liveness(ix, p, now), h.have.clone()))
+            .map(|(p, h)| {
+                (
+                    p.clone(),
+                    h.kind,
+                    self.liveness(ix, p, now),
+                    h.verified.clone(),
+                )
+            })
             .collect();
         // Pending work on this file, per chunk.
         let mut fetching: HashMap<u32, Vec<(u64, PeerId)>> = HashMap::new();
@@ -485,6 +496,69 @@ fn withdraw(ix: &mut Index, file: &FileId, now: i64, out: &mut Outcome) {
             out.ops.push(WriteOp::Task(rec));
             out.drops += 1;
         }
+    }
+    out.ops.push(WriteOp::FileDelete(*file));
+    tracing::debug!(file = %file, "file withdrawn: no user holds it");
+}
+
+/// The rows of withdrawing `file` once `except` (the unindexing peer, whose holding the
+/// caller deletes) is gone, computed without changing memory (but for the drop tasks' ids):
+/// what [`withdraw`] would do. Returns the drop tasks, for [`withdraw_planned`].
+pub(super) fn plan_withdrawal(
+    ix: &mut Index,
+    file: &FileId,
+    except: &PeerId,
+    now: i64,
+    ops: &mut Vec<WriteOp>,
+) -> Vec<TaskRecord> {
+    for tid in ix.tasks.of_file(file) {
+        if ix
+            .tasks
+            .get(tid)
+            .is_some_and(|t| t.rec.kind == TaskKind::Fetch)
+        {
+            ops.push(WriteOp::TaskDelete(tid));
+        }
+    }
+    let Some(f) = ix.files.get(file) else {
+        return Vec::new();
+    };
+    let mut holders: Vec<(PeerId, HoldingKind, Vec<u32>)> = (f.holdings.iter())
+        .filter(|(p, _)| *p != except)
+        .map(|(p, h)| (p.clone(), h.kind, h.have.iter_ones().collect()))
+        .collect();
+    holders.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut drops = Vec::new();
+    for (peer, kind, chunks) in holders {
+        ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
+        if kind == HoldingKind::Replica && !chunks.is_empty() {
+            let rec = ix.tasks.draft(&peer, TaskKind::Drop, *file, chunks, now);
+            ops.push(WriteOp::Task(rec.clone()));
+            drops.push(rec);
+        }
+    }
+    ops.push(WriteOp::FileDelete(*file));
+    drops
+}
+
+/// Withdraws `file` as [`plan_withdrawal`] planned it, its drop tasks committed already. (A
+/// replica holder that appeared in between gets no drop task; its node keeps the chunks.)
+pub(super) fn withdraw_planned(
+    ix: &mut Index,
+    file: &FileId,
+    drops: Vec<TaskRecord>,
+    out: &mut Outcome,
+) {
+    cancel_fetches(ix, file, out);
+    if let Some(f) = ix.remove_file(file) {
+        for peer in f.holdings.keys() {
+            out.ops.push(WriteOp::HoldingDelete(peer.clone(), *file));
+        }
+    }
+    for rec in drops {
+        out.ops.push(WriteOp::Task(rec.clone()));
+        ix.tasks.insert(rec, 0, true);
+        out.drops += 1;
     }
     out.ops.push(WriteOp::FileDelete(*file));
     tracing::debug!(file = %file, "file withdrawn: no user holds it");

@@ -11,7 +11,12 @@ use crate::model::HoldingKind;
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileView {
     pub id: FileId,
+    /// The name this answer shows it under: a search's matching name, the caller's own, or
+    /// the one most sharers use (see `names`).
     pub name: String,
+    /// Every name its sharers give it, most used first (the last known one when no sharer
+    /// is left); empty from Locate, which does not answer with it.
+    pub names: Vec<String>,
     pub size: u64,
     pub sha256: Sha256Digest,
     pub file_type: FileType,
@@ -40,6 +45,38 @@ pub struct SearchQuery {
     /// `None` or 0 for the default (50); at most 1000.
     pub limit: Option<u32>,
     pub offset: u32,
+}
+
+/// Default and largest page of a file's chunk map, and the most holders listed per chunk:
+/// an answer's size must not follow what a client can make large (a file's chunks, its
+/// holders).
+pub const DEFAULT_CHUNK_PAGE: u32 = 256;
+pub const MAX_CHUNK_PAGE: u32 = 1024;
+pub const MAX_CHUNK_PEERS: usize = 8;
+
+/// Which chunks of a file's chunk map to show: `limit` (at most [`MAX_CHUNK_PAGE`]) from
+/// `offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkPage {
+    pub offset: u32,
+    pub limit: u32,
+}
+
+impl Default for ChunkPage {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: DEFAULT_CHUNK_PAGE,
+        }
+    }
+}
+
+impl ChunkPage {
+    /// The end of the page in a file of `count` chunks.
+    pub fn end(self, count: u32) -> u32 {
+        let limit = self.limit.min(MAX_CHUNK_PAGE);
+        self.offset.saturating_add(limit).min(count)
+    }
 }
 
 /// A peer that can serve chunks of a file right now.
@@ -77,6 +114,8 @@ pub struct PeerView {
     pub shared_bytes: u64,
     /// Bytes of every chunk it holds, whatever the kind.
     pub held_bytes: u64,
+    /// Until when a failed audit keeps it demoted (Unix ms), while it is.
+    pub demoted_until_ms: Option<i64>,
 }
 
 /// One chunk of a file and who holds it.
@@ -88,11 +127,14 @@ pub struct ChunkView {
     pub sha256: Sha256Digest,
     /// Serving peers holding it.
     pub copies: u32,
-    /// Every peer holding it, with whether it is up and why it holds it.
+    /// Peers holding it, with whether each is up and why it holds it: up ones first, at
+    /// most `MAX_CHUNK_PEERS`.
     pub peers: Vec<(PeerId, bool, HoldingKind)>,
+    /// Every peer holding it, listed or not.
+    pub holders: u32,
 }
 
-/// A file with its chunk map.
+/// A file with one page of its chunk map.
 #[derive(Clone, Debug)]
 pub struct FileDetail {
     pub file: FileView,
@@ -113,7 +155,17 @@ pub struct Stats {
     /// Of those, delivered and not yet completed.
     pub delivered_tasks: u64,
     pub replication: u32,
-    /// Distinct (user, file) pairs that called `Locate` in the last 10 s.
+    /// The target as far as it can be met now: `replication`, or fewer when fewer serving
+    /// peers can hold copies (`Index::copy_capable_peers`).
+    pub reachable_replication: u32,
+    /// `reachable_replication < replication`: more copies are wanted than peers can hold,
+    /// so `under_replicated_chunks` stays above 0 however well replication works.
+    pub unreachable_target: bool,
+    /// Chunks with fewer live copies than `reachable_replication`: what replication can
+    /// still fix.
+    pub under_reachable_chunks: u64,
+    /// Distinct (user, file) pairs that called `Locate` in the last 10 s and have not
+    /// reported the whole file since.
     pub active_transfers: u64,
     /// Bytes of verified chunks reported in the last 10 s, per second.
     pub transfer_bytes_per_sec: u64,

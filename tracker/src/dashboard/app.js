@@ -6,13 +6,19 @@
 const POLL_MS = 1500;
 const FETCH_TIMEOUT_MS = 4000;
 const FILE_LIMIT = 200;
+const PEER_LIMIT = 1000;
 const CHUNK_ROWS = 400;
+// The chunk map comes a page at a time (the API's largest page); a file of any size costs
+// the pages opened with "show more", each refreshed by one request per poll.
+const CHUNK_PAGE = 1024;
 
 const state = {
   query: "",
   selected: null, // id of the file whose chunk map is open
+  chunkPages: 1, // pages of its chunk map shown
   users: new Map(), // peer id -> user name, for the chunk map
   target: null, // the tracker's replication target N
+  reachable: null, // the target as far as the serving peers can hold copies now
   lastOk: 0,
   seq: 0, // the newest poll; older answers are dropped
   timer: null,
@@ -85,6 +91,19 @@ class HttpError extends Error {
   }
 }
 
+// One file with the chunk map pages shown, merged into one chunk_map.
+async function getDetail(id) {
+  const base = `/api/v1/files/${encodeURIComponent(id)}?chunk_limit=${CHUNK_PAGE}`;
+  const pages = await Promise.all(
+    Array.from({ length: state.chunkPages }, (_, i) => getJson(`${base}&chunk_offset=${i * CHUNK_PAGE}`)),
+  );
+  return {
+    ...pages[0],
+    chunk_map: pages.flatMap((p) => p.chunk_map || []),
+    next_chunk_offset: pages[pages.length - 1].next_chunk_offset,
+  };
+}
+
 async function getJson(path) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
@@ -105,6 +124,7 @@ async function getJson(path) {
 
 function renderStats(s) {
   state.target = present(s.replication) ? Number(s.replication) : null;
+  state.reachable = present(s.reachable_replication) ? Number(s.reachable_replication) : state.target;
   setText("s-peers-up", fmtNum(s.peers_up));
   setText("s-peers-down", fmtNum(s.peers_down));
   setText("s-users", fmtNum(s.users));
@@ -118,8 +138,22 @@ function renderStats(s) {
   setText("s-active", fmtNum(s.active_transfers));
   setText("s-bytes-total", fmtBytes(s.bytes_transferred_total));
   setText("s-chunks-total", fmtNum(s.chunks_transferred_total));
+  // With fewer peers able to hold copies than the target, the chunks short of it are a
+  // fact to state, not an alarm: only chunks short of what is reachable are (and chunks
+  // with no live copy at all).
+  const unreachable = s.unreachable_target === true;
   const under = Number(s.under_replicated_chunks || 0);
-  $("health-card").classList.toggle("warn", under > 0);
+  const fixable = present(s.under_reachable_chunks) ? Number(s.under_reachable_chunks) : under;
+  const none = state.reachable === 0 && under > 0;
+  $("health-card").classList.toggle("warn", fixable > 0 || none);
+  $("s-reach").hidden = !unreachable;
+  setText("s-reach", unreachable ? reachNote(state.target, state.reachable) : "");
+  $("legend-short").hidden = !unreachable;
+}
+
+function reachNote(target, reachable) {
+  const who = reachable === 0 ? "no peer can" : reachable === 1 ? "only 1 peer can" : `only ${reachable} peers can`;
+  return `target ${target}, ${who} hold copies`;
 }
 
 function storageCell(used, quota) {
@@ -157,14 +191,24 @@ function renderPeers(list) {
   $("peers").tBodies[0].replaceChildren(...rows);
   $("peers-empty").hidden = rows.length > 0;
   const up = items.filter((p) => p.state === "up").length;
-  setText("peers-count", `${up} up, ${items.length - up} down`);
+  const total = present(list.total) ? Number(list.total) : items.length;
+  const more = total > items.length ? ` (showing ${fmtNum(items.length)} of ${fmtNum(total)})` : "";
+  setText("peers-count", `${up} up, ${items.length - up} down${more}`);
 }
 
 function copiesClass(copies) {
   if (!present(copies)) return "";
   if (copies <= 0) return "bad";
-  if (state.target !== null && copies < state.target) return "low";
+  if (state.reachable !== null && copies < state.reachable) return "low";
+  // As many copies as the peers can hold, short of an unreachable target: neutral.
+  if (state.target !== null && copies < state.target) return "short";
   return "ok";
+}
+
+// The file's other names (its sharers' own), or undefined when it has one.
+function otherNames(f) {
+  const others = (f.names || []).filter((n) => n !== f.name);
+  return others.length ? others.join(" · ") : undefined;
 }
 
 function renderFiles(list) {
@@ -178,7 +222,8 @@ function renderFiles(list) {
         class: f.id === state.selected ? "selected" : "",
         title: "Show the chunk map",
       },
-      el("td", { class: "name strong" }, f.name),
+      // Each sharer names its own listing: the others show on hover and in the detail.
+      el("td", { class: "name strong", title: otherNames(f) }, f.name),
       el("td", {}, el("span", { class: "tag" }, f.type)),
       el("td", { class: "num" }, fmtBytes(f.size)),
       el("td", { class: "num" }, fmtNum(f.chunks)),
@@ -224,11 +269,12 @@ function renderDetail(d) {
     ["chunks", `${fmtNum(d.chunks)} × ${fmtBytes(d.chunk_size)}`],
     ["holders", fmtNum(d.holders)],
     ["sha256", d.sha256],
+    ...(otherNames(d) ? [["also named", otherNames(d)]] : []),
   ].map(([k, v]) => el("span", {}, `${k} `, el("b", { class: k === "sha256" ? "mono" : "" }, v)));
   $("detail-meta").replaceChildren(...meta);
 
   const chunks = d.chunk_map || [];
-  const cellClass = { ok: "c-ok", low: "c-low" };
+  const cellClass = { ok: "c-ok", low: "c-low", short: "c-short" };
   const cells = chunks.map((c) =>
     el("i", {
       class: `c ${cellClass[copiesClass(c.copies)] || "c-none"}`,
@@ -238,6 +284,13 @@ function renderDetail(d) {
     }),
   );
   $("chunkmap").replaceChildren(...cells);
+  const total = Number(d.chunks || chunks.length);
+  const more = present(d.next_chunk_offset);
+  $("chunks-more").hidden = !more;
+  if (more) {
+    const next = Math.min(CHUNK_PAGE, total - chunks.length);
+    setText("chunks-more-btn", `Show ${fmtNum(next)} more (${fmtNum(chunks.length)} of ${fmtNum(total)} chunks shown)`);
+  }
 
   const rows = chunks.slice(0, CHUNK_ROWS).map((c) =>
     el(
@@ -247,11 +300,18 @@ function renderDetail(d) {
       el("td", { class: "num" }, fmtBytes(c.offset)),
       el("td", { class: "num" }, fmtBytes(c.size)),
       el("td", { class: `num ${copiesClass(c.copies)}` }, fmtNum(c.copies)),
-      el("td", { class: "holders" }, ...sortedHolders(c.peers).map(holderLabel)),
+      el(
+        "td",
+        { class: "holders" },
+        ...sortedHolders(c.peers).map(holderLabel),
+        c.peers_total > (c.peers || []).length
+          ? el("small", { class: "muted" }, `+${fmtNum(c.peers_total - c.peers.length)} more`)
+          : null,
+      ),
     ),
   );
-  if (chunks.length > CHUNK_ROWS) {
-    rows.push(el("tr", {}, el("td", { colspan: "5", class: "muted" }, `… ${chunks.length - CHUNK_ROWS} more chunks`)));
+  if (total > CHUNK_ROWS) {
+    rows.push(el("tr", {}, el("td", { colspan: "5", class: "muted" }, `… ${fmtNum(total - CHUNK_ROWS)} more chunks`)));
   }
   $("chunks").tBodies[0].replaceChildren(...rows);
 }
@@ -259,6 +319,7 @@ function renderDetail(d) {
 function renderDetailGone() {
   $("detail-meta").replaceChildren(el("span", { class: "bad" }, "This file is no longer known to the tracker."));
   $("chunkmap").replaceChildren();
+  $("chunks-more").hidden = true;
   $("chunks").tBodies[0].replaceChildren();
 }
 
@@ -295,14 +356,14 @@ async function poll() {
   try {
     const [stats, peers, files] = await Promise.all([
       getJson("/api/v1/stats"),
-      getJson("/api/v1/peers"),
+      getJson(`/api/v1/peers?limit=${PEER_LIMIT}`),
       getJson(`/api/v1/files?q=${q}&limit=${FILE_LIMIT}`),
     ]);
     let detail = null;
     let gone = false;
     if (selected) {
       try {
-        detail = await getJson(`/api/v1/files/${encodeURIComponent(selected)}`);
+        detail = await getDetail(selected);
       } catch (e) {
         if (e instanceof HttpError && e.status === 404) gone = true;
         else throw e;
@@ -327,6 +388,7 @@ async function poll() {
 
 function select(id) {
   state.selected = id;
+  state.chunkPages = 1;
   for (const tr of $("files").tBodies[0].rows) {
     tr.classList.toggle("selected", tr.dataset.fileId === id);
   }
@@ -337,6 +399,7 @@ function select(id) {
   $("detail").hidden = false;
   setText("detail-name", "loading…");
   $("chunkmap").replaceChildren();
+  $("chunks-more").hidden = true;
   $("chunks").tBodies[0].replaceChildren();
   poll();
 }
@@ -363,6 +426,10 @@ function init() {
     }
   });
   $("detail-close").addEventListener("click", () => select(null));
+  $("chunks-more-btn").addEventListener("click", () => {
+    state.chunkPages += 1;
+    poll();
+  });
   setInterval(tickClock, 1000);
   poll();
 }

@@ -22,22 +22,50 @@ impl Store {
     /// # Errors
     /// [`Error::AlreadyExists`] when the name is taken.
     pub async fn create_user(&self, name: &str, password_hash: &str) -> Result<UserRecord, Error> {
+        self.create_user_with(name, password_hash, None).await
+    }
+
+    /// Creates a user and, in the same transaction, `session` (its `user_id` is filled in):
+    /// a registration either makes both or neither.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the name is taken.
+    pub async fn create_user_with(
+        &self,
+        name: &str,
+        password_hash: &str,
+        session: Option<SessionRecord>,
+    ) -> Result<UserRecord, Error> {
         let am = users::ActiveModel {
             name: Set(name.to_string()),
             password_hash: Set(password_hash.to_string()),
             created_at: Set(crate::model::now_ms()),
             ..Default::default()
         };
-        match users::Entity::insert(am).exec(&self.db).await {
-            Ok(res) => self
-                .user_by_id(res.last_insert_id)
-                .await?
-                .ok_or_else(|| Error::Internal("inserted user vanished".into())),
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Err(
-                Error::AlreadyExists(format!("user {name:?} already exists")),
-            ),
-            Err(e) => Err(e.into()),
+        let txn = self.db.begin().await?;
+        let id = match users::Entity::insert(am).exec(&txn).await {
+            Ok(res) => res.last_insert_id,
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(Error::AlreadyExists(format!(
+                    "user {name:?} already exists"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let user = users::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .map(user_record)
+            .ok_or_else(|| Error::Internal("inserted user vanished".into()))?;
+        if let Some(s) = session {
+            let s = SessionRecord {
+                user_id: user.id,
+                ..s
+            };
+            insert_session(&txn, &self.origin, &s, &user.name).await?;
         }
+        self.commit(txn).await?;
+        Ok(user)
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, Error> {
@@ -111,7 +139,7 @@ impl Store {
         .await?;
         let change = Change::UserRemoved { user_id: user.id };
         changes::append(&txn, &self.origin, &change).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(true)
     }
 
@@ -119,24 +147,9 @@ impl Store {
 
     /// Stores a session and tells other trackers about it (`user` is its user's name).
     pub async fn insert_session(&self, s: &SessionRecord, user: &str) -> Result<(), Error> {
-        let am = sessions::ActiveModel {
-            token_hash: Set(s.token_hash.clone()),
-            user_id: Set(s.user_id),
-            created_at: Set(s.created_at_ms),
-            expires_at: Set(s.expires_at_ms),
-        };
         let txn = self.db.begin().await?;
-        sessions::Entity::insert(am)
-            .exec_without_returning(&txn)
-            .await?;
-        let change = Change::SessionAdd {
-            token_hash: s.token_hash.clone(),
-            user_id: s.user_id,
-            user: user.to_string(),
-            expires_at_ms: s.expires_at_ms,
-        };
-        changes::append(&txn, &self.origin, &change).await?;
-        txn.commit().await?;
+        insert_session(&txn, &self.origin, s, user).await?;
+        self.commit(txn).await?;
         Ok(())
     }
 
@@ -150,7 +163,7 @@ impl Store {
             token_hash: token_hash.to_string(),
         };
         changes::append(&txn, &self.origin, &change).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(res.rows_affected > 0)
     }
 
@@ -182,6 +195,32 @@ impl Store {
             .map(|u| (u.id, u.name))
             .collect())
     }
+}
+
+/// Inserts a session with its change-feed entry inside the open transaction `txn`.
+async fn insert_session<C: ConnectionTrait>(
+    txn: &C,
+    origin: &str,
+    s: &SessionRecord,
+    user: &str,
+) -> Result<(), Error> {
+    let am = sessions::ActiveModel {
+        token_hash: Set(s.token_hash.clone()),
+        user_id: Set(s.user_id),
+        created_at: Set(s.created_at_ms),
+        expires_at: Set(s.expires_at_ms),
+    };
+    sessions::Entity::insert(am)
+        .exec_without_returning(txn)
+        .await?;
+    let change = Change::SessionAdd {
+        token_hash: s.token_hash.clone(),
+        user_id: s.user_id,
+        user: user.to_string(),
+        expires_at_ms: s.expires_at_ms,
+    };
+    changes::append(txn, origin, &change).await?;
+    Ok(())
 }
 
 fn user_record(m: users::Model) -> UserRecord {

@@ -1,11 +1,12 @@
-//! Applying one coalesced [`Batch`] from the writer: peers, files, holdings and tasks,
-//! upserted or deleted in one transaction together with its change-feed entry.
+//! Applying the writer's batches: peers, files, holdings and tasks, upserted or deleted in
+//! one transaction together with their change-feed entries.
 
 use common::FileType;
 use common::PeerId;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter,
+    TransactionTrait,
 };
 
 use super::changes::{self, BatchChange, Change};
@@ -19,12 +20,29 @@ use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 const FILE_INSERT_CHUNK: usize = 32;
 
 impl Store {
-    /// Writes one coalesced batch in one transaction.
+    /// Writes the background batch `batch` and then the committed ops' rows `committed` in
+    /// one transaction, each with its change-feed entry (other trackers apply them in that
+    /// order).
     ///
     /// # Errors
-    /// [`Error::Database`]; then nothing of the batch was written.
-    pub async fn apply(&self, batch: &Batch) -> Result<(), Error> {
+    /// [`Error::Database`]; then nothing of either was written.
+    pub async fn apply(&self, batch: &Batch, committed: &Batch) -> Result<(), Error> {
         let txn = self.db.begin().await?;
+        for b in [batch, committed] {
+            let change = BatchChange::of(b);
+            if !change.is_empty() {
+                write(&txn, b).await?;
+                changes::append(&txn, &self.origin, &Change::Batch(change)).await?;
+            }
+        }
+        self.commit(txn).await?;
+        Ok(())
+    }
+}
+
+/// Writes one coalesced batch inside `txn`.
+async fn write(txn: &DatabaseTransaction, batch: &Batch) -> Result<(), Error> {
+    {
         let peer_rows: Vec<peers::ActiveModel> = batch.peers.values().map(peer_model).collect();
         for chunk in peer_rows.chunks(INSERT_CHUNK) {
             peers::Entity::insert_many(chunk.to_vec())
@@ -38,7 +56,7 @@ impl Store {
                         ])
                         .to_owned(),
                 )
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
         // A few rows per statement: each carries 32 bytes per chunk of hashes.
@@ -47,8 +65,9 @@ impl Store {
         for chunk in file_rows.chunks(FILE_INSERT_CHUNK) {
             files::Entity::insert_many(chunk.to_vec())
                 .on_conflict(
-                    // The domain queues an insert only for a file new to it, so a row that
-                    // exists is a forgotten file coming back: take the new name and time.
+                    // The domain queues an insert for a file new to it (a row that exists
+                    // is a forgotten file coming back: take the new name and time) or to
+                    // keep the last known name of a file whose last sharer left.
                     OnConflict::column(files::Column::Id)
                         .update_columns([
                             files::Column::Name,
@@ -57,14 +76,14 @@ impl Store {
                         ])
                         .to_owned(),
                 )
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
         let cleared: Vec<&str> = batch.cleared.iter().map(PeerId::as_str).collect();
         for peers in cleared.chunks(INSERT_CHUNK) {
             holdings::Entity::delete_many()
                 .filter(holdings::Column::PeerId.is_in(peers.iter().copied()))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
         let mut upserts = Vec::new();
@@ -85,7 +104,7 @@ impl Store {
             });
             holdings::Entity::delete_many()
                 .filter(any)
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
         for chunk in upserts.chunks(INSERT_CHUNK) {
@@ -96,10 +115,12 @@ impl Store {
                             holdings::Column::Kind,
                             holdings::Column::Have,
                             holdings::Column::UpdatedAt,
+                            holdings::Column::Verified,
+                            holdings::Column::Name,
                         ])
                         .to_owned(),
                 )
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
         let gone: Vec<String> = (batch.files.iter())
@@ -109,7 +130,7 @@ impl Store {
         for ids in gone.chunks(INSERT_CHUNK) {
             files::Entity::delete_many()
                 .filter(files::Column::Id.is_in(ids.iter().map(String::as_str)))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
         let mut task_rows = Vec::new();
@@ -134,22 +155,17 @@ impl Store {
                         ])
                         .to_owned(),
                 )
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
         for ids in task_deletes.chunks(INSERT_CHUNK) {
             tasks::Entity::delete_many()
                 .filter(tasks::Column::Id.is_in(ids.iter().copied()))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
-        let change = BatchChange::of(batch);
-        if !change.is_empty() {
-            changes::append(&txn, &self.origin, &Change::Batch(change)).await?;
-        }
-        txn.commit().await?;
-        Ok(())
     }
+    Ok(())
 }
 
 fn file_model(f: &FileRecord) -> files::ActiveModel {
@@ -186,6 +202,8 @@ fn holding_model(h: &HoldingRecord) -> holdings::ActiveModel {
         kind: Set(h.kind.code()),
         have: Set(h.have.clone()),
         updated_at: Set(h.updated_at_ms),
+        verified: Set(h.verified.clone()),
+        name: Set(h.name.clone()),
     }
 }
 

@@ -102,6 +102,11 @@ pub struct HoldingRow {
     /// The bitfield's bytes, hex.
     have: String,
     updated_at_ms: i64,
+    /// The audited bitfield's bytes, hex (absent from rows of older trackers: none).
+    #[serde(default)]
+    verified: String,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -159,6 +164,8 @@ impl BatchChange {
                     kind: h.kind.code(),
                     have: hex::encode(&h.have),
                     updated_at_ms: h.updated_at_ms,
+                    verified: hex::encode(&h.verified),
+                    name: h.name.clone(),
                 }),
                 None => out.holding_deletes.push((peer.clone(), file.to_string())),
             }
@@ -242,6 +249,8 @@ impl HoldingRow {
             kind: HoldingKind::from_code(self.kind.into())?,
             have: hex::decode(&self.have).ok()?,
             updated_at_ms: self.updated_at_ms,
+            verified: hex::decode(&self.verified).ok()?,
+            name: self.name.clone(),
         })
     }
 }
@@ -306,7 +315,7 @@ impl Store {
         use sea_orm::TransactionTrait;
         let txn = self.db.begin().await?;
         let id = append(&txn, &self.origin, change).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(id)
     }
 

@@ -63,6 +63,8 @@ impl Store {
                 kind,
                 have: m.have,
                 updated_at_ms: m.updated_at,
+                verified: m.verified,
+                name: m.name,
             });
         }
         Ok(out)

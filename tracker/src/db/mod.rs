@@ -6,21 +6,27 @@
 //! (heartbeats, chunk reports) go through [`writer`], which coalesces them into one
 //! transaction every few hundred milliseconds.
 //!
-//! Layout: `accounts` (users, sessions), `keys`, `load` (the directory at start), `apply`
-//! (a writer batch), [`changes`] (the change feed and leases), [`writer`].
+//! Layout: `accounts` (users, sessions), `keys`, `load` (the directory at start), `batch`
+//! (the writer's rows), `apply` (writing them), [`changes`] (the change feed and leases),
+//! [`writer`].
 
 mod accounts;
 mod apply;
+mod batch;
 pub mod changes;
 pub mod entities;
+mod hygiene;
 mod keys;
 mod load;
 pub mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr, Statement,
+};
 
 use crate::Error;
 
@@ -33,6 +39,8 @@ pub struct Store {
     db: DatabaseConnection,
     /// This process's instance id in the change feed and the leases (random per start).
     origin: String,
+    /// Failed statements and commits, after which SQLite connections are renewed.
+    failures: Arc<hygiene::Failures>,
 }
 
 impl Store {
@@ -42,21 +50,50 @@ impl Store {
     /// [`Error::Database`] when the database cannot be reached.
     pub async fn connect(url: &str) -> Result<Store, Error> {
         let mut opts = ConnectOptions::new(url);
+        // A request waits at most this long for a connection, so while the database is
+        // down callers get an answer (UNAVAILABLE), not a hang.
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30));
-        if url.starts_with("sqlite:") {
-            opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5))
-            });
+            .acquire_timeout(Duration::from_secs(10));
+        let failures = hygiene::Failures::new();
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            let f = failures.clone();
+            // Enough that the writer, the follower and a few direct writes each waiting out
+            // a busy timeout (a lock held elsewhere) do not queue for a connection too.
+            opts.max_connections(8)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(5))
+                })
+                .map_sqlx_sqlite_pool_opts(move |o| hygiene::checked(o, f.clone()));
         } else {
             opts.max_connections(10);
         }
-        let db = Database::connect(opts).await?;
+        let mut db = Database::connect(opts).await?;
+        if sqlite {
+            let f = failures.clone();
+            db.set_metric_callback(move |info| {
+                if info.failed {
+                    f.note();
+                }
+            });
+        }
         let origin = format!("{:032x}", rand::random::<u128>());
-        Ok(Store { db, origin })
+        Ok(Store {
+            db,
+            origin,
+            failures,
+        })
+    }
+
+    /// Commits `txn`, noting a failure (see `hygiene`).
+    async fn commit(&self, txn: sea_orm::DatabaseTransaction) -> Result<(), Error> {
+        txn.commit().await.map_err(|e| {
+            self.failures.note();
+            e.into()
+        })
     }
 
     /// Applies every pending migration.
@@ -97,5 +134,39 @@ impl Store {
         if let Err(e) = self.db.close().await {
             tracing::warn!(cause = %e, "closing the database");
         }
+    }
+}
+
+/// Whether `e` says the database cannot be reached or cannot serve right now (refused or
+/// lost connections, a server starting or shutting down, a lock held elsewhere), as opposed
+/// to a mistake that waiting will not fix (a bad URL, password or path).
+pub fn is_unavailable(e: &Error) -> bool {
+    let Error::Database(e) = e else {
+        return false;
+    };
+    let sqlx = match e {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    use sea_orm::sqlx::Error as E;
+    match &**sqlx {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08…), shutdown and start-up (57P0…), too
+            // many connections, and a database not accepting connections (55000, what
+            // `ALLOW_CONNECTIONS false` answers). SQLite: busy and locked.
+            code.starts_with("08")
+                || code.starts_with("57P0")
+                || code == "53300"
+                || code == "55000"
+                // SQLite's codes are numbers (extended ones keep the primary in the low
+                // byte); PostgreSQL's are five characters.
+                || (code.len() < 5 && matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6)))
+        }
+        _ => false,
     }
 }

@@ -1,30 +1,46 @@
-//! The batch writer: the one task that writes peers, files and holdings.
+//! The batch writer: the one task that writes peers, files, holdings and tasks.
 //!
-//! Heartbeats and chunk reports arrive many times a second; writing each would make the
-//! database the bottleneck. The domain updates its in-memory state first and then queues a
-//! [`WriteOp`] here. The writer coalesces ops for the same row (the last state wins), and
-//! writes a [`Batch`] in one transaction every [`FLUSH_INTERVAL`] or once [`MAX_PENDING`] ops
-//! are queued. Rare writes that must be durable before the caller hears back (announce,
-//! unindex) queue their ops and then wait on [`Writer::flush`].
+//! Two kinds of writes go through it (see "Source of truth and cache" in ARCHITECTURE.md):
+//!
+//! - **Background facts** (heartbeats, chunk reports, holdings syncs, audit results, the
+//!   planner's tasks): the domain changes memory first and [`Writer::queue`]s the rows. The
+//!   writer coalesces them (the last op per row wins) into a [`Batch`] written in one
+//!   transaction every [`FLUSH_INTERVAL`] or once [`MAX_PENDING`] ops are queued; a batch
+//!   that fails is kept and retried, newer ops folding in on top.
+//! - **Client-waited writes** (announce, unindex, task completion): [`Writer::commit`]
+//!   carries the op's rows and the memory change to make once they are committed. The rows
+//!   commit with the next transaction or are dropped with it, never retried: the caller is
+//!   told which. Memory is changed by the writer itself right after the commit (the op's
+//!   [`Apply`]), so nothing can be written between the commit and the change.
+//!
+//! Group commit: a transaction folds in everything queued so far, and answers every waiting
+//! commit and flush among it, so many concurrent announces cost a few commits, not one each.
+//! Its background rows are written first and the committed ops' rows last: the op's memory
+//! change comes after every background change folded in, so the database sees the same
+//! order.
 //!
 //! Order: callers [`Writer::queue`] their ops *while still holding the lock* under which
 //! they changed memory, so the queue's order is the order of the changes, across callers.
 //! (Queueing after the lock is released let a task's "delivered" update overtake the
 //! "done" that followed it, and resurrect the task.) Queueing never waits; callers then
-//! await [`Writer::ready`] outside the lock, which is the backpressure.
+//! await [`Writer::ready`] outside the lock, which is the backpressure. A background op
+//! queued after a committed op's transaction began but before its memory change was
+//! computed without that change: its row would overwrite the committed one. So an
+//! [`Apply`] calls [`Stale::drain`] under the same lock, which takes those ops out of the
+//! queue, and the rows the apply returns (the rows it changed, as memory has them now) are
+//! written after them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{FileId, PeerId};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Store;
+pub use super::batch::{Batch, RowKey, WriteOp};
 use crate::Error;
-use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 
 /// How long an update may wait before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -36,89 +52,25 @@ const FINAL_ATTEMPTS: u32 = 5;
 const GROUP_LIMIT: usize = 8 * MAX_PENDING;
 /// Queued ops beyond which [`Writer::ready`] waits (backpressure) for the database.
 const QUEUE_CAPACITY: usize = 16 * 1024;
+/// While writes keep failing, how often the failure is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// One change to persist.
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    /// Insert or update a peer (owner and creation time are kept on update).
-    Peer(PeerRecord),
-    /// Insert a file unless it exists.
-    FileUpsert(FileRecord),
-    FileDelete(FileId),
-    /// Insert or replace one holding.
-    Holding(HoldingRecord),
-    HoldingDelete(PeerId, FileId),
-    /// Delete every holding of a peer (the start of a full sync).
-    ClearHoldings(PeerId),
-    /// Insert or update a replication task.
-    Task(TaskRecord),
-    TaskDelete(u64),
-}
+/// A committed op's memory change: called by the writer once the op's rows are committed,
+/// it must take the lock under which memory changes, change memory, call
+/// [`Stale::drain`] before releasing it, and return the rows it changed as they now are.
+pub type Apply = Box<dyn FnOnce(&mut Stale<'_>) -> Vec<WriteOp> + Send>;
 
-/// Coalesced changes, written in one transaction in this order: peers, new files, cleared
-/// peers' holdings, holding upserts and deletes, deleted files, task upserts and deletes.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub peers: HashMap<PeerId, PeerRecord>,
-    /// `None` deletes the file.
-    pub files: HashMap<FileId, Option<FileRecord>>,
-    pub cleared: HashSet<PeerId>,
-    /// `None` deletes the holding.
-    pub holdings: HashMap<(PeerId, FileId), Option<HoldingRecord>>,
-    /// `None` deletes the task.
-    pub tasks: HashMap<u64, Option<TaskRecord>>,
-    ops: usize,
-}
-
-impl Batch {
-    /// Folds `op` in; the last op for a row wins.
-    pub fn push(&mut self, op: WriteOp) {
-        self.ops += 1;
-        match op {
-            WriteOp::Peer(p) => {
-                self.peers.insert(p.id.clone(), p);
-            }
-            WriteOp::FileUpsert(f) => {
-                self.files.insert(f.id(), Some(f));
-            }
-            WriteOp::FileDelete(id) => {
-                self.files.insert(id, None);
-            }
-            WriteOp::Holding(h) => {
-                self.holdings
-                    .insert((h.peer_id.clone(), h.file_id), Some(h));
-            }
-            WriteOp::HoldingDelete(p, f) => {
-                self.holdings.insert((p, f), None);
-            }
-            WriteOp::ClearHoldings(p) => {
-                // Earlier changes to this peer's holdings are superseded by the clear, which
-                // runs before the holding changes that follow it.
-                self.holdings.retain(|(peer, _), _| *peer != p);
-                self.cleared.insert(p);
-            }
-            WriteOp::Task(t) => {
-                self.tasks.insert(t.id, Some(t));
-            }
-            WriteOp::TaskDelete(id) => {
-                self.tasks.insert(id, None);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops == 0
-    }
-
-    /// Ops folded in since the last write.
-    pub fn ops(&self) -> usize {
-        self.ops
-    }
-}
+/// What a waiter hears: committed, or why not.
+type Answer = Result<(), String>;
 
 enum Msg {
     Op(WriteOp),
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Answer>),
+    Commit {
+        ops: Vec<WriteOp>,
+        apply: Apply,
+        done: oneshot::Sender<Answer>,
+    },
 }
 
 /// The sending side; cheap to clone.
@@ -145,13 +97,41 @@ fn stopped() -> Error {
     Error::Internal("the database writer has stopped".into())
 }
 
+/// A failed write as callers see it: the database's failure (UNAVAILABLE on the wire).
+fn failed(cause: String) -> Error {
+    Error::Database(sea_orm::DbErr::Custom(format!("write failed: {cause}")))
+}
+
+/// A commit on its way: [`Pending::wait`] for its answer.
+#[must_use = "a commit's answer says whether it happened"]
+pub struct Pending(oneshot::Receiver<Answer>);
+
+impl Pending {
+    /// Waits until the op's rows are committed and its memory change made.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the transaction failed: then nothing of the op was written
+    /// and its memory change was not made.
+    pub async fn wait(self) -> Result<(), Error> {
+        self.0.await.map_err(|_| stopped())?.map_err(failed)
+    }
+}
+
 impl Writer {
     /// Starts the writer task. It ends, after writing everything queued, once every
     /// [`Writer`] clone is dropped.
     pub fn spawn(store: Store) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
-        let handle = tokio::spawn(run(store, rx, backlog.clone()));
+        let task = Task {
+            store,
+            rx,
+            stash: VecDeque::new(),
+            backlog: backlog.clone(),
+            batch: Batch::default(),
+            outage: None,
+        };
+        let handle = tokio::spawn(task.run());
         (Writer { tx, backlog }, handle)
     }
 
@@ -179,187 +159,234 @@ impl Writer {
         }
     }
 
+    /// Sends a client-waited op: `ops` commit with the next transaction, or are dropped if
+    /// it fails; once committed the writer runs `apply` (see [`Apply`]). Dropping `apply`
+    /// unrun is how a failed op ends.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the writer has stopped (then `apply` is dropped).
+    pub fn commit(&self, ops: Vec<WriteOp>, apply: Apply) -> Result<Pending, Error> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Commit { ops, apply, done })
+            .map_err(|_| stopped())?;
+        Ok(Pending(rx))
+    }
+
     /// Writes everything queued so far and waits until it is committed.
     ///
     /// # Errors
-    /// [`Error::Internal`] when the write failed or the writer has stopped.
+    /// [`Error::Database`] when the write failed (the ops stay queued and are retried),
+    /// [`Error::Internal`] when the writer has stopped.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Flush(tx)).map_err(|_| stopped())?;
-        rx.await
-            .map_err(|_| stopped())?
-            .map_err(|e| Error::Internal(format!("database write failed: {e}")))
+        rx.await.map_err(|_| stopped())?.map_err(failed)
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, backlog: Arc<Backlog>) {
-    let mut batch = Batch::default();
-    // After a failed write, retry on the timer only, not on every new op.
-    let mut failing = false;
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let take = |batch: &mut Batch, op: WriteOp| {
-        if backlog.queued.fetch_sub(1, Ordering::Relaxed) == QUEUE_CAPACITY + 1 {
-            backlog.drained.notify_waiters();
+/// Handed to an [`Apply`]: takes the ops queued since its transaction was folded (computed
+/// without its memory change) out of the queue, so its rows are written after them.
+pub struct Stale<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<Msg>,
+    stash: &'a mut VecDeque<Msg>,
+}
+
+impl Stale<'_> {
+    /// Call under the lock that orders queueing, after changing memory.
+    pub fn drain(&mut self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            self.stash.push_back(msg);
         }
-        batch.push(op);
-    };
-    loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Msg::Op(op)) => {
-                    take(&mut batch, op);
-                    if batch.ops() >= MAX_PENDING && !failing {
-                        failing = write(&store, &mut batch).await.is_err();
+    }
+}
+
+/// The writer task's state.
+struct Task {
+    store: Store,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Messages taken from the channel ahead of their turn (see [`Stale`]), in order.
+    stash: VecDeque<Msg>,
+    backlog: Arc<Backlog>,
+    /// Background ops not yet written.
+    batch: Batch,
+    /// Since when writes have been failing, and when that was last logged.
+    outage: Option<(Instant, Instant)>,
+}
+
+/// A waiter in a group commit.
+enum Waiter {
+    Flush(oneshot::Sender<Answer>),
+    Commit {
+        ops: Vec<WriteOp>,
+        apply: Apply,
+        done: oneshot::Sender<Answer>,
+    },
+}
+
+impl Task {
+    async fn run(mut self) {
+        // After a failed write, background ops are retried on the timer only, not on every
+        // new op; commits and flushes always try.
+        let mut failing = false;
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = match self.stash.pop_front() {
+                Some(msg) => Some(msg),
+                // Messages first: a retry of a failing batch can take a busy timeout, and
+                // must not keep waiting commits from their answer.
+                None => tokio::select! {
+                    biased;
+                    msg = self.rx.recv() => match msg {
+                        Some(msg) => Some(msg),
+                        None => break,
+                    },
+                    _ = tick.tick() => None,
+                },
+            };
+            let Some(msg) = msg else {
+                failing = self.write(&Batch::default()).await.is_err();
+                continue;
+            };
+            match msg {
+                Msg::Op(op) => {
+                    self.take(op);
+                    if self.batch.ops() >= MAX_PENDING && !failing {
+                        failing = self.write(&Batch::default()).await.is_err();
                     }
                 }
-                Some(Msg::Flush(done)) => {
-                    // Group commit: fold in what is already queued behind this flush (in
-                    // queue order, so change order holds), and let one transaction answer
-                    // every flush among it. Many concurrent announces then cost a few
-                    // commits, not one each (which an fsync per commit makes slow).
-                    let mut waiters = vec![done];
-                    while batch.ops() < GROUP_LIMIT {
-                        match rx.try_recv() {
-                            Ok(Msg::Op(op)) => take(&mut batch, op),
-                            Ok(Msg::Flush(done)) => waiters.push(done),
-                            Err(_) => break,
-                        }
-                    }
-                    let res = write(&store, &mut batch).await;
-                    failing = res.is_err();
-                    // A caller may have gone away; the write stands either way.
-                    for done in waiters {
-                        let _ = done.send(res.clone());
-                    }
+                Msg::Flush(done) => failing = self.group(Waiter::Flush(done)).await.is_err(),
+                Msg::Commit { ops, apply, done } => {
+                    let first = Waiter::Commit { ops, apply, done };
+                    failing = self.group(first).await.is_err();
+                }
+            }
+        }
+        // The last write at shutdown: a database that is briefly locked or unreachable gets a
+        // few more chances before what is queued is given up.
+        for attempt in 1..=FINAL_ATTEMPTS {
+            match self.write(&Batch::default()).await {
+                Ok(()) => return,
+                Err(e) if attempt == FINAL_ATTEMPTS => {
+                    tracing::error!(cause = %e, "final database write failed; recent updates are lost");
+                }
+                Err(_) => tokio::time::sleep(FLUSH_INTERVAL * 5).await,
+            }
+        }
+    }
+
+    fn take(&mut self, op: WriteOp) {
+        if self.backlog.queued.fetch_sub(1, Ordering::Relaxed) == QUEUE_CAPACITY + 1 {
+            self.backlog.drained.notify_waiters();
+        }
+        self.batch.push(op);
+    }
+
+    /// The next message already queued, if any.
+    fn next_queued(&mut self) -> Option<Msg> {
+        self.stash.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
+    /// Group commit: folds in what is already queued behind `first` (in queue order, so
+    /// change order holds), writes it with every waiting commit's rows in one transaction,
+    /// then makes the commits' memory changes and answers every waiter.
+    async fn group(&mut self, first: Waiter) -> Answer {
+        let mut waiters = vec![first];
+        while self.batch.ops() < GROUP_LIMIT {
+            match self.next_queued() {
+                Some(Msg::Op(op)) => self.take(op),
+                Some(Msg::Flush(done)) => waiters.push(Waiter::Flush(done)),
+                Some(Msg::Commit { ops, apply, done }) => {
+                    waiters.push(Waiter::Commit { ops, apply, done });
                 }
                 None => break,
-            },
-            _ = tick.tick() => {
-                failing = write(&store, &mut batch).await.is_err();
             }
         }
-    }
-    // The last write at shutdown: a database that is briefly locked or unreachable gets a
-    // few more chances before what is queued is given up.
-    for attempt in 1..=FINAL_ATTEMPTS {
-        match write(&store, &mut batch).await {
-            Ok(()) => return,
-            Err(e) if attempt == FINAL_ATTEMPTS => {
-                tracing::error!(cause = %e, "final database write failed; recent updates are lost");
+        let mut committed = Batch::default();
+        for w in &waiters {
+            if let Waiter::Commit { ops, .. } = w {
+                for op in ops {
+                    committed.push(op.clone());
+                }
             }
-            Err(_) => tokio::time::sleep(FLUSH_INTERVAL * 5).await,
         }
-    }
-}
-
-/// Writes `batch` and empties it. On failure the batch is kept, so it is retried with the
-/// next write (newer ops fold in on top).
-async fn write(store: &Store, batch: &mut Batch) -> Result<(), String> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    match store.apply(batch).await {
-        Ok(()) => {
-            *batch = Batch::default();
-            Ok(())
+        let res = self.write(&committed).await;
+        for w in waiters {
+            match w {
+                Waiter::Flush(done) => {
+                    // A caller may have gone away; the write stands either way.
+                    let _ = done.send(res.clone());
+                }
+                Waiter::Commit { ops, apply, done } => {
+                    if res.is_ok() {
+                        self.apply(&ops, apply);
+                    }
+                    // Dropped unrun on failure: nothing of the op happened.
+                    let _ = done.send(res.clone());
+                }
+            }
         }
-        Err(e) => {
-            tracing::error!(cause = %e, ops = batch.ops(), "database write failed; will retry");
-            Err(e.to_string())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::HoldingKind;
-
-    fn peer(n: u8) -> PeerId {
-        PeerId::from_random([n; 16])
+        res
     }
 
-    fn file(n: u8) -> FileId {
-        FileId(common::Sha256Digest([n; 32]))
-    }
-
-    fn holding(p: u8, f: u8, have: u8) -> HoldingRecord {
-        HoldingRecord {
-            peer_id: peer(p),
-            file_id: file(f),
-            kind: HoldingKind::Downloaded,
-            have: vec![have],
-            updated_at_ms: 0,
-        }
-    }
-
-    fn seen(p: u8, at: i64) -> PeerRecord {
-        PeerRecord {
-            id: peer(p),
-            user_id: 1,
-            addr: format!("h:{at}"),
-            storage_quota: 0,
-            storage_used: 0,
-            last_seen_ms: Some(at),
-            created_at_ms: 0,
+    /// Runs a committed op's memory change, then queues the rows it returns behind the
+    /// stale ops it drained, unless they are what was just committed and no stale op
+    /// touches them (an announce's file row is not written twice).
+    fn apply(&mut self, ops: &[WriteOp], apply: Apply) {
+        let rows = apply(&mut Stale {
+            rx: &mut self.rx,
+            stash: &mut self.stash,
+        });
+        let stale: Vec<RowKey> = (self.stash.iter())
+            .filter_map(|m| match m {
+                Msg::Op(op) => Some(op.key()),
+                _ => None,
+            })
+            .collect();
+        for row in rows {
+            let key = row.key();
+            if ops.contains(&row) && !stale.iter().any(|s| s.overlaps(&key)) {
+                continue;
+            }
+            self.backlog.queued.fetch_add(1, Ordering::Relaxed);
+            self.stash.push_back(Msg::Op(row));
         }
     }
 
-    #[test]
-    fn should_keep_only_the_last_update_of_a_row() {
-        let mut b = Batch::default();
-        for at in 0..10 {
-            b.push(WriteOp::Peer(seen(1, at)));
+    /// Writes the background batch and then `committed` in one transaction. On success
+    /// the batch is emptied; on failure it is kept, to be retried with the next write
+    /// (newer ops fold in on top), and `committed` is the caller's to drop.
+    async fn write(&mut self, committed: &Batch) -> Answer {
+        if self.batch.is_empty() && committed.is_empty() {
+            return Ok(());
         }
-        b.push(WriteOp::Holding(holding(1, 1, 0x80)));
-        b.push(WriteOp::Holding(holding(1, 1, 0xc0)));
-        b.push(WriteOp::Holding(holding(2, 1, 0x80)));
-        assert_eq!(b.ops(), 13);
-        assert_eq!(b.peers.len(), 1);
-        assert_eq!(b.peers[&peer(1)].last_seen_ms, Some(9));
-        assert_eq!(b.holdings.len(), 2);
-        assert_eq!(
-            b.holdings[&(peer(1), file(1))]
-                .as_ref()
-                .map(|h| h.have.clone()),
-            Some(vec![0xc0])
-        );
-        b.push(WriteOp::HoldingDelete(peer(1), file(1)));
-        assert!(b.holdings[&(peer(1), file(1))].is_none());
-    }
-
-    #[test]
-    fn should_drop_earlier_holdings_of_a_cleared_peer_but_keep_later_ones() {
-        let mut b = Batch::default();
-        b.push(WriteOp::Holding(holding(1, 1, 0x80)));
-        b.push(WriteOp::Holding(holding(2, 1, 0x80)));
-        b.push(WriteOp::ClearHoldings(peer(1)));
-        b.push(WriteOp::Holding(holding(1, 2, 0x80)));
-        assert!(b.cleared.contains(&peer(1)));
-        assert!(!b.holdings.contains_key(&(peer(1), file(1))));
-        assert!(b.holdings.contains_key(&(peer(1), file(2))));
-        assert!(b.holdings.contains_key(&(peer(2), file(1))));
-    }
-
-    #[test]
-    fn should_let_a_delete_override_an_earlier_file_insert() {
-        let m = common::Manifest::from_parts(
-            "a".into(),
-            1,
-            common::Sha256Digest([0; 32]),
-            common::manifest::MIN_CHUNK_SIZE,
-            &[0; 32],
-        )
-        .unwrap();
-        let f = FileRecord {
-            manifest: m,
-            created_at_ms: 0,
-        };
-        let id = f.id();
-        let mut b = Batch::default();
-        b.push(WriteOp::FileUpsert(f));
-        b.push(WriteOp::FileDelete(id));
-        assert!(b.files[&id].is_none());
+        match self.store.apply(&self.batch, committed).await {
+            Ok(()) => {
+                self.batch = Batch::default();
+                if let Some((since, _)) = self.outage.take() {
+                    tracing::info!(
+                        after_s = since.elapsed().as_secs_f32(),
+                        "database writes resumed"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let now = Instant::now();
+                match &mut self.outage {
+                    None => {
+                        self.outage = Some((now, now));
+                        tracing::error!(cause = %e, ops = self.batch.ops(), "database write failed; background updates are kept and retried");
+                    }
+                    Some((since, logged)) if logged.elapsed() >= LOG_EVERY => {
+                        *logged = now;
+                        tracing::error!(cause = %e, ops = self.batch.ops(), for_s = since.elapsed().as_secs(), "database writes still failing");
+                    }
+                    Some(_) => {}
+                }
+                Err(e.to_string())
+            }
+        }
     }
 }

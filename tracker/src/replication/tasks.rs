@@ -133,9 +133,24 @@ impl TaskTable {
         bytes: u64,
         now_ms: i64,
     ) -> TaskRecord {
+        let rec = self.draft(peer, kind, file, chunks, now_ms);
+        self.insert(rec.clone(), bytes, false);
+        rec
+    }
+
+    /// A new queued task's row with a fresh id, not in the table: a write plans it before
+    /// its commit and [`TaskTable::insert`]s it after.
+    pub fn draft(
+        &mut self,
+        peer: &PeerId,
+        kind: TaskKind,
+        file: FileId,
+        chunks: Vec<u32>,
+        now_ms: i64,
+    ) -> TaskRecord {
         let id = self.next_id;
         self.next_id += 1;
-        let rec = TaskRecord {
+        TaskRecord {
             id,
             peer_id: peer.clone(),
             kind,
@@ -147,9 +162,7 @@ impl TaskTable {
             lease_until_ms: None,
             last_error: None,
             created_at_ms: now_ms,
-        };
-        self.insert(rec.clone(), bytes, false);
-        rec
+        }
     }
 
     /// Removes a task for good: later updates of it from other trackers are ignored.
@@ -282,6 +295,21 @@ impl TaskTable {
         Some(t.rec.clone())
     }
 
+    /// The row [`TaskTable::fail`] would leave, without changing anything: `Some(row)` for
+    /// a retry, `None` when the task would be given up (or is unknown).
+    pub fn failed_row(&self, id: u64, error: String, now_ms: i64) -> Option<TaskRecord> {
+        let mut rec = self.tasks.get(&id)?.rec.clone();
+        rec.attempts += 1;
+        if rec.attempts >= MAX_ATTEMPTS {
+            return None;
+        }
+        rec.last_error = Some(error);
+        rec.state = TaskState::Queued;
+        rec.lease_until_ms = None;
+        rec.next_attempt_at_ms = now_ms + ms(backoff(rec.attempts));
+        Some(rec)
+    }
+
     /// Records a failure: back-off and retry, or give up after [`MAX_ATTEMPTS`] (a fetch's
     /// peer is then avoided for that chunk for [`AVOID_FOR`]).
     pub fn fail(&mut self, id: u64, error: String, now_ms: i64) -> Option<Failed> {
@@ -389,6 +417,24 @@ mod tests {
 
     fn file(n: u8) -> FileId {
         FileId(common::Sha256Digest([n; 32]))
+    }
+
+    #[test]
+    fn should_preview_the_row_a_failure_leaves() {
+        let mut t = TaskTable::new(0);
+        let a = t.create(&peer(1), TaskKind::Fetch, file(1), vec![0], 100, 0);
+        for n in 1..MAX_ATTEMPTS {
+            let preview = t.failed_row(a.id, format!("e{n}"), 1000);
+            match t.fail(a.id, format!("e{n}"), 1000) {
+                Some(Failed::Retry(rec)) => assert_eq!(preview, Some(rec)),
+                other => panic!("attempt {n}: {other:?}"),
+            }
+        }
+        assert_eq!(t.failed_row(a.id, "last".into(), 1000), None, "given up");
+        assert!(matches!(
+            t.fail(a.id, "last".into(), 1000),
+            Some(Failed::GaveUp(_))
+        ));
     }
 
     #[test]

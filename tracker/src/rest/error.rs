@@ -1,9 +1,10 @@
 //! How errors look over HTTP: always JSON `{"error": "message"}` with a status chosen here,
-//! in one place. Bad input is a 4xx; a 5xx means a bug or a sick database, and its details
-//! go to the log, not to the client.
+//! in one place. Bad input is a 4xx; a 503 means the database is unavailable (the call had
+//! no effect; try again), a 500 a bug; their details go to the log, not to the client.
 
 use super::openapi::ErrorJson;
 use crate::Error;
+use crate::error::DB_UNAVAILABLE;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -70,8 +71,13 @@ impl IntoResponse for ApiError {
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_) => StatusCode::CONFLICT,
-            Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Database(_) | Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {
+            // RESOURCE_EXHAUSTED on gRPC; 429 is its HTTP counterpart.
+            Error::Throttled { .. } | Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Database(_) => {
+                crate::error::log_unavailable(&e);
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, DB_UNAVAILABLE);
+            }
+            Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {
                 tracing::error!(cause = %e, "request failed");
                 return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
             }

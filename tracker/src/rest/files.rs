@@ -10,7 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::openapi::ErrorJson;
 use super::{ApiError, rfc3339};
 use crate::Error;
-use crate::app::{FileDetail, FileView, SearchQuery, TrackerService};
+use crate::app::{
+    ChunkPage, DEFAULT_CHUNK_PAGE, FileDetail, FileView, MAX_CHUNK_PAGE, SearchQuery,
+    TrackerService,
+};
 
 /// A file's kind, guessed from its name (described only; the JSON carries the string).
 #[derive(Serialize, ToSchema)]
@@ -33,7 +36,12 @@ pub struct FileJson {
     /// SHA-256 (hex) of the file's manifest.
     #[schema(example = "3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa3f9a1c0d2b7e55aa")]
     id: String,
+    /// The name shown here: in search results the one that matched, else the one most of
+    /// its sharers use. Each sharer names its own listing; the id does not cover names.
     name: String,
+    /// Every name its sharers give it, most used first (the last known one when only
+    /// replicas or downloads are left).
+    names: Vec<String>,
     /// Bytes.
     size: u64,
     /// SHA-256 (hex) of the whole content, what `sha256sum` prints.
@@ -58,6 +66,7 @@ impl From<FileView> for FileJson {
         Self {
             id: f.id.to_string(),
             name: f.name,
+            names: f.names,
             size: f.size,
             sha256: f.sha256.to_hex(),
             file_type: f.file_type.as_str(),
@@ -83,7 +92,8 @@ pub struct FileListJson {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Words that must all appear in the name (case-insensitive); empty lists every file.
+    /// Words that must all appear in one of the file's names (case-insensitive); empty
+    /// lists every file.
     q: Option<String>,
     /// Only files of this kind.
     #[serde(rename = "type")]
@@ -99,7 +109,7 @@ pub struct SearchParams {
 
 /// A parameter that must be decimal digits when given (no sign, space or empty value, so
 /// the API takes exactly what its OpenAPI document says).
-fn number(name: &str, v: Option<&str>) -> Result<Option<u32>, Error> {
+pub(super) fn number(name: &str, v: Option<&str>) -> Result<Option<u32>, Error> {
     match v {
         None => Ok(None),
         Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
@@ -211,23 +221,34 @@ pub struct ChunkJson {
     sha256: String,
     /// Up peers holding it.
     copies: u32,
-    /// Every peer holding it, up or down.
+    /// Peers holding it, up or down: up ones first, at most 8.
     peers: Vec<ChunkPeerJson>,
+    /// Every peer holding it, listed or not.
+    peers_total: u32,
 }
 
-/// A file with its chunk map.
+/// A file with one page of its chunk map.
 #[derive(Serialize, ToSchema)]
 #[schema(as = FileDetail)]
 pub struct FileDetailJson {
     #[serde(flatten)]
     file: FileJson,
+    /// The index of the first chunk in `chunk_map`.
+    chunk_offset: u32,
+    /// The `chunk_offset` of the next page; `null` after the last chunk.
+    next_chunk_offset: Option<u32>,
+    /// Chunks `chunk_offset` onwards, at most `chunk_limit` of them.
     chunk_map: Vec<ChunkJson>,
 }
 
-impl From<FileDetail> for FileDetailJson {
-    fn from(d: FileDetail) -> Self {
+impl FileDetailJson {
+    fn new(d: FileDetail, page: ChunkPage) -> Self {
+        let count = d.file.chunks;
+        let end = page.end(count);
         Self {
             file: d.file.into(),
+            chunk_offset: page.offset,
+            next_chunk_offset: (end < count).then_some(end),
             chunk_map: d
                 .chunks
                 .into_iter()
@@ -237,6 +258,7 @@ impl From<FileDetail> for FileDetailJson {
                     size: c.size,
                     sha256: c.sha256.to_hex(),
                     copies: c.copies,
+                    peers_total: c.holders,
                     peers: c
                         .peers
                         .into_iter()
@@ -252,23 +274,49 @@ impl From<FileDetail> for FileDetailJson {
     }
 }
 
-/// One file by id or unique id prefix, with its chunk map.
+/// Query of `GET /api/v1/files/{id}`: which page of the chunk map.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChunkParams {
+    /// The first chunk to list (default 0); past the last chunk the page is empty.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
+    chunk_offset: Option<String>,
+    /// Chunks to list (default 256).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1024)]
+    chunk_limit: Option<String>,
+}
+
+/// One file by id or unique id prefix, with one page of its chunk map.
 #[utoipa::path(
     get,
     path = "/api/v1/files/{id}",
     tag = "files",
     params(("id" = String, Path, pattern = "^[0-9a-fA-F]{6,64}$",
-            description = "The file id, or a unique prefix of 6 to 64 hex digits")),
+            description = "The file id, or a unique prefix of 6 to 64 hex digits"),
+           ChunkParams),
     responses(
-        (status = 200, description = "The file and, per chunk, the peers that hold it", body = FileDetailJson),
-        (status = 400, description = "The id is not 6 to 64 hex digits", body = ErrorJson),
+        (status = 200, description = "The file and, for one page of its chunks, the peers that hold each", body = FileDetailJson),
+        (status = 400, description = "The id is not 6 to 64 hex digits, or a parameter is not valid", body = ErrorJson),
         (status = 404, description = "No file, or several, match", body = ErrorJson),
     ),
 )]
 pub async fn h_file_get(
     State(svc): State<TrackerService>,
     id: Result<Path<String>, PathRejection>,
+    params: Result<Query<ChunkParams>, QueryRejection>,
 ) -> Result<Json<FileDetailJson>, ApiError> {
     let Path(id) = id?;
-    Ok(Json(svc.file_detail(&id)?.into()))
+    let Query(p) = params?;
+    let limit = number("chunk_limit", p.chunk_limit.as_deref())?.unwrap_or(DEFAULT_CHUNK_PAGE);
+    if !(1..=MAX_CHUNK_PAGE).contains(&limit) {
+        return Err(Error::invalid(format!(
+            "chunk_limit must be between 1 and {MAX_CHUNK_PAGE}"
+        ))
+        .into());
+    }
+    let page = ChunkPage {
+        offset: number("chunk_offset", p.chunk_offset.as_deref())?.unwrap_or(0),
+        limit,
+    };
+    Ok(Json(FileDetailJson::new(svc.file_detail(&id, page)?, page)))
 }

@@ -44,7 +44,7 @@ pub async fn h_health(State(svc): State<TrackerService>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(HealthJson {
                     status: "unavailable",
-                    error: Some("database unavailable"),
+                    error: Some(crate::error::DB_UNAVAILABLE),
                 }),
             )
                 .into_response()
@@ -69,7 +69,17 @@ pub struct StatsJson {
     delivered_tasks: u64,
     /// Live copies wanted of every chunk.
     replication: u32,
-    /// Distinct (user, file) pairs that asked where a file's chunks are in the last 10 s.
+    /// The target as far as it can be met now: `replication`, or the number of serving
+    /// peers that can hold copies (holders, and peers with a storage quota) when fewer.
+    reachable_replication: u32,
+    /// `reachable_replication < replication`: `under_replicated_chunks` cannot reach 0
+    /// until more peers can hold copies.
+    unreachable_target: bool,
+    /// Chunks with fewer live copies than `reachable_replication`: what replication can
+    /// still fix (equal to `under_replicated_chunks` when the target is reachable).
+    under_reachable_chunks: u64,
+    /// Distinct (user, file) pairs that asked where a file's chunks are in the last 10 s
+    /// and have not reported holding all of it since.
     active_transfers: u64,
     /// Bytes of verified chunks reported held in the last 10 s, divided by 10.
     transfer_bytes_per_sec: u64,
@@ -98,6 +108,9 @@ pub async fn h_stats(State(svc): State<TrackerService>) -> Result<Json<StatsJson
         pending_tasks: s.pending_tasks,
         delivered_tasks: s.delivered_tasks,
         replication: s.replication,
+        reachable_replication: s.reachable_replication,
+        unreachable_target: s.unreachable_target,
+        under_reachable_chunks: s.under_reachable_chunks,
         active_transfers: s.active_transfers,
         transfer_bytes_per_sec: s.transfer_bytes_per_sec,
         bytes_transferred_total: s.bytes_transferred_total,

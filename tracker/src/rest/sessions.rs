@@ -44,7 +44,7 @@ pub struct SessionJson {
         (status = 401, description = "Invalid user or password", body = ErrorJson),
         (status = 415, description = "The body is not `application/json`", body = ErrorJson),
         (status = 422, description = "The JSON lacks `user` or `password` strings", body = ErrorJson),
-        (status = 429, description = "Too many failed attempts for this user or address", body = ErrorJson,
+        (status = 429, description = "Too many failed attempts from this address", body = ErrorJson,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
 )]

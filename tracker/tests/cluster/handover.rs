@@ -41,6 +41,8 @@ impl Proc {
             ])
             .args(["--replication", &cfg.replication.to_string()])
             .args(["--peer-timeout", "1s", "--repair-grace", "500ms"])
+            // Its fake nodes serve no bytes (see `common::TestTracker::start_with`).
+            .args(["--audit", "false"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -40,8 +40,12 @@ impl TestTracker {
 
     /// Starts a tracker with `cfg`. Under `TRACKER_TEST_BACKEND=postgres` an SQLite URL is
     /// swapped for a PostgreSQL database of its own (see [`backend_url`]).
+    ///
+    /// These tests drive fake nodes that serve no bytes, so audits are off (a claim counts
+    /// at once); audits are tested end to end with real nodes in the peer's suite.
     pub async fn start_with(mut cfg: Config) -> TestTracker {
         cfg.database_url = backend_url(&cfg.database_url).await;
+        cfg.audit = false;
         let running = InProcessTracker::start(cfg).await.unwrap();
         TestTracker {
             addr: running.addr,

@@ -8,6 +8,7 @@ use tonic::Code;
 use tracker::Config;
 
 mod introspect;
+mod names;
 mod persistence;
 mod replication;
 mod sessions;
@@ -154,12 +155,14 @@ async fn should_announce_search_resolve_and_locate() {
         let f = announce(&mut c, &alice, &pa, manifest("Abbey Road.flac", 3, 1)).await;
         assert_eq!(f.id.len(), 64);
         assert_eq!((f.chunks, f.holders, f.r#type.as_str()), (3, 1, "audio"));
-        // Same content again under another name: same file, first name kept.
+        // Same content again under another name: same file, the sharer's listing renamed
+        // (and named back; `names` checks the rest).
         let again = announce(&mut c, &alice, &pa, manifest("other.flac", 3, 1)).await;
         assert_eq!(
             (again.id.as_str(), again.name.as_str()),
-            (f.id.as_str(), "Abbey Road.flac")
+            (f.id.as_str(), "other.flac")
         );
+        announce(&mut c, &alice, &pa, manifest("Abbey Road.flac", 3, 1)).await;
         announce(&mut c, &alice, &pa, manifest("movie.mkv", 1, 2)).await;
 
         let hits = c

@@ -262,12 +262,21 @@ async fn should_refuse_hostile_names_and_maps_that_do_not_add_up() {
         let me = peer_id(1);
         heartbeat(&mut c, &token, &me, "127.0.0.1:9").await;
 
-        for (name, why) in [
-            ("a\0b", "NUL"),
-            (&"n".repeat(10_000) as &str, "10 kB"),
-            ("", "empty"),
+        // Each refusal says its own reason.
+        for (name, why, says) in [
+            (
+                "a\0b",
+                "NUL",
+                "file name contains a NUL character (at byte 1)",
+            ),
+            (
+                &"n".repeat(10_000) as &str,
+                "10 kB",
+                "file name is 10000 bytes long, more than the 4096 allowed",
+            ),
+            ("", "empty", "file name is empty"),
         ] {
-            let r = c
+            let err = c
                 .announce(authed(
                     pb::AnnounceRequest {
                         peer_id: me.clone(),
@@ -275,12 +284,10 @@ async fn should_refuse_hostile_names_and_maps_that_do_not_add_up() {
                     },
                     &token,
                 ))
-                .await;
-            assert_eq!(
-                r.unwrap_err().code(),
-                Code::InvalidArgument,
-                "file name {why}"
-            );
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "file name {why}");
+            assert_eq!(err.message(), format!("invalid manifest: {says}"), "{why}");
             let r = c
                 .register(pb::Credentials {
                     user: name.into(),

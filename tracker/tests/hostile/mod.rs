@@ -1,10 +1,15 @@
 //! Hostile input: whatever a client sends, the tracker answers with a status (gRPC) or a 4xx
-//! JSON `{"error"}` (REST), never a crash and never a 5xx; and a crowd of peers heartbeating
-//! at once is never wrongly marked down.
+//! JSON `{"error"}` (REST), never a crash and never a 5xx; a crowd of peers heartbeating
+//! at once is never wrongly marked down; a password guesser cannot lock a user out; and
+//! floods of connections, peer ids, chunks and slow readers stay within the limits.
 
 mod crowd;
+mod flood;
+mod giant;
 mod grpc_frames;
 mod grpc_input;
+mod limits;
+mod login_throttle;
 mod rest_input;
 mod sqlite_busy;
 

@@ -21,7 +21,7 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;\
 /// Every sample of a scrape by its series (`name{labels}`), scraped twice: as Prometheus
 /// does (OpenMetrics) and as curl does (no `Accept`: Prometheus text 0.0.4). Each text is
 /// checked line by line, and both must hold the same series.
-async fn scrape(t: &TestTracker) -> HashMap<String, f64> {
+pub(super) async fn scrape(t: &TestTracker) -> HashMap<String, f64> {
     let get = |accept: Option<&'static str>| async move {
         let mut req = reqwest::Client::new().get(t.url("/metrics"));
         if let Some(a) = accept {
@@ -153,7 +153,7 @@ fn split_labels(s: &str) -> Vec<&str> {
     out
 }
 
-fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
+pub(super) fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
 

@@ -3,6 +3,8 @@
 mod dashboard_data;
 mod metrics;
 mod openapi;
+mod paging;
+mod reach;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -139,7 +141,14 @@ async fn should_throttle_repeated_failed_logins() {
             msg.starts_with("too many login attempts, retry in "),
             "{msg}"
         );
-        // The source address is throttled too, whatever the name.
+        // Another name from the same address is heard, until the address has 20 failures.
+        for i in 0..15 {
+            let name = format!("someone{}", i % 3);
+            assert_eq!(
+                login(&t, &name, "x").await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
         assert_eq!(
             login(&t, "someone", "x").await.status(),
             StatusCode::TOO_MANY_REQUESTS

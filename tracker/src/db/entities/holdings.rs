@@ -12,6 +12,8 @@ pub struct Model {
     pub kind: i16,
     pub have: Vec<u8>,
     pub updated_at: i64,
+    pub verified: Vec<u8>,
+    pub name: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
