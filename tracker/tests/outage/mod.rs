@@ -357,7 +357,8 @@ impl Loop {
 
 /// Runs `f` with a bound generous enough for two outages on a loaded machine.
 pub async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(240), f)
+    // Room for the optional 2-minute outage (TRACKER_TEST_LONG_OUTAGE=1) besides the rest.
+    tokio::time::timeout(Duration::from_secs(420), f)
         .await
         .expect("test timed out")
 }
