@@ -1,5 +1,6 @@
 //! The `type` of a file (`video`, `audio`, `image`, `document`, `archive`, `other`), from its
-//! extension: cheap, predictable, and what users filter by.
+//! extension: cheap, predictable, and what users filter by; or `collection`, a shared
+//! folder, known from its checked listing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,16 +13,19 @@ pub enum FileType {
     Document,
     Archive,
     Other,
+    /// A shared folder ([`crate::collection`]): never from a name, only from a listing.
+    Collection,
 }
 
 impl FileType {
-    pub const ALL: [FileType; 6] = [
+    pub const ALL: [FileType; 7] = [
         FileType::Video,
         FileType::Audio,
         FileType::Image,
         FileType::Document,
         FileType::Archive,
         FileType::Other,
+        FileType::Collection,
     ];
 
     /// Classifies a file name by its extension, case-insensitively.
@@ -56,6 +60,7 @@ impl FileType {
             FileType::Document => "document",
             FileType::Archive => "archive",
             FileType::Other => "other",
+            FileType::Collection => "collection",
         }
     }
 }
@@ -66,9 +71,11 @@ impl fmt::Display for FileType {
     }
 }
 
-/// Not one of the six kinds.
+/// Not one of the seven kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown file type {0:?} (expected video, audio, image, document, archive or other)")]
+#[error(
+    "unknown file type {0:?} (expected video, audio, image, document, archive, other or collection)"
+)]
 pub struct FileTypeParseError(pub String);
 
 impl FromStr for FileType {

@@ -10,6 +10,7 @@
 //! - [`manifest`]: the chunk layout ([`ChunkLayout`]), the content id, and streaming file
 //!   hashing.
 //! - [`bitfield`]: which chunks a holder has.
+//! - [`collection`]: a shared folder's listing (relative paths, file ids, sizes), checked.
 //! - [`filetype`]: the `type` of a file, from its extension.
 //! - [`ticket`]: the tracker's signed, short-lived permission to fetch chunks of a file.
 //! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
@@ -20,6 +21,7 @@
 //! - [`exposition`]: Prometheus text or OpenMetrics, as the scraper asks.
 
 pub mod bitfield;
+pub mod collection;
 pub mod exposition;
 pub mod filetype;
 pub mod hash;

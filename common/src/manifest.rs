@@ -235,6 +235,25 @@ impl Manifest {
 /// being read, one being hashed, and spares so neither thread waits on the other.
 const HASH_BUFFERS: usize = 4;
 
+/// The manifest of `bytes` held in memory (a collection's listing), cut as [`hash_file`]
+/// would cut a file of that content.
+pub fn hash_bytes(bytes: &[u8], name: String) -> Manifest {
+    let layout = ChunkLayout::for_size(bytes.len() as u64);
+    let chunk_hashes = (0..layout.chunk_count() as u32)
+        .map(|i| {
+            let (start, len) = layout.range(i).expect("a chunk of the layout");
+            Sha256Digest::of(&bytes[start as usize..(start + len) as usize])
+        })
+        .collect();
+    Manifest {
+        name,
+        size: layout.size(),
+        sha256: Sha256Digest::of(bytes),
+        chunk_size: layout.chunk_size(),
+        chunk_hashes,
+    }
+}
+
 /// Hashes a file into a manifest, reading it once and never holding more than a few chunks
 /// in memory. The chunk hashes are computed on the reading thread while a second thread
 /// computes the whole-file hash, so one file keeps two cores busy. The chunk buffers are
@@ -326,6 +345,20 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_in_memory_hash_as_the_same_file_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, (1 << 20) + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let p = dir.path().join("f");
+            std::fs::write(&p, &data).unwrap();
+            assert_eq!(
+                hash_bytes(&data, "f".into()),
+                hash_file(&p, "f".into()).unwrap()
+            );
+        }
+    }
     use std::io::Write;
 
     fn manifest_of(data: &[u8]) -> Manifest {

@@ -90,7 +90,8 @@ pub enum Command {
     Logout,
     /// Run this peer's node in the foreground: serve chunks and send heartbeats.
     Serve(ServeArgs),
-    /// Hash files (directories recursively) and share them.
+    /// Hash files (directories recursively) and share them; each directory named is
+    /// also shared as one folder (a collection), which `get` fetches as a tree.
     Index {
         /// Files or directories.
         #[arg(required = true, value_name = "PATH")]
@@ -98,15 +99,17 @@ pub enum Command {
     },
     /// Stop sharing files (the files themselves are never deleted).
     Unindex {
-        /// File ids or unique prefixes.
-        #[arg(required = true, value_name = "ID")]
+        /// File ids, unique prefixes, or paths: a shared file, or a folder (its collection
+        /// and every file shared from under it).
+        #[arg(required = true, value_name = "ID|PATH")]
         ids: Vec<String>,
     },
     /// Search the tracker's files by name.
     Search {
         /// Words that must all occur in the name (empty: everything).
         query: Option<String>,
-        /// Only files of this type: video, audio, image, document, archive, other.
+        /// Only files of this type: video, audio, image, document, archive, other, or
+        /// collection (shared folders).
         #[arg(long = "type", value_name = "KIND")]
         kind: Option<FileType>,
     },
@@ -177,8 +180,9 @@ pub struct ServeArgs {
     /// 127.0.0.1:9100, or port 0 for any free port, printed at start).
     #[arg(long, env = "PEER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// How often shared files are checked for changes on disk (a changed one is withdrawn)
-    /// and the replica store is reconciled with its chunk files (10s, 2m).
+    /// How often shared files are checked for changes on disk (a changed one is withdrawn),
+    /// shared folders for new, changed and removed files (the folder is shared again), and
+    /// the replica store is reconciled with its chunk files (10s, 2m).
     #[arg(long, env = "PEER_RESCAN_EVERY", default_value = "30s", value_parser = parse_period, value_name = "DURATION")]
     pub rescan_every: std::time::Duration,
     /// How often the node sends the tracker everything it holds, so the tracker's listing

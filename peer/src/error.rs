@@ -110,6 +110,19 @@ pub enum Error {
         #[source]
         source: DownloadError,
     },
+    /// `unindex PATH` of a path this home shares nothing from.
+    #[error("nothing is shared from {}", safe(&.0.to_string_lossy()))]
+    NotShared(PathBuf),
+    /// A folder's listing or one of its directories could not be used.
+    #[error(transparent)]
+    Folder(#[from] crate::folders::FolderError),
+    /// One file of a fetched folder failed; `path` is its path in the folder.
+    #[error("{}: {source}", safe(path))]
+    InFolder {
+        path: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// The node could not start or failed.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),

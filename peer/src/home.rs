@@ -217,6 +217,10 @@ pub struct StoreRecord {
     /// Set by `serve` when a shared file changed on disk: it is no longer served.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub changed: bool,
+    /// For a shared collection: the folder it lists (its listing is at `path`, in
+    /// `collections/`), so indexing the folder again replaces it and `unindex` finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<PathBuf>,
 }
 
 /// Suffix of a download in progress.
@@ -239,6 +243,7 @@ impl StoreRecord {
             file_len: None,
             mtime_ns: None,
             changed: false,
+            folder: None,
         }
     }
 
@@ -463,6 +468,12 @@ impl Home {
 
     pub fn delete_node(&self) -> Result<bool, HomeError> {
         remove_if_exists(&self.dir.join("node.json"))
+    }
+
+    /// `collections/`: the listings of the collections this home shares or has fetched,
+    /// each named by its file id.
+    pub fn collections_dir(&self) -> PathBuf {
+        self.dir.join("collections")
     }
 
     /// `replicas/`: one directory per file this node keeps replica chunks of.

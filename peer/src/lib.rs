@@ -27,6 +27,7 @@ pub mod cli;
 pub mod commands;
 pub mod download;
 pub mod error;
+pub mod folders;
 pub mod home;
 pub mod metrics;
 pub mod node;

@@ -57,6 +57,8 @@ pub struct FileProgress {
     resumed: AtomicU64,
     sources: AtomicU32,
     phase: AtomicU8,
+    /// A folder's total, which counts this file's bytes too.
+    parent: Option<Arc<FileProgress>>,
 }
 
 /// One look at a [`FileProgress`].
@@ -101,6 +103,27 @@ impl FileProgress {
         Arc::new(p)
     }
 
+    /// Counters of one file of a folder, whose bytes also count in `parent`, the folder's.
+    pub fn child(label: &str, parent: &Arc<FileProgress>) -> Arc<Self> {
+        let p = Self {
+            parent: Some(parent.clone()),
+            ..Self::default()
+        };
+        *lock(&p.name) = label.to_string();
+        Arc::new(p)
+    }
+
+    /// This download turned out to be a folder: from now on it counts the bytes of all its
+    /// files (`total`), which its children add; the listing's own bytes are not counted.
+    pub fn become_folder(&self, name: &str, total: u64, root: PathBuf) {
+        *lock(&self.name) = format!("{name}/");
+        *lock(&self.part) = Some(root);
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.resumed.store(0, Ordering::Relaxed);
+        self.set_phase(Phase::Fetching);
+    }
+
     /// The chunk map is in: the file's name, size and part file are known.
     pub fn start(&self, name: &str, total: u64, part: PathBuf) {
         *lock(&self.name) = name.to_string();
@@ -113,6 +136,9 @@ impl FileProgress {
     pub fn add_resumed(&self, bytes: u64) {
         self.resumed.fetch_add(bytes, Ordering::Relaxed);
         self.done.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.add_resumed(bytes);
+        }
     }
 
     /// Chunks are being fetched from now on.
@@ -122,6 +148,9 @@ impl FileProgress {
 
     pub fn add_done(&self, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.add_done(bytes);
+        }
     }
 
     pub fn set_sources(&self, n: usize) {
@@ -259,6 +288,8 @@ pub fn bars_wanted(json: bool, quiet: bool) -> bool {
 pub struct Bars {
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Bars to add at the next frame: the files of a folder, shown while they are active.
+    added: Arc<Mutex<Vec<Arc<FileProgress>>>>,
 }
 
 /// One file's bar and what its renderer remembers.
@@ -266,14 +297,21 @@ struct Drawn {
     bar: ProgressBar,
     meter: Meter,
     prefix: String,
+    /// A folder's file: its bar goes away when it ends, and the folder's total stays.
+    transient: bool,
 }
 
 impl Bars {
     /// Starts drawing one bar per file (nothing when `visible` is false).
     pub fn spawn(files: Vec<Arc<FileProgress>>, visible: bool) -> Self {
         let stop = CancellationToken::new();
+        let added = Arc::new(Mutex::new(Vec::new()));
         if !visible {
-            return Self { stop, task: None };
+            return Self {
+                stop,
+                task: None,
+                added,
+            };
         }
         let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         let style = ProgressStyle::with_template("{prefix:.bold} {msg}")
@@ -292,10 +330,13 @@ impl Bars {
                     bar: mp.add(bar),
                     meter: Meter::default(),
                     prefix,
+                    transient: false,
                 }
             })
             .collect();
+        let mut files = files;
         let token = stop.clone();
+        let incoming = added.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(150));
             loop {
@@ -303,6 +344,19 @@ impl Bars {
                     _ = tick.tick() => false,
                     _ = token.cancelled() => true,
                 };
+                for f in std::mem::take(&mut *lock(&incoming)) {
+                    let prefix = common::names::printable(&f.snapshot().name, 32);
+                    let bar = ProgressBar::new(0)
+                        .with_style(style.clone())
+                        .with_prefix(prefix.clone());
+                    drawn.push(Drawn {
+                        bar: mp.add(bar),
+                        meter: Meter::default(),
+                        prefix,
+                        transient: true,
+                    });
+                    files.push(f);
+                }
                 let now = Instant::now();
                 for (f, d) in files.iter().zip(&mut drawn) {
                     if d.bar.is_finished() {
@@ -319,6 +373,7 @@ impl Bars {
                         d.prefix = prefix;
                     }
                     match s.phase {
+                        Phase::Done | Phase::Failed if d.transient => d.bar.finish_and_clear(),
                         Phase::Done => d.bar.finish(),
                         Phase::Failed => d.bar.abandon(),
                         _ => {}
@@ -326,7 +381,9 @@ impl Bars {
                 }
                 if stopping {
                     for d in &drawn {
-                        if !d.bar.is_finished() {
+                        if d.transient {
+                            d.bar.finish_and_clear();
+                        } else if !d.bar.is_finished() {
                             d.bar.abandon();
                         }
                     }
@@ -337,6 +394,14 @@ impl Bars {
         Self {
             stop,
             task: Some(task),
+            added,
+        }
+    }
+
+    /// Shows `file` from the next frame until it ends (a folder's file under way).
+    pub fn add(&self, file: Arc<FileProgress>) {
+        if self.task.is_some() {
+            lock(&self.added).push(file);
         }
     }
 

@@ -337,10 +337,18 @@ impl TrackerClient {
         Ok(r.unknown_file_ids)
     }
 
-    pub async fn announce(&self, peer_id: &PeerId, m: &Manifest) -> Result<FileView, TrackerError> {
+    /// Shares `m`; `listing` is the file's whole content when it is a collection's listing
+    /// (the tracker checks it against the manifest before it lists a collection).
+    pub async fn announce(
+        &self,
+        peer_id: &PeerId,
+        m: &Manifest,
+        listing: Option<bytes::Bytes>,
+    ) -> Result<FileView, TrackerError> {
         let req = pb::AnnounceRequest {
             peer_id: peer_id.to_string(),
             manifest: Some(pb::Manifest::from(m)),
+            listing: listing.unwrap_or_default(),
         };
         let r = self
             .call(req, true, Retry::Yes, |mut c, r| async move {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 
-use super::Ctx;
+use super::{Ctx, get_folder};
 use crate::cli::GetArgs;
 use crate::download::{self, DownloadConfig, Job, Outcome};
 use crate::error::{Error, Result, Scope};
@@ -120,6 +120,12 @@ fn unknown_id(term: &str, e: download::DownloadError) -> Error {
     }
 }
 
+/// What one term of a `get` became.
+enum Got {
+    File(Outcome),
+    Folder(get_folder::FolderOutcome),
+}
+
 #[derive(Serialize)]
 struct GetJson {
     id: String,
@@ -130,6 +136,58 @@ struct GetJson {
     sources: usize,
     chunks_fetched: u32,
     chunks_reused: u32,
+    /// `collection` for a folder (its `sha256` is its listing's, `size` its files' total).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<FolderJson>,
+}
+
+/// A folder's files: how many, fetched in this run, kept from an earlier one, failed.
+#[derive(Serialize)]
+struct FolderJson {
+    count: usize,
+    dirs: usize,
+    fetched: usize,
+    kept: usize,
+    failed: usize,
+}
+
+impl GetJson {
+    fn of(g: &Got) -> Self {
+        match g {
+            Got::File(o) => Self {
+                id: o.id.to_string(),
+                name: o.name.clone(),
+                path: o.path.to_string_lossy().into_owned(),
+                size: o.size,
+                sha256: o.sha256.clone(),
+                sources: o.sources,
+                chunks_fetched: o.chunks_fetched,
+                chunks_reused: o.chunks_reused,
+                kind: None,
+                files: None,
+            },
+            Got::Folder(f) => Self {
+                id: f.listing.id.to_string(),
+                name: f.name.clone(),
+                path: f.root.to_string_lossy().into_owned(),
+                size: f.size,
+                sha256: f.listing.sha256.clone(),
+                sources: f.sources,
+                chunks_fetched: f.listing.chunks_fetched,
+                chunks_reused: f.listing.chunks_reused,
+                kind: Some(common::FileType::Collection.as_str()),
+                files: Some(FolderJson {
+                    count: f.files,
+                    dirs: f.dirs,
+                    fetched: f.fetched,
+                    kept: f.kept,
+                    failed: f.failed,
+                }),
+            },
+        }
+    }
 }
 
 fn summary(o: &Outcome) -> String {
@@ -222,25 +280,46 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
     });
     let progress: Vec<Arc<FileProgress>> =
         ids.iter().map(|(t, _, _)| FileProgress::new(t)).collect();
-    let bars = Bars::spawn(progress.clone(), bars_wanted(cx.json, cx.quiet));
+    let bars = Arc::new(Bars::spawn(
+        progress.clone(),
+        bars_wanted(cx.json, cx.quiet),
+    ));
     let several = ids.len() > 1;
     let runs = ids.iter().zip(&progress).map(|((term, id, name), p)| {
+        let from = a.from.clone().map(|f| f.to_ascii_lowercase());
         let job = Job {
             file_id: *id,
             output: output_dir.clone(),
-            from: a.from.clone().map(|f| f.to_ascii_lowercase()),
+            from: from.clone(),
             name: name.clone(),
+            path: None,
+            listings: Some(cx.home.collections_dir()),
         };
-        let (dcx, p, term) = (dcx.clone(), p.clone(), term.clone());
+        let (dcx, p, term, bars, out) = (
+            dcx.clone(),
+            p.clone(),
+            term.clone(),
+            bars.clone(),
+            output_dir.clone(),
+        );
         async move {
-            let r = download::download(dcx, job, p.clone()).await;
+            let r = download::download(dcx.clone(), job, p.clone()).await;
             if r.is_err() {
                 p.finish(false);
             }
-            r.map_err(|source| match unknown_id(&term, source) {
+            let o = r.map_err(|source| match unknown_id(&term, source) {
                 Error::Download(source) if several => Error::Get { term, source },
                 e => e,
-            })
+            })?;
+            if !o.collection {
+                return Ok(Got::File(o));
+            }
+            let folder =
+                get_folder::fetch(dcx, o, &out, name.as_deref(), from, p.clone(), &bars).await;
+            if folder.is_err() {
+                p.finish(false);
+            }
+            Ok(Got::Folder(folder?))
         }
     });
     // Ctrl-C drops the downloads under way (their part files stay, verified chunks and
@@ -250,7 +329,7 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         .enumerate()
         .map(|(i, run)| async move { (i, run.await) })
         .collect();
-    let mut results: Vec<Option<Result<Outcome>>> = ids.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Result<Got>>> = ids.iter().map(|_| None).collect();
     let mut stopped = false;
     loop {
         tokio::select! {
@@ -267,12 +346,24 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         }
     }
     drop(runs);
-    bars.stop().await;
+    if let Ok(bars) = Arc::try_unwrap(bars) {
+        bars.stop().await;
+    }
 
     let mut done = Vec::new();
     let mut cut = Vec::new();
     for (r, p) in results.into_iter().zip(&progress) {
         match r {
+            Some(Ok(Got::Folder(mut f))) => {
+                for (path, e) in std::mem::take(&mut f.failures) {
+                    output::report_error(&Error::InFolder {
+                        path: format!("{}/{path}", f.name),
+                        source: Box::new(e),
+                    });
+                }
+                failed += f.failed;
+                done.push(Got::Folder(f));
+            }
             Some(Ok(o)) => done.push(o),
             Some(Err(e)) => {
                 output::report_error(&e);
@@ -282,23 +373,14 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         }
     }
     if cx.json {
-        let v: Vec<GetJson> = done
-            .iter()
-            .map(|o| GetJson {
-                id: o.id.to_string(),
-                name: o.name.clone(),
-                path: o.path.to_string_lossy().into_owned(),
-                size: o.size,
-                sha256: o.sha256.clone(),
-                sources: o.sources,
-                chunks_fetched: o.chunks_fetched,
-                chunks_reused: o.chunks_reused,
-            })
-            .collect();
+        let v: Vec<GetJson> = done.iter().map(GetJson::of).collect();
         output::json(&v)?;
     } else {
         for o in &done {
-            output::println(&summary(o));
+            output::println(&match o {
+                Got::File(o) => summary(o),
+                Got::Folder(f) => get_folder::summary(f),
+            });
         }
     }
     for line in &cut {
@@ -401,6 +483,7 @@ mod tests {
             bytes_fetched: 10 << 20,
             chunks_reused: 0,
             elapsed: std::time::Duration::from_secs(2),
+            collection: false,
         };
         // One unit system: 10 MiB in 2 s reads as 5 MiB/s.
         assert_eq!(

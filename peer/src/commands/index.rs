@@ -150,9 +150,13 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
     }
     let mut files = Vec::new();
     let mut failed = 0usize;
+    let mut folders = Vec::new();
     for p in &paths {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
         collect(&abs, true, &mut files, &mut failed);
+        if std::fs::metadata(&abs).is_ok_and(|m| m.is_dir()) {
+            folders.push(abs);
+        }
     }
     let records = cx.home.records()?;
     let mut by_path: HashMap<PathBuf, Vec<StoreRecord>> = HashMap::new();
@@ -200,7 +204,7 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         // tracker hands it out (replication starts at once).
         let existed = cx.home.record(&id).ok().flatten().is_some();
         cx.home.save_record(&rec)?;
-        let view = match client.announce(&peer_id, &h.manifest).await {
+        let view = match client.announce(&peer_id, &h.manifest, None).await {
             Ok(v) => {
                 cx.home.delete_withdrawal(&id)?;
                 v
@@ -237,6 +241,36 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         shown[i] = Some(view);
     }
 
+    // Each folder named is shared as one collection too, once every file in it is shared.
+    for root in &folders {
+        let under: Vec<(PathBuf, FileId, u64)> = files
+            .iter()
+            .zip(&shown)
+            .filter(|(p, _)| p.starts_with(root))
+            .filter_map(|(p, v)| {
+                let v = v.as_ref()?;
+                Some((p.clone(), v.id.parse().ok()?, v.size))
+            })
+            .collect();
+        let total = files.iter().filter(|p| p.starts_with(root)).count();
+        if under.len() < total {
+            output::warn(&format!(
+                "{} is not shared as a folder: {} of its {total} files could not be shared",
+                root.display(),
+                total - under.len()
+            ));
+            continue;
+        }
+        match share_folder(cx, &client, &peer_id, root, &under).await {
+            Ok(view) => shown.push(Some(view)),
+            Err(e) if matches!(&e, Error::Tracker(t) if t.affects_every_call()) => return Err(e),
+            Err(e) => {
+                output::report_error(&e);
+                failed += 1;
+            }
+        }
+    }
+
     let shown: Vec<FileView> = shown.into_iter().flatten().collect();
     if !shown.is_empty() && cx.home.live_node().is_none() {
         output::warn(&no_node_warning(cx.home.dir()));
@@ -245,8 +279,13 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         output::json(&shown)?;
     } else {
         for f in &shown {
+            let folder = if f.kind == common::FileType::Collection.as_str() {
+                "/  (folder)"
+            } else {
+                ""
+            };
             output::println(&format!(
-                "{}  {}  {}",
+                "{}  {}  {}{folder}",
                 output::safe(f.id.get(..12).unwrap_or(&f.id)),
                 common::units::format_size(f.size),
                 output::safe(&f.name)
@@ -257,6 +296,36 @@ pub async fn index(cx: &Ctx, paths: Vec<PathBuf>) -> Result<()> {
         return Err(Error::AlreadyReported(failed));
     }
     Ok(())
+}
+
+/// Shares the folder `root` as a collection of its `files` (all shared already), saying
+/// what it leaves out.
+async fn share_folder(
+    cx: &Ctx,
+    client: &crate::tracker_client::TrackerClient,
+    peer_id: &common::PeerId,
+    root: &Path,
+    files: &[(PathBuf, FileId, u64)],
+) -> Result<FileView> {
+    use crate::folders::PublishError;
+    match crate::folders::publish(&cx.home, client, peer_id, root, files).await {
+        Ok((view, warnings)) => {
+            for w in &warnings {
+                output::warn(w);
+            }
+            Ok(view)
+        }
+        Err(PublishError::Tracker(source)) => Err(Error::Share {
+            path: root.to_path_buf(),
+            source,
+        }),
+        Err(PublishError::Home(e)) => Err(e.into()),
+        Err(PublishError::Listing(source)) => Err(Error::Path {
+            action: "write",
+            path: cx.home.collections_dir(),
+            source,
+        }),
+    }
 }
 
 /// What `index` says when no node serves this home: the tracker counts only serving
@@ -283,9 +352,36 @@ fn shell_word(s: &str) -> String {
     format!("'{}'", output::safe(&s.replace('\'', r"'\''")))
 }
 
+/// A file to unindex, with its name in this home when it has a record.
+type Target = (FileId, Option<String>);
+
+/// The shared files and folders a path names: the file shared from it, or for a directory
+/// its collection and every file shared from under it (collections first). `None` when
+/// `term` is no path this home shares from and nothing is on disk there: it is an id then.
+fn by_path(records: &[StoreRecord], term: &str) -> Option<Result<Vec<Target>>> {
+    let path = Path::new(term);
+    let abs = std::path::absolute(path).ok()?;
+    let mut hits: Vec<&StoreRecord> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Shared)
+        .filter(|r| {
+            r.folder.as_ref().is_some_and(|f| f.starts_with(&abs))
+                || (r.folder.is_none() && r.path.starts_with(&abs))
+        })
+        .collect();
+    if hits.is_empty() {
+        return path.exists().then(|| Err(Error::NotShared(abs)));
+    }
+    hits.sort_by_key(|r| (r.folder.is_none(), r.path.clone()));
+    Some(Ok(hits
+        .into_iter()
+        .map(|r| (r.file_id, Some(r.name.clone())))
+        .collect()))
+}
+
 /// Finds the one store record `term` names (full id or unique prefix); a full id not in
 /// the store is accepted as is.
-fn pick(records: &[StoreRecord], term: &str) -> Result<(FileId, Option<String>)> {
+fn pick(records: &[StoreRecord], term: &str) -> Result<Target> {
     let t = term.trim().to_ascii_lowercase();
     let hits: Vec<&StoreRecord> = records
         .iter()
@@ -317,15 +413,18 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> Result<()> {
     let records = cx.home.records()?;
     let mut failed = 0;
     let mut done = Vec::new();
+    let mut targets = Vec::new();
     for term in &terms {
-        let (id, name) = match pick(&records, term) {
-            Ok(x) => x,
+        match by_path(&records, term).unwrap_or_else(|| pick(&records, term).map(|t| vec![t])) {
+            Ok(found) => targets.extend(found),
             Err(e) => {
                 output::report_error(&e);
                 failed += 1;
-                continue;
             }
-        };
+        }
+    }
+    targets.dedup_by_key(|(id, _)| *id);
+    for (id, name) in targets {
         if records
             .iter()
             .any(|r| r.file_id == id && r.kind == Kind::Replica)
@@ -347,6 +446,8 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> Result<()> {
             }
         };
         cx.home.delete_record(&id)?;
+        // A collection's listing lives in the home: it goes with its record.
+        let _ = std::fs::remove_file(cx.home.collections_dir().join(id.to_string()));
         if !cx.json {
             let label = name.as_deref().map(output::safe).unwrap_or_default();
             let note = tracker_note

@@ -3,6 +3,7 @@
 
 mod account;
 mod get;
+pub mod get_folder;
 mod index;
 mod query;
 mod serve;

@@ -138,9 +138,16 @@ pub fn files(cx: &Ctx) -> Result<()> {
     let mut records = cx.home.records()?;
     // The user's own files first, then the replicas kept for the tracker.
     records.sort_by_key(|r| r.kind == Kind::Replica);
+    let listings = cx.home.collections_dir();
     let items: Vec<FileJson> = records
         .iter()
         .map(|r| {
+            // A folder shared here, or the listing of one fetched.
+            let content = if r.folder.is_some() || r.path.starts_with(&listings) {
+                FileType::Collection
+            } else {
+                FileType::from_name(&r.name)
+            };
             let held = if r.complete && !r.changed {
                 r.chunk_count()
             } else if r.changed {
@@ -154,7 +161,7 @@ pub fn files(cx: &Ctx) -> Result<()> {
                 name: r.name.clone(),
                 size: r.size,
                 sha256: (!replica).then(|| r.sha256.clone()),
-                kind_of_content: FileType::from_name(&r.name).as_str(),
+                kind_of_content: content.as_str(),
                 chunks: r.chunk_count(),
                 kind: r.kind.as_str(),
                 held_chunks: held,

@@ -484,6 +484,7 @@ impl<T: ChunkTransport> Coordinator<T> {
             bytes_fetched: self.fetched_bytes,
             chunks_reused: self.reused,
             elapsed: self.started.elapsed(),
+            collection: false,
         })
     }
 }

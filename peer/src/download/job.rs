@@ -95,6 +95,13 @@ pub struct Job {
     /// The name to save it under when the user asked for it by a name a sharer gives it;
     /// else the tracker's (the id does not cover names, so both are only names).
     pub name: Option<String>,
+    /// The exact final path, for a file of a fetched folder (its relative path checked by
+    /// `common::collection`, its directories made by `folders::make_dirs`): no name from
+    /// the tracker is used then.
+    pub path: Option<PathBuf>,
+    /// Where the listing goes, named by its id, when the tracker says the file is a
+    /// collection (`get` passes the home's `collections/`); `None` fetches it like any file.
+    pub listings: Option<PathBuf>,
 }
 
 impl Job {
@@ -124,4 +131,7 @@ pub struct Outcome {
     /// Chunks found verified in an existing part (or final) file.
     pub chunks_reused: u32,
     pub elapsed: Duration,
+    /// The tracker called it a collection and its listing went to [`Job::listings`] (the
+    /// listing itself is checked by its caller).
+    pub collection: bool,
 }

@@ -76,7 +76,17 @@ pub async fn download<T: ChunkTransport>(
     }
     let manifest = Arc::new(manifest);
     let n = manifest.chunk_count();
-    let final_path = files::final_path(&job.output, &manifest.name);
+    let collection =
+        located.file.kind == common::FileType::Collection.as_str() && job.listings.is_some();
+    let final_path = match (&job.path, &job.listings) {
+        (Some(exact), _) => exact.clone(),
+        (None, Some(listings)) if collection => {
+            std::fs::create_dir_all(listings)
+                .map_err(|e| DownloadError::io("create", listings, e))?;
+            listings.join(job.file_id.to_string())
+        }
+        _ => files::final_path(&job.output, &manifest.name),
+    };
     let part = part_path(&final_path);
     progress.start(&manifest.name, manifest.size, part.clone());
 
@@ -100,6 +110,7 @@ pub async fn download<T: ChunkTransport>(
             bytes_fetched: 0,
             chunks_reused: n,
             elapsed: started.elapsed(),
+            collection,
         });
     }
 
@@ -178,7 +189,9 @@ pub async fn download<T: ChunkTransport>(
             _ = tick.tick() => coordinator.on_tick().await?,
         }
     }
-    coordinator.finish().await
+    let mut outcome = coordinator.finish().await?;
+    outcome.collection = collection;
+    Ok(outcome)
 }
 
 /// How many of the `n` chunks no usable holder in `loc` has.

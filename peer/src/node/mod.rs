@@ -7,7 +7,8 @@
 //!   start, after an outage and every `sync_every` ([`sync`]);
 //! - the replication task stream ([`crate::replica::tasks::task_stream`]), opened once the
 //!   first heartbeat succeeds and reopened whenever the tracker answers again;
-//! - rescans of shared files and the replica store, and node.json refreshes ([`upkeep`]);
+//! - rescans of shared files, the replica store and shared folders ([`folders`]), and
+//!   node.json refreshes ([`upkeep`]);
 //! - the Prometheus endpoint when a metrics listener is given.
 //!
 //! The tracker's ticket key, which the node checks every `GetChunks` ticket with, is read
@@ -15,6 +16,7 @@
 //! answer; until the node has a key it serves nothing.
 
 pub mod advertise;
+mod folders;
 mod heartbeat;
 mod sync;
 mod tls;
@@ -343,6 +345,11 @@ impl Node {
             }
             .run(token.clone()),
         );
+        let folders = upkeep::Folders {
+            home: self.home.clone(),
+            client: self.client.clone(),
+            peer_id: self.peer_id.clone(),
+        };
         background.spawn(task_stream(
             self.client,
             self.peer_id,
@@ -354,6 +361,7 @@ impl Node {
         background.spawn(upkeep::rescans(
             self.store,
             self.replicas.clone(),
+            folders,
             self.rescan_every,
             token.clone(),
         ));

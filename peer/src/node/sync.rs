@@ -121,8 +121,19 @@ impl Reconcile {
         if !now.is_some_and(|now| now.kind == Kind::Shared && now.complete && !now.changed) {
             return;
         }
+        // A collection goes with its listing, or the tracker would list it as a plain file.
+        let listing = match &r.folder {
+            Some(_) => match std::fs::read(&r.path) {
+                Ok(b) => Some(bytes::Bytes::from(b)),
+                Err(e) => {
+                    tracing::warn!(file = %r.file_id, "cannot read a collection's listing: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
         match r.manifest() {
-            Ok(m) => match self.client.announce(&self.peer_id, &m).await {
+            Ok(m) => match self.client.announce(&self.peer_id, &m, listing).await {
                 Ok(_) => {
                     tracing::info!(file = %r.file_id, "announced again a file the tracker had forgotten");
                 }

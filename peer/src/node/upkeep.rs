@@ -7,18 +7,30 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use common::PeerId;
+
 use crate::home::{Home, NodeFile};
 use crate::replica::ReplicaStore;
 use crate::server::StoreSource;
+use crate::tracker_client::TrackerClient;
 
 /// How often node.json is refreshed (when something in it changed).
 const NODE_FILE_EVERY: Duration = Duration::from_secs(2);
 
+/// What a rescan needs to bring shared folders up to date.
+pub struct Folders {
+    pub home: Home,
+    pub client: TrackerClient,
+    pub peer_id: PeerId,
+}
+
 /// Every `every`: withdraws shared files that changed or vanished (the node's own on-read
-/// check, run over all of them) and reconciles the replica store with the disk.
+/// check, run over all of them), reconciles the replica store with the disk, then brings
+/// shared folders up to date (`super::folders`).
 pub async fn rescans(
     store: Arc<StoreSource>,
     replicas: Arc<ReplicaStore>,
+    folders: Folders,
     every: Duration,
     token: CancellationToken,
 ) {
@@ -40,6 +52,10 @@ pub async fn rescans(
             Ok(Err(e)) => tracing::warn!("cannot check the replica store: {e}"),
             Ok(Ok(_)) => {}
             Err(e) => tracing::warn!("rescan task failed: {e}"),
+        }
+        tokio::select! {
+            () = super::folders::sync_all(&folders.home, &folders.client, &folders.peer_id) => {}
+            _ = token.cancelled() => return,
         }
     }
 }

@@ -461,6 +461,7 @@ fn new_record(home: &Home, meta: &FileMeta) -> StoreRecord {
         file_len: None,
         mtime_ns: None,
         changed: false,
+        folder: None,
     }
 }
 

@@ -223,6 +223,7 @@ impl Liar {
 
     async fn announce(&mut self, manifest: pb::Manifest) -> anyhow::Result<()> {
         let req = pb::AnnounceRequest {
+            listing: Default::default(),
             peer_id: self.peer_id.clone(),
             manifest: Some(manifest),
         };

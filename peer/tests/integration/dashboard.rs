@@ -122,16 +122,18 @@ fn artifacts_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Waits until the tracker itself reports every chunk of `id` on `n` live peers.
+/// Waits until every chunk of `id` has `n` up holders and `n` verified copies (the page
+/// shows verified copies; a replica's later chunks are audited up to 30 s after its first).
 async fn wait_copies(tracker: &TestTracker, id: &str, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(100);
     loop {
         let f = tracker.get_json(&format!("/api/v1/files/{id}")).await?;
         let map = f["chunk_map"].as_array().context("chunk_map")?;
         let ok = map.iter().all(|c| {
-            c["peers"]
-                .as_array()
-                .is_some_and(|p| p.iter().filter(|p| p["state"] == "up").count() >= n)
+            c["copies"].as_u64().is_some_and(|k| k >= n as u64)
+                && c["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().filter(|p| p["state"] == "up").count() >= n)
         });
         if ok {
             return Ok(());

@@ -299,6 +299,7 @@ async fn announce_as(
     let mut id = [0u8; 16];
     rand::rng().fill(&mut id);
     let req = pb::AnnounceRequest {
+        listing: Default::default(),
         peer_id: ::common::PeerId::from_random(id).to_string(),
         manifest: Some(pb::Manifest {
             name: manifest.name.clone(),

@@ -273,6 +273,7 @@ impl FakeSource {
         client
             .announce(authed(
                 tpb::AnnounceRequest {
+                    listing: Default::default(),
                     peer_id: peer_id.clone(),
                     manifest: Some(tpb::Manifest {
                         name: manifest.name.clone(),

@@ -25,7 +25,7 @@ const MIB: usize = 1 << 20;
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// Rewrites a Locate answer; Resolve's file entries go through it too, as `file`.
-type Lie = Arc<dyn Fn(&mut tpb::LocateResponse) + Send + Sync>;
+pub(crate) type Lie = Arc<dyn Fn(&mut tpb::LocateResponse) + Send + Sync>;
 
 /// Forwards every call to the real tracker, passing answers through the current lie.
 struct Proxy {
@@ -106,7 +106,7 @@ proxy_impl! {
 }
 
 /// Serves a proxy for `tracker` on 127.0.0.1 until the guard drops; returns its URL.
-async fn start_proxy(
+pub(crate) async fn start_proxy(
     tracker: &TestTracker,
     lie: Arc<Mutex<Lie>>,
 ) -> anyhow::Result<(String, DropGuard)> {

@@ -42,6 +42,7 @@ impl Hostile {
 
     async fn announce(&mut self, m: &::common::Manifest) -> anyhow::Result<pb::FileInfo> {
         let req = pb::AnnounceRequest {
+            listing: Default::default(),
             peer_id: self.peer_id.clone(),
             manifest: Some(pb::Manifest::from(m)),
         };

@@ -213,6 +213,7 @@ async fn should_answer_ok_for_the_users_own_files_and_never_touch_them() {
         file_len: None,
         mtime_ns: None,
         changed: false,
+        folder: None,
     };
     for kind in [Kind::Shared, Kind::Downloaded] {
         rec.kind = kind;
