@@ -6,7 +6,8 @@
 //!
 //! A database outage is a stand-in on the tracker's own address ([`DbDown`]) that answers
 //! every call UNAVAILABLE with the tracker's message for it; a restart is the real tracker
-//! stopped (its port refuses connections) and started again on the same database.
+//! stopped (its port refuses connections) and started again on the same database. The
+//! real thing, PostgreSQL refusing connections while peers get and index, is `outage_db`.
 
 use std::net::SocketAddr;
 use std::process::ExitStatus;
@@ -24,10 +25,10 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
+pub(crate) const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
 /// What the tracker answers, with UNAVAILABLE, while its database is down.
-const DB_DOWN: &str = "the tracker's database is unavailable; try again";
-const WAITING: &str = "waiting for the tracker";
+pub(crate) const DB_DOWN: &str = "the tracker's database is unavailable; try again";
+pub(crate) const WAITING: &str = "waiting for the tracker";
 /// The `--sync-every` of the nodes in the convergence test.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 
@@ -72,28 +73,28 @@ impl DbDown {
 }
 
 /// A `peer` command running, its stderr read line by line as it comes.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Vec<String>,
 }
 
 /// What a finished command printed.
-struct Done {
-    status: ExitStatus,
-    stdout: String,
-    stderr: Vec<String>,
+pub(crate) struct Done {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: Vec<String>,
 }
 
 impl Done {
     /// The stderr lines that contain `text`.
-    fn lines_with(&self, text: &str) -> Vec<&String> {
+    pub(crate) fn lines_with(&self, text: &str) -> Vec<&String> {
         self.stderr.iter().filter(|l| l.contains(text)).collect()
     }
 }
 
 impl Running {
-    fn start(peer: &TestPeer, wait: &str, args: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn start(peer: &TestPeer, wait: &str, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = peer.spawn_with(&[("PEER_TRACKER_WAIT", wait)], args)?;
         let stderr = child.stderr.take().context("stderr")?;
         let (tx, lines) = mpsc::unbounded_channel();
@@ -111,7 +112,7 @@ impl Running {
     }
 
     /// Waits until the command says it is waiting for the tracker.
-    async fn until_waiting(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn until_waiting(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !self.stderr.iter().any(|l| l.contains(WAITING)) {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
@@ -123,7 +124,7 @@ impl Running {
         Ok(())
     }
 
-    async fn finish(mut self) -> anyhow::Result<Done> {
+    pub(crate) async fn finish(mut self) -> anyhow::Result<Done> {
         let out = tokio::time::timeout(Duration::from_secs(120), self.child.wait_with_output())
             .await
             .context("the command did not finish")??;
@@ -159,12 +160,12 @@ async fn ids(peer: &TestPeer, args: &[&str]) -> anyhow::Result<Vec<String>> {
 }
 
 /// Whether the tracker lists `peer` as holding (some of) file `id`.
-async fn lists(tracker: &TestTracker, id: &str, peer: &str) -> anyhow::Result<bool> {
+pub(crate) async fn lists(tracker: &TestTracker, id: &str, peer: &str) -> anyhow::Result<bool> {
     holder_state(tracker, id, peer).await.map(|s| s.is_some())
 }
 
 /// Whether the tracker lists `peer` as holding (some of) file `id`, and up.
-async fn lists_up(tracker: &TestTracker, id: &str, peer: &str) -> anyhow::Result<bool> {
+pub(crate) async fn lists_up(tracker: &TestTracker, id: &str, peer: &str) -> anyhow::Result<bool> {
     Ok(holder_state(tracker, id, peer).await?.as_deref() == Some("up"))
 }
 
@@ -187,7 +188,11 @@ async fn holder_state(
 }
 
 /// Polls `cond` every 50 ms until it holds; returns how long that took. Fails after `limit`.
-async fn time_until<F, Fut>(limit: Duration, what: &str, mut cond: F) -> anyhow::Result<Duration>
+pub(crate) async fn time_until<F, Fut>(
+    limit: Duration,
+    what: &str,
+    mut cond: F,
+) -> anyhow::Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -202,7 +207,7 @@ where
     Ok(start.elapsed())
 }
 
-fn id_of(indexed: &[serde_json::Value]) -> anyhow::Result<String> {
+pub(crate) fn id_of(indexed: &[serde_json::Value]) -> anyhow::Result<String> {
     Ok(indexed
         .first()
         .and_then(|f| f["id"].as_str())
