@@ -108,7 +108,8 @@ pub struct SavedListing {
     pub bytes: Bytes,
 }
 
-/// Writes `c`'s listing into the home (atomically; the same listing twice is one file).
+/// Writes `c`'s listing into the home (atomically; the same listing twice is one file,
+/// written once).
 ///
 /// # Errors
 /// When the home cannot be written.
@@ -118,7 +119,11 @@ pub fn save_listing(home: &Home, name: &str, c: &Collection) -> io::Result<Saved
     let dir = home.collections_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(manifest.id().to_string());
-    write_atomic(&path, &bytes, 0o644)?;
+    // Named by its content: one already there is kept as is, since a rewrite would change
+    // its mtime under a node that serves it (which would take it for a changed file).
+    if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+        write_atomic(&path, &bytes, 0o644)?;
+    }
     Ok(SavedListing {
         path,
         manifest,
