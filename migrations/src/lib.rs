@@ -19,6 +19,7 @@ mod m20261124_000007_create_tracker_keys;
 mod m20261201_000008_create_changes;
 mod m20261201_000009_create_leases;
 mod m20261204_000010_holding_claims;
+mod m20261205_000011_collections;
 
 /// Every migration of the tracker's schema, in order.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000008_create_changes::Migration),
             Box::new(m20261201_000009_create_leases::Migration),
             Box::new(m20261204_000010_holding_claims::Migration),
+            Box::new(m20261205_000011_collections::Migration),
         ]
     }
 }

@@ -8,7 +8,7 @@ use sea_orm_migration::sea_orm::{
 };
 
 /// Every table of the current schema.
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "users",
     "sessions",
     "peers",
@@ -18,6 +18,7 @@ const TABLES: [&str; 9] = [
     "tracker_keys",
     "changes",
     "leases",
+    "collections",
 ];
 
 /// Migrations in the schema before the cluster tables (changes, leases) were added.
@@ -210,6 +211,8 @@ async fn check_upgrade_keeps_rows(t: &TestDb) {
     assert!(manager.has_table("changes").await.unwrap());
     t.exec("INSERT INTO leases (name, holder, expires_at_ms) VALUES ('planner', '', 0)")
         .await;
+    assert!(manager.has_table("collections").await.unwrap());
+    assert_eq!(count("collections").await, 0, "no file is a collection yet");
 }
 
 #[tokio::test]

@@ -314,6 +314,7 @@ async fn populate(w: &World, c: &Client, tokens: &[String]) -> anyhow::Result<()
                 let req = pb::AnnounceRequest {
                     peer_id: w.peer(owner).to_string(),
                     manifest: Some(m),
+                    ..Default::default()
                 };
                 c.announce(authed(req, &token)).await?;
                 for (p, have) in w.extra_holdings(i, chunks) {

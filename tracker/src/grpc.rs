@@ -27,8 +27,13 @@ use crate::error::DB_UNAVAILABLE;
 use crate::model::HoldingKind;
 
 /// Largest message accepted or sent (a manifest of a huge file is the biggest: 32 bytes a
-/// chunk, 8 MiB at the default --max-chunks-per-file), unless [`max_message`] says more.
+/// chunk, 8 MiB at the default --max-chunks-per-file; or an announce of a collection with
+/// its listing, at most 8 MiB, and a manifest of a few chunks), unless [`max_message`]
+/// says more.
 pub const MAX_MESSAGE: usize = 16 << 20;
+
+// An announce carrying the largest listing fits, with room for its manifest.
+const _: () = assert!(MAX_MESSAGE >= common::collection::MAX_LISTING + (1 << 20));
 
 /// The message limit for `max_chunks_per_file`: [`MAX_MESSAGE`], or room for such a
 /// manifest (32 bytes a chunk) and a Locate's partial holders (at most 128, a bit a chunk
@@ -279,7 +284,9 @@ impl Tracker for Grpc {
         let r = req.into_inner();
         let peer = peer_id(&r.peer_id)?;
         let m = manifest(r.manifest)?;
-        let f = self.svc.announce(&caller, &peer, m).await?;
+        // Empty for a plain file, or a collection the tracker knows.
+        let listing = (!r.listing.is_empty()).then_some(r.listing);
+        let f = self.svc.announce(&caller, &peer, m, listing).await?;
         Ok(Response::new(pb::AnnounceResponse {
             file: Some(file_info(f)),
         }))

@@ -82,6 +82,15 @@ impl FileRecord {
     }
 }
 
+/// A collection's listing as stored: the file's whole content (valid UTF-8, at most
+/// [`common::collection::MAX_LISTING`] bytes), checked against the file's manifest and
+/// parsed before it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CollectionRecord {
+    pub file_id: FileId,
+    pub listing: bytes::Bytes,
+}
+
 /// What one peer holds of one file; `have` is the bitfield's bytes as the peer claims it,
 /// `verified` those an audit confirmed (empty = none), `name` the sharer's name for it.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,9 +3,10 @@
 //!
 //! Every committed write appends a row to the change feed (`db::changes`). The follower
 //! polls the rows after the last one it saw every [`FOLLOW_INTERVAL`] and applies those of
-//! other origins: peers and holdings last-writer-wins by their timestamps, files and
-//! sessions as they come, tasks in commit order with tombstones (a task removed here is
-//! never brought back by a late update from elsewhere). A change therefore reaches every
+//! other origins: peers and holdings last-writer-wins by their timestamps, files, new
+//! collections (their listings read from the database and parsed before the index lock is
+//! taken) and sessions as they come, tasks in commit order with tombstones (a task removed here is never brought back
+//! by a late update from elsewhere). A change therefore reaches every
 //! tracker within the writer's flush interval (200 ms; announce, unindex, accounts and
 //! sessions commit before they answer) plus one poll (200 ms) plus the time to apply it.
 //! The cluster tests check 1 s end to end (sessions, a search after an announce, a logout,
@@ -17,16 +18,19 @@
 //! own block, the id of its start row in the feed times 2^32.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::PeerId;
+use common::{FileId, PeerId};
 use tokio_util::sync::CancellationToken;
 
+use super::collections::parse_stored;
 use super::index::{FileEntry, Holding, Index, PeerEntry};
+use super::search::PathText;
 use super::{SessionEntry, TrackerService};
 use crate::Error;
+use crate::db::Store;
 use crate::db::changes::{BatchChange, Change, FeedEntry};
 use crate::model::{TaskKind, TaskRecord};
 
@@ -162,6 +166,7 @@ impl TrackerService {
         if entries.is_empty() {
             return Ok(());
         }
+        let listings = read_listings(&self.inner.store, &entries).await?;
         // Owners' names for peers new to this tracker (read before taking the lock).
         let unknown_owner = entries.iter().any(|c| match c {
             Change::Batch(b) => {
@@ -180,10 +185,10 @@ impl TrackerService {
         let mut push: HashSet<PeerId> = HashSet::new();
         {
             let mut ix = self.index_mut();
-            for change in entries {
+            for (change, listings) in entries.into_iter().zip(listings) {
                 match change {
                     Change::Hello => {}
-                    Change::Batch(b) => apply_batch(&mut ix, b, &names, &mut push),
+                    Change::Batch(b) => apply_batch(&mut ix, b, listings, &names, &mut push),
                     Change::SessionAdd {
                         token_hash,
                         user_id,
@@ -225,10 +230,46 @@ impl TrackerService {
     }
 }
 
-/// Applies another tracker's batch, in the order it was written.
+/// The listings of the collections each of `entries` names, in order, read from the
+/// database and parsed off the async threads (an 8 MiB listing takes some milliseconds).
+/// A collection withdrawn since has no listing; the feed withdraws its file later.
+async fn read_listings(
+    store: &Store,
+    entries: &[Change],
+) -> Result<Vec<Vec<(FileId, Arc<PathText>)>>, Error> {
+    let named: Vec<Vec<FileId>> = (entries.iter())
+        .map(|c| match c {
+            Change::Batch(b) => b
+                .collections
+                .iter()
+                .filter_map(|id| id.parse().ok())
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let all: Vec<FileId> = named.iter().flatten().copied().collect();
+    if all.is_empty() {
+        return Ok(named.into_iter().map(|_| Vec::new()).collect());
+    }
+    let rows = store.collection_listings(&all).await?;
+    let parsed = tokio::task::spawn_blocking(move || parse_stored(rows))
+        .await
+        .map_err(|e| Error::Internal(format!("parsing collections of the change feed: {e}")))?;
+    Ok((named.into_iter())
+        .map(|ids| {
+            (ids.into_iter())
+                .filter_map(|id| Some((id, parsed.get(&id)?.clone())))
+                .collect()
+        })
+        .collect())
+}
+
+/// Applies another tracker's batch, in the order it was written, with the `listings` of
+/// the collections it names.
 fn apply_batch(
     ix: &mut Index,
     b: BatchChange,
+    listings: Vec<(FileId, Arc<PathText>)>,
     names: &HashMap<i32, String>,
     push: &mut HashSet<PeerId>,
 ) {
@@ -250,6 +291,9 @@ fn apply_batch(
         {
             ix.insert_file(FileEntry::new(rec));
         }
+    }
+    for (id, listing) in listings {
+        ix.set_collection(id, listing);
     }
     for peer in &b.cleared {
         for id in ix.files_of(peer) {

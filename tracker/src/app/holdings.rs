@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{Bitfield, FileId, Manifest, PeerId};
 
+use super::collections::checked;
 use super::commit::{Change, Key, Plan, Planned};
 use super::index::{FileEntry, Holding, Index, PeerEntry};
 use super::limits::Usage;
@@ -17,7 +19,7 @@ use super::{Caller, FileView, HoldingInput, MAX_ADDR_LEN, TrackerService, file_v
 use crate::Error;
 use crate::db::writer::WriteOp;
 use crate::metrics::Source;
-use crate::model::{FileRecord, HoldingKind, HoldingRecord, PeerRecord, now_ms};
+use crate::model::{CollectionRecord, FileRecord, HoldingKind, HoldingRecord, PeerRecord, now_ms};
 
 impl TrackerService {
     /// Records that a peer's node is up at `addr`. Returns how often to heartbeat.
@@ -121,15 +123,26 @@ impl TrackerService {
     /// first announcer names nobody else's (see `names`). Committed before memory changes
     /// and before it returns (see `commit`).
     ///
+    /// `listing` (non-empty) makes the file a collection: it must be the file's content and
+    /// parse as a listing, which is checked before anything else, and it is committed with
+    /// the announce (see `collections`). Without one a file stays what the tracker knows it
+    /// as.
+    ///
     /// # Errors
-    /// `PermissionDenied` for another user's peer, `LimitReached`; `Database` when the
-    /// commit failed (then nothing changed).
+    /// `InvalidArgument` for a listing that is refused, `PermissionDenied` for another
+    /// user's peer, `LimitReached`; `Database` when the commit failed (then nothing
+    /// changed).
     pub async fn announce(
         &self,
         caller: &Caller,
         peer: &PeerId,
         manifest: Manifest,
+        listing: Option<Bytes>,
     ) -> Result<FileView, Error> {
+        let listing = match listing.filter(|l| !l.is_empty()) {
+            Some(bytes) => Some((checked(&manifest, bytes.clone()).await?, bytes)),
+            None => None,
+        };
         let now = now_ms();
         let id = manifest.id();
         let name = manifest.name.clone();
@@ -166,6 +179,20 @@ impl TrackerService {
                 // leave the holding without its file.
                 ops.push(WriteOp::FileUpsert(file.clone()));
                 ops.push(WriteOp::Holding(holding_record(peer, id, &h)));
+                // The listing commits with the announce, unless the file is known as a
+                // collection already (its id fixes its content, so the stored one stands).
+                let listing = listing.clone().map(|(l, bytes)| {
+                    let rec = CollectionRecord {
+                        file_id: id,
+                        listing: bytes,
+                    };
+                    (l, rec)
+                });
+                if let Some((_, rec)) = &listing
+                    && known.is_none_or(|f| f.collection.is_none())
+                {
+                    ops.push(WriteOp::Collection(rec.clone()));
+                }
                 let (peer, user, name) = (peer.clone(), caller.user.clone(), name.clone());
                 let change: Change<FileView> = Box::new(move |ix| {
                     let mut rows = Vec::new();
@@ -179,6 +206,11 @@ impl TrackerService {
                         rows.push(WriteOp::FileUpsert(file.clone()));
                         ix.insert_file(FileEntry::new(file));
                         tracing::debug!(file = %id, "new file announced");
+                    }
+                    if let Some((l, rec)) = listing
+                        && ix.set_collection(id, l)
+                    {
+                        rows.push(WriteOp::Collection(rec));
                     }
                     // Verified as far as the holding is now (an audit may have failed since).
                     let mut h = h;

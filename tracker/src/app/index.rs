@@ -14,7 +14,7 @@ use common::{Bitfield, FileId, FileType, Manifest, PeerId, Sha256Digest};
 use super::commit::Reservations;
 use super::limits::Usage;
 use super::names::SharerNames;
-use super::search::NameIndex;
+use super::search::{NameIndex, PathText};
 use crate::model::{FileRecord, HoldingKind, HoldingRecord, PeerRecord};
 use crate::replication::TaskTable;
 
@@ -78,6 +78,9 @@ pub struct FileEntry {
     /// The names its sharers give it (`super::names`); kept by `Index::set_holding` and
     /// `take_holding`.
     pub names: SharerNames,
+    /// When it is a collection (`super::collections`), its entries' paths as search reads
+    /// them; set by `Index::set_collection`.
+    pub collection: Option<Arc<PathText>>,
 }
 
 impl FileEntry {
@@ -91,6 +94,15 @@ impl FileEntry {
             created_at_ms: rec.created_at_ms,
             holdings: HashMap::new(),
             names: SharerNames::default(),
+            collection: None,
+        }
+    }
+
+    /// Its type when shown under `name`: `collection` for a collection, else the name's.
+    pub fn file_type(&self, name: &str) -> FileType {
+        match self.collection {
+            Some(_) => FileType::Collection,
+            None => FileType::from_name(name),
         }
     }
 }
@@ -161,6 +173,9 @@ impl Index {
 
     pub fn insert_file(&mut self, entry: FileEntry) {
         self.names.remove_file(&entry.id);
+        if let Some(c) = &entry.collection {
+            self.names.set_paths(entry.id, c.clone());
+        }
         for name in entry.listed() {
             self.names.insert(entry.id, name);
         }

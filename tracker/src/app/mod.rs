@@ -9,6 +9,7 @@
 mod accounts;
 pub mod audit;
 pub mod auth;
+mod collections;
 mod commit;
 mod delivery;
 mod follow;
@@ -124,6 +125,11 @@ impl TrackerService {
         for rec in store.load_files().await? {
             index.insert_file(FileEntry::new(rec));
         }
+        for (id, c) in store.load_collections().await? {
+            if !index.set_collection(id, Arc::new(search::PathText::new(&c))) {
+                tracing::warn!(file = %id, "skipping a stored collection of an unknown file");
+            }
+        }
         for h in store.load_holdings().await? {
             let Some(f) = index.files.get(&h.file_id) else {
                 continue;
@@ -162,6 +168,11 @@ impl TrackerService {
         }
         tracing::info!(
             files = index.files.len(),
+            collections = index
+                .files
+                .values()
+                .filter(|f| f.collection.is_some())
+                .count(),
             peers = index.peers.len(),
             sessions = sessions.len(),
             tasks = index.tasks.len(),
@@ -322,7 +333,7 @@ fn file_view_with(f: &FileEntry, name: &str, holders: u32) -> FileView {
         names: Vec::new(),
         size: m.size,
         sha256: m.sha256,
-        file_type: common::FileType::from_name(name),
+        file_type: f.file_type(name),
         chunk_size: m.chunk_size,
         chunks: m.chunk_count(),
         holders,

@@ -261,7 +261,8 @@ impl Index {
 
     /// Files with a name containing every term (already lowercased), of the type if given:
     /// one row per file, under the strongest of its names that match, ordered by that name
-    /// then id. Returns one page and the total.
+    /// then id. A collection also matches a term of three bytes or more in one of its
+    /// entries' paths (`search::paths`). Returns one page and the total.
     ///
     /// Without terms this walks the listings in order and stops once the page is full (the
     /// total is a count kept on insert and remove); with terms the name index
@@ -289,14 +290,20 @@ impl Index {
             None => self.files.len(),
             Some(t) => self.names.count_of(t),
         };
-        let fits = |n: &str| q.file_type.is_none_or(|t| FileType::from_name(n) == t);
+        // Only a collection is not of its names' type: a name of another type than the one
+        // asked for is skipped unread, unless collections are asked for.
+        let maybe = |n: &str| {
+            q.file_type
+                .is_none_or(|t| t == FileType::Collection || FileType::from_name(n) == t)
+        };
         let page = self
             .names
             .ordered()
-            .filter(|&(name, _)| fits(name))
+            .filter(|&(name, _)| maybe(name))
             .filter_map(|(name, id)| {
                 let f = self.files.get(&id)?;
-                (f.best_listed(fits) == Some(name)).then_some((f, name))
+                let fits = |n: &str| q.file_type.is_none_or(|t| f.file_type(n) == t);
+                (fits(name) && f.best_listed(fits) == Some(name)).then_some((f, name))
             })
             .skip(q.offset)
             .take(q.limit)

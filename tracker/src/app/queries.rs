@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use common::{Bitfield, FileId, PeerId};
 
-use super::index::{self, Holding, Search};
+use super::index::{self, FileEntry, Holding, Search};
 use super::limits::{Sample, holder_views};
 use super::{
     Caller, ChunkPage, ChunkView, FileDetail, FileView, Located, MAX_CHUNK_PEERS, PeerView,
@@ -161,30 +161,9 @@ impl TrackerService {
     /// `InvalidArgument` for text that is not 6–64 hex digits, `NotFound` for no match or
     /// an ambiguous prefix.
     pub fn file_detail(&self, id: &str, chunks: ChunkPage) -> Result<FileDetail, Error> {
-        let id = id.trim().to_ascii_lowercase();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!(
-                "file id {:?} is not hex digits",
-                common::names::printable(&id, 80)
-            )));
-        }
-        if !(6..=64).contains(&id.len()) {
-            return Err(Error::invalid(
-                "a file id prefix must have 6 to 64 hex digits",
-            ));
-        }
         let now = now_ms();
         let ix = self.index();
-        let f = match ix.by_id_prefix(&id).as_slice() {
-            [] => return Err(Error::not_found(format!("unknown file {id}"))),
-            [f] => *f,
-            many => {
-                return Err(Error::not_found(format!(
-                    "file id prefix {id} is ambiguous: it matches {} files",
-                    many.len()
-                )));
-            }
-        };
+        let f = by_unique_prefix(&ix, id)?;
         let mut holders: Vec<(&PeerId, &Holding, bool)> = f
             .holdings
             .iter()
@@ -260,6 +239,34 @@ impl TrackerService {
             }
         }
         Ok(s)
+    }
+}
+
+/// The one file whose id is `id` or starts with it (6 to 64 hex digits, any case,
+/// surrounding whitespace ignored).
+///
+/// # Errors
+/// `InvalidArgument` for other text, `NotFound` for no match or an ambiguous prefix.
+pub(super) fn by_unique_prefix<'a>(ix: &'a index::Index, id: &str) -> Result<&'a FileEntry, Error> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(format!(
+            "file id {:?} is not hex digits",
+            common::names::printable(&id, 80)
+        )));
+    }
+    if !(6..=64).contains(&id.len()) {
+        return Err(Error::invalid(
+            "a file id prefix must have 6 to 64 hex digits",
+        ));
+    }
+    match ix.by_id_prefix(&id).as_slice() {
+        [] => Err(Error::not_found(format!("unknown file {id}"))),
+        [f] => Ok(*f),
+        many => Err(Error::not_found(format!(
+            "file id prefix {id} is ambiguous: it matches {} files",
+            many.len()
+        ))),
     }
 }
 

@@ -7,11 +7,21 @@
 //! Listings live in dense slots (`u32`), so each posting list is a sorted `Vec<u32>`; freed
 //! slots are reused. A trigram match is only a candidate: every candidate is verified with
 //! the exact rule (each term a substring of the lowercased name, and the type filter, a
-//! listing's type being its name's).
+//! listing's type being its name's, or `collection` for every listing of a collection).
+//!
+//! A collection (a shared folder) is also found by the paths inside it: a term of three
+//! bytes or more matches it when it is in one of its names or in the path of one of its
+//! entries ([`paths`], searched after the names).
+
+mod paths;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use common::{FileId, FileType, Sha256Digest};
+
+use paths::PathIndex;
+pub use paths::PathText;
 
 /// Terms shorter than this (in bytes) have no trigram and fall back to the scan.
 const GRAM: usize = 3;
@@ -39,18 +49,66 @@ pub struct NameIndex {
     per_type: HashMap<FileType, usize>,
     /// Every listing in (name, id) order, for unfiltered pages and exact-name lookups.
     ordered: BTreeSet<(String, FileId)>,
+    /// The entry paths of the collections, by file.
+    paths: PathIndex,
 }
 
-/// The distinct trigrams of `s`, packed into the low 24 bits of a `u32`.
+/// One trigram (`GRAM` bytes) packed into the low 24 bits of a `u32`.
+fn pack(w: &[u8]) -> u32 {
+    u32::from(w[0]) << 16 | u32::from(w[1]) << 8 | u32::from(w[2])
+}
+
+/// The distinct trigrams of `s`, packed, ascending.
 fn trigrams(s: &str) -> Vec<u32> {
-    let mut g: Vec<u32> = s
-        .as_bytes()
-        .windows(GRAM)
-        .map(|w| u32::from(w[0]) << 16 | u32::from(w[1]) << 8 | u32::from(w[2]))
-        .collect();
+    let mut g: Vec<u32> = s.as_bytes().windows(GRAM).map(pack).collect();
     g.sort_unstable();
     g.dedup();
     g
+}
+
+/// Adds `slot` to the posting list of `gram`, keeping it ascending.
+fn post(postings: &mut HashMap<u32, Vec<u32>>, gram: u32, slot: u32) {
+    let list = postings.entry(gram).or_default();
+    // Fresh slots are the largest so far: the common case is a push.
+    match list.last() {
+        Some(&last) if last > slot => {
+            let at = list.partition_point(|&s| s < slot);
+            list.insert(at, slot);
+        }
+        _ => list.push(slot),
+    }
+}
+
+/// Takes `slot` out of the posting list of `gram`, dropping the list once empty.
+fn unpost(postings: &mut HashMap<u32, Vec<u32>>, gram: u32, slot: u32) {
+    if let Some(list) = postings.get_mut(&gram) {
+        if let Ok(at) = list.binary_search(&slot) {
+            list.remove(at);
+        }
+        if list.is_empty() {
+            postings.remove(&gram);
+        }
+    }
+}
+
+/// The slots in the posting lists of every one of `grams` (sorted, distinct, at least one).
+fn all_of(postings: &HashMap<u32, Vec<u32>>, grams: &[u32]) -> Vec<u32> {
+    let mut lists = Vec::with_capacity(grams.len());
+    for g in grams {
+        match postings.get(g) {
+            Some(l) => lists.push(l),
+            None => return Vec::new(),
+        }
+    }
+    lists.sort_by_key(|l| l.len());
+    let mut out = lists[0].clone();
+    for l in &lists[1..] {
+        intersect(&mut out, l);
+        if out.is_empty() {
+            break;
+        }
+    }
+    out
 }
 
 /// Whether a listing matches: of the type if given, and every term in its lowercased name.
@@ -69,7 +127,11 @@ impl NameIndex {
         if self.slot(&id, name).is_some() {
             return;
         }
-        let file_type = FileType::from_name(name);
+        let file_type = if self.paths.contains(&id) {
+            FileType::Collection
+        } else {
+            FileType::from_name(name)
+        };
         if !self.has_type(&id, file_type) {
             *self.per_type.entry(file_type).or_default() += 1;
         }
@@ -82,15 +144,7 @@ impl NameIndex {
             }
         };
         for g in trigrams(&name_lower) {
-            let list = self.postings.entry(g).or_default();
-            // Fresh slots are the largest so far: the common case is a push.
-            match list.last() {
-                Some(&last) if last > slot => {
-                    let at = list.partition_point(|&s| s < slot);
-                    list.insert(at, slot);
-                }
-                _ => list.push(slot),
-            }
+            post(&mut self.postings, g, slot);
         }
         self.slots_of.entry(id).or_default().push(slot);
         self.ordered.insert((name.to_string(), id));
@@ -118,14 +172,7 @@ impl NameIndex {
             .expect("slots_of names occupied slots");
         self.ordered.remove(&(named.name.to_string(), named.id));
         for g in trigrams(&named.name_lower) {
-            if let Some(list) = self.postings.get_mut(&g) {
-                if let Ok(at) = list.binary_search(&slot) {
-                    list.remove(at);
-                }
-                if list.is_empty() {
-                    self.postings.remove(&g);
-                }
-            }
+            unpost(&mut self.postings, g, slot);
         }
         if !self.has_type(id, named.file_type)
             && let Some(n) = self.per_type.get_mut(&named.file_type)
@@ -139,19 +186,35 @@ impl NameIndex {
         true
     }
 
-    /// Drops every listing of `id`; false if it had none.
+    /// Drops every listing of `id`, and its paths if it is a collection; false if it had
+    /// neither.
     pub fn remove_file(&mut self, id: &FileId) -> bool {
-        let names: Vec<Box<str>> = self
-            .slots_of
-            .get(id)
-            .into_iter()
-            .flatten()
-            .filter_map(|&s| self.slots[s as usize].as_ref().map(|n| n.name.clone()))
-            .collect();
+        let names = self.names_of(id);
         for n in &names {
             self.remove(id, n);
         }
-        !names.is_empty()
+        let had_paths = self.paths.remove(id);
+        had_paths || !names.is_empty()
+    }
+
+    /// Makes `id` a collection whose entries have `paths`: its listings, now and later, are
+    /// of type `collection`, and found by those paths too.
+    pub fn set_paths(&mut self, id: FileId, paths: Arc<PathText>) {
+        let names = self.names_of(&id);
+        for n in &names {
+            self.remove(&id, n);
+        }
+        self.paths.insert(id, paths);
+        for n in &names {
+            self.insert(id, n);
+        }
+    }
+
+    /// The names `id` is listed under.
+    fn names_of(&self, id: &FileId) -> Vec<Box<str>> {
+        (self.slots_of.get(id).into_iter().flatten())
+            .filter_map(|&s| self.slots[s as usize].as_ref().map(|n| n.name.clone()))
+            .collect()
     }
 
     /// The slot of `id`'s listing under `name`.
@@ -192,7 +255,7 @@ impl NameIndex {
     }
 
     /// Every listing matching `terms` (lowercased, at least one) and the type filter, in no
-    /// particular order.
+    /// particular order: each term in its name or, for a collection, in its paths.
     pub fn find(&self, terms: &[String], file_type: Option<FileType>) -> Vec<(FileId, &str)> {
         let hit = |n: &&Named| matches(&n.name_lower, n.file_type, terms, file_type);
         let hits: Vec<&Named> = match self.candidates(terms) {
@@ -203,7 +266,11 @@ impl NameIndex {
                 .collect(),
             None => self.slots.iter().flatten().filter(hit).collect(),
         };
-        hits.into_iter().map(|n| (n.id, &*n.name)).collect()
+        let mut out: Vec<(FileId, &str)> = hits.into_iter().map(|n| (n.id, &*n.name)).collect();
+        if file_type.is_none_or(|t| t == FileType::Collection) {
+            out.extend(self.by_paths(terms));
+        }
+        out
     }
 
     /// The slots holding every trigram of every long term, or `None` when no term is long
@@ -219,22 +286,7 @@ impl NameIndex {
         }
         grams.sort_unstable();
         grams.dedup();
-        let mut lists = Vec::with_capacity(grams.len());
-        for g in &grams {
-            match self.postings.get(g) {
-                Some(l) => lists.push(l),
-                None => return Some(Vec::new()),
-            }
-        }
-        lists.sort_by_key(|l| l.len());
-        let mut out = lists[0].clone();
-        for l in &lists[1..] {
-            intersect(&mut out, l);
-            if out.is_empty() {
-                break;
-            }
-        }
-        Some(out)
+        Some(all_of(&self.postings, &grams))
     }
 }
 
@@ -275,276 +327,4 @@ fn order<T>(a: &(&str, FileId, T), b: &(&str, FileId, T)) -> std::cmp::Ordering 
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cmp::Reverse;
-    use std::collections::{BTreeMap, BTreeSet, HashSet};
-
-    use common::{Bitfield, Manifest, PeerId, Sha256Digest};
-    use proptest::prelude::*;
-
-    use super::super::index::{FileEntry, Holding, Index, PeerEntry, Search};
-    use super::*;
-    use crate::model::{FileRecord, HoldingKind, PeerRecord};
-
-    /// Lowercase and uppercase letters, a space, a dot, and characters whose lowercase
-    /// changes their length or depends on context, over an alphabet small enough that
-    /// random terms often match.
-    const ALPHABET: &[char] = &['a', 'b', 'A', 'B', ' ', '.', 'é', 'İ', 'Σ'];
-    const EXTS: &[&str] = &["", ".mp3", ".TXT", ".mkv", ".zip", ".Flac"];
-    /// Peers that share; peer `p` belongs to account `p % 3`, so some accounts have two.
-    const PEERS: u8 = 5;
-
-    #[derive(Clone, Debug)]
-    enum Op {
-        Insert(String),
-        /// Inserts again the live file at this index (modulo their number), renamed if
-        /// a name is given: a file's id does not cover its name. Its holdings go.
-        Reinsert(usize, Option<String>),
-        Remove(usize),
-        /// A peer shares (or renames its listing of) a live file.
-        Share(usize, u8, String),
-        /// A peer's holding becomes a download, which has no name.
-        Download(usize, u8),
-        /// A peer's holding goes.
-        Unshare(usize, u8),
-        Query(Vec<String>, Option<FileType>, usize, usize),
-        /// Resolves one of the listed names exactly.
-        Exact(usize, usize),
-    }
-
-    fn text(min: usize, max: usize) -> impl Strategy<Value = String> {
-        prop::collection::vec(prop::sample::select(ALPHABET), min..max)
-            .prop_map(|c| c.into_iter().collect())
-    }
-
-    fn name() -> impl Strategy<Value = String> {
-        (text(1, 12), prop::sample::select(EXTS)).prop_map(|(s, e)| s + e)
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        let term = text(1, 6).prop_map(|t| t.to_lowercase());
-        let ty = prop::option::of(prop::sample::select(FileType::ALL.to_vec()));
-        let peer = 0..PEERS;
-        prop_oneof![
-            4 => name().prop_map(Op::Insert),
-            1 => (any::<usize>(), prop::option::of(name()))
-                .prop_map(|(i, n)| Op::Reinsert(i, n)),
-            2 => any::<usize>().prop_map(Op::Remove),
-            // Few names, so sharers often agree on one.
-            5 => (any::<usize>(), peer.clone(), prop::sample::select(vec!["x.mkv", "X.mp3", "ab", "b a.zip"]))
-                .prop_map(|(i, p, n)| Op::Share(i, p, n.to_string())),
-            2 => (any::<usize>(), peer.clone(), name()).prop_map(|(i, p, n)| Op::Share(i, p, n)),
-            1 => (any::<usize>(), peer.clone()).prop_map(|(i, p)| Op::Download(i, p)),
-            2 => (any::<usize>(), peer).prop_map(|(i, p)| Op::Unshare(i, p)),
-            4 => (prop::collection::vec(term, 0..3), ty, 0usize..6, 0usize..6)
-                .prop_map(|(t, ty, l, o)| Op::Query(t, ty, l, o)),
-            1 => (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Op::Exact(i, j)),
-        ]
-    }
-
-    fn entry(name: &str, n: u32) -> FileEntry {
-        let mut digest = [0u8; 32];
-        digest[..4].copy_from_slice(&n.to_be_bytes());
-        let manifest =
-            Manifest::from_parts(name.into(), 1, Sha256Digest(digest), 1 << 20, &digest).unwrap();
-        FileEntry::new(FileRecord {
-            manifest,
-            created_at_ms: 0,
-        })
-    }
-
-    fn peer(p: u8) -> PeerId {
-        PeerId::from_random([p + 1; 16])
-    }
-
-    /// What the index must hold for one file: its last known name and its sharers
-    /// (peer → name, account, since when).
-    #[derive(Debug)]
-    struct Model {
-        last: String,
-        seed: u32,
-        sharers: BTreeMap<u8, (String, i32, i64)>,
-    }
-
-    impl Model {
-        fn listed(&self) -> BTreeSet<&str> {
-            if self.sharers.is_empty() {
-                return BTreeSet::from([self.last.as_str()]);
-            }
-            self.sharers.values().map(|s| s.0.as_str()).collect()
-        }
-
-        /// The definition of the strongest name: most accounts, then oldest, then order.
-        fn best(&self, pick: impl Fn(&str) -> bool) -> Option<&str> {
-            let rank = |n: &str| {
-                let users: HashSet<i32> = self
-                    .sharers
-                    .values()
-                    .filter(|s| s.0 == n)
-                    .map(|s| s.1)
-                    .collect();
-                let since = (self.sharers.values().filter(|s| s.0 == n))
-                    .map(|s| s.2)
-                    .min();
-                (users.len(), Reverse(since))
-            };
-            let mut best: Option<&str> = None;
-            for n in self.listed().into_iter().filter(|n| pick(n)) {
-                if best.is_none_or(|b| rank(n) > rank(b)) {
-                    best = Some(n);
-                }
-            }
-            best
-        }
-
-        fn unshare(&mut self, p: u8) {
-            if let Some((name, _, _)) = self.sharers.remove(&p)
-                && self.sharers.is_empty()
-            {
-                self.last = name;
-            }
-        }
-    }
-
-    /// The definition of Search: every file's matching names, the strongest as its row.
-    fn naive(files: &BTreeMap<FileId, Model>, q: &Search) -> (Vec<(FileId, String)>, usize) {
-        let mut rows: Vec<(String, FileId)> = files
-            .iter()
-            .filter_map(|(id, m)| {
-                let hit = |n: &str| {
-                    matches(
-                        &n.to_lowercase(),
-                        FileType::from_name(n),
-                        &q.terms,
-                        q.file_type,
-                    )
-                };
-                m.best(hit).map(|n| (n.to_string(), *id))
-            })
-            .collect();
-        rows.sort();
-        let page = rows
-            .iter()
-            .skip(q.offset)
-            .take(q.limit)
-            .map(|(n, id)| (*id, n.clone()))
-            .collect();
-        (page, rows.len())
-    }
-
-    fn nth(files: &BTreeMap<FileId, Model>, i: usize) -> Option<FileId> {
-        (!files.is_empty()).then(|| *files.keys().nth(i % files.len()).unwrap())
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-        #[test]
-        fn search_agrees_with_a_full_scan(ops in prop::collection::vec(op(), 1..80)) {
-            let mut ix = Index::new(1000);
-            for p in 0..PEERS {
-                let rec = PeerRecord {
-                    id: peer(p),
-                    user_id: i32::from(p % 3),
-                    addr: String::new(),
-                    storage_quota: 0,
-                    storage_used: 0,
-                    last_seen_ms: None,
-                    created_at_ms: 0,
-                };
-                ix.peers.insert(rec.id.clone(), PeerEntry { rec, user: String::new() });
-            }
-            let mut model: BTreeMap<FileId, Model> = BTreeMap::new();
-            for (n, op) in ops.into_iter().enumerate() {
-                // A coarse clock, so names tie on age too.
-                let now = (n / 4) as i64;
-                match op {
-                    Op::Insert(name) => {
-                        let e = entry(&name, n as u32);
-                        model.insert(e.id, Model { last: name, seed: n as u32, sharers: BTreeMap::new() });
-                        ix.insert_file(e);
-                    }
-                    Op::Reinsert(i, rename) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        let m = model.get_mut(&id).unwrap();
-                        if let Some(name) = rename {
-                            m.last = name;
-                        }
-                        m.sharers.clear();
-                        let e = entry(&m.last, m.seed);
-                        prop_assert_eq!(e.id, id);
-                        ix.insert_file(e);
-                    }
-                    Op::Remove(i) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        model.remove(&id);
-                        prop_assert!(ix.remove_file(&id).is_some());
-                        prop_assert!(!ix.names.remove_file(&id));
-                    }
-                    Op::Share(i, p, name) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        let m = model.get_mut(&id).unwrap();
-                        let since = match m.sharers.get(&p) {
-                            Some(s) if s.0 == name => s.2,
-                            _ => now,
-                        };
-                        m.sharers.insert(p, (name.clone(), i32::from(p % 3), since));
-                        let mut h = Holding::claimed(HoldingKind::Shared, Bitfield::full(1), now);
-                        h.name = Some(name);
-                        ix.set_holding(id, &peer(p), h);
-                    }
-                    Op::Download(i, p) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        model.get_mut(&id).unwrap().unshare(p);
-                        let h = Holding::claimed(HoldingKind::Downloaded, Bitfield::full(1), now);
-                        ix.set_holding(id, &peer(p), h);
-                    }
-                    Op::Unshare(i, p) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        model.get_mut(&id).unwrap().unshare(p);
-                        ix.take_holding(&id, &peer(p));
-                    }
-                    Op::Query(terms, file_type, limit, offset) => {
-                        let q = Search { terms, file_type, limit, offset };
-                        let (page, total) = ix.search(&q);
-                        let got: Vec<(FileId, String)> =
-                            page.iter().map(|(f, n)| (f.id, n.to_string())).collect();
-                        prop_assert_eq!((got, total), naive(&model, &q), "{:?}", q);
-                    }
-                    Op::Exact(i, j) => {
-                        let Some(id) = nth(&model, i) else { continue };
-                        let listed = model[&id].listed();
-                        let name = *listed.iter().nth(j % listed.len()).unwrap();
-                        let want: BTreeSet<FileId> = (model.iter())
-                            .filter(|(_, m)| m.listed().contains(name))
-                            .map(|(id, _)| *id)
-                            .collect();
-                        let got: BTreeSet<FileId> = ix
-                            .resolve(name)
-                            .into_iter()
-                            .filter(|(_, by)| *by == Some(name))
-                            .map(|(f, _)| f.id)
-                            .collect();
-                        prop_assert_eq!(got, want);
-                    }
-                }
-                for (id, m) in &model {
-                    let f = &ix.files[id];
-                    let listed: BTreeSet<&str> = f.listed().into_iter().collect();
-                    prop_assert_eq!(&listed, &m.listed());
-                    prop_assert_eq!(Some(f.display_name()), m.best(|_| true));
-                    let all = f.all_names();
-                    prop_assert_eq!(all[0].as_str(), f.display_name());
-                    prop_assert_eq!(all.len(), listed.len());
-                }
-            }
-            // Removing everything leaves no listing behind.
-            for id in model.keys() {
-                ix.remove_file(id);
-            }
-            prop_assert!(ix.names.postings.is_empty());
-            prop_assert!(ix.names.per_type.is_empty());
-            prop_assert!(ix.names.ordered.is_empty());
-            prop_assert!(ix.names.slots_of.is_empty());
-        }
-    }
-}
+mod tests;

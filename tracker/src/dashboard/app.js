@@ -214,6 +214,8 @@ function otherNames(f) {
 function renderFiles(list) {
   const items = list.items || [];
   const rows = items.map((f) => {
+    // A collection (a shared folder) is marked as one by its name and its type.
+    const folder = f.type === "collection" ? " folder" : "";
     const tr = el(
       "tr",
       {
@@ -223,8 +225,8 @@ function renderFiles(list) {
         title: "Show the chunk map",
       },
       // Each sharer names its own listing: the others show on hover and in the detail.
-      el("td", { class: "name strong", title: otherNames(f) }, f.name),
-      el("td", {}, el("span", { class: "tag" }, f.type)),
+      el("td", { class: `name strong${folder}`, title: otherNames(f) }, f.name),
+      el("td", {}, el("span", { class: `tag${folder}` }, f.type)),
       el("td", { class: "num" }, fmtBytes(f.size)),
       el("td", { class: "num" }, fmtNum(f.chunks)),
       el("td", { class: `num ${copiesClass(f.min_copies)}` }, fmtNum(f.min_copies)),

@@ -99,7 +99,8 @@ impl Store {
     }
 
     /// Deletes a user with their sessions, peers and those peers' holdings, then every file
-    /// nobody holds any more. Returns false if there was no such user.
+    /// nobody holds any more (with its collection row). Returns false if there was no such
+    /// user.
     pub async fn remove_user(&self, name: &str) -> Result<bool, Error> {
         let Some(user) = self.user_by_name(name).await? else {
             return Ok(false);
@@ -135,6 +136,11 @@ impl Store {
         txn.execute_raw(Statement::from_string(
             backend,
             "DELETE FROM files WHERE id NOT IN (SELECT file_id FROM holdings)",
+        ))
+        .await?;
+        txn.execute_raw(Statement::from_string(
+            backend,
+            "DELETE FROM collections WHERE file_id NOT IN (SELECT id FROM files)",
         ))
         .await?;
         let change = Change::UserRemoved { user_id: user.id };

@@ -1,16 +1,19 @@
-//! Applying the writer's batches: peers, files, holdings and tasks, upserted or deleted in
-//! one transaction together with their change-feed entries.
+//! Applying the writer's batches: peers, files, collections, holdings and tasks, upserted or
+//! deleted in one transaction together with their change-feed entries.
+//!
+//! `files.type` says `collection` while the file's `collections` row exists: writing the
+//! row sets it, an upsert of the file keeps it, and the file's delete takes both.
 
 use common::FileType;
 use common::PeerId;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter,
     TransactionTrait,
 };
 
 use super::changes::{self, BatchChange, Change};
-use super::entities::{files, holdings, peers, tasks};
+use super::entities::{collections, files, holdings, peers, tasks};
 use super::writer::Batch;
 use super::{INSERT_CHUNK, Store};
 use crate::Error;
@@ -18,6 +21,9 @@ use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 
 /// New files per INSERT statement (a 1,000-chunk file's row is 32 KB of hashes).
 const FILE_INSERT_CHUNK: usize = 32;
+
+/// What `files.type` says of a collection.
+const COLLECTION: &str = "collection";
 
 impl Store {
     /// Writes the background batch `batch` and then the committed ops' rows `committed` in
@@ -68,17 +74,22 @@ async fn write(txn: &DatabaseTransaction, batch: &Batch) -> Result<(), Error> {
                     // The domain queues an insert for a file new to it (a row that exists
                     // is a forgotten file coming back: take the new name and time) or to
                     // keep the last known name of a file whose last sharer left.
+                    // A collection stays one: its type is not the name's.
                     OnConflict::column(files::Column::Id)
-                        .update_columns([
-                            files::Column::Name,
+                        .update_columns([files::Column::Name, files::Column::CreatedAt])
+                        .value(
                             files::Column::FileType,
-                            files::Column::CreatedAt,
-                        ])
+                            Expr::cust(format!(
+                                "CASE WHEN \"files\".\"type\" = '{COLLECTION}' \
+                                 THEN \"files\".\"type\" ELSE \"excluded\".\"type\" END"
+                            )),
+                        )
                         .to_owned(),
                 )
                 .exec_without_returning(txn)
                 .await?;
         }
+        write_collections(txn, batch).await?;
         let cleared: Vec<&str> = batch.cleared.iter().map(PeerId::as_str).collect();
         for peers in cleared.chunks(INSERT_CHUNK) {
             holdings::Entity::delete_many()
@@ -128,6 +139,10 @@ async fn write(txn: &DatabaseTransaction, batch: &Batch) -> Result<(), Error> {
             .map(|(id, _)| id.to_string())
             .collect();
         for ids in gone.chunks(INSERT_CHUNK) {
+            collections::Entity::delete_many()
+                .filter(collections::Column::FileId.is_in(ids.iter().map(String::as_str)))
+                .exec(txn)
+                .await?;
             files::Entity::delete_many()
                 .filter(files::Column::Id.is_in(ids.iter().map(String::as_str)))
                 .exec(txn)
@@ -164,6 +179,36 @@ async fn write(txn: &DatabaseTransaction, batch: &Batch) -> Result<(), Error> {
                 .exec(txn)
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// Stores the batch's listings (one a statement: each may be 8 MiB) and marks their files
+/// collections. A stored listing is kept: the file id fixes its content.
+async fn write_collections(txn: &DatabaseTransaction, batch: &Batch) -> Result<(), Error> {
+    if batch.collections.is_empty() {
+        return Ok(());
+    }
+    for c in batch.collections.values() {
+        collections::Entity::insert(collections::ActiveModel {
+            file_id: Set(c.file_id.to_string()),
+            listing: Set(c.listing.to_vec()),
+        })
+        .on_conflict(
+            OnConflict::column(collections::Column::FileId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    }
+    let ids: Vec<String> = batch.collections.keys().map(ToString::to_string).collect();
+    for ids in ids.chunks(INSERT_CHUNK) {
+        files::Entity::update_many()
+            .col_expr(files::Column::FileType, Expr::value(COLLECTION))
+            .filter(files::Column::Id.is_in(ids.iter().map(String::as_str)))
+            .exec(txn)
+            .await?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use common::{FileId, PeerId};
 
-use crate::model::{FileRecord, HoldingRecord, PeerRecord, TaskRecord};
+use crate::model::{CollectionRecord, FileRecord, HoldingRecord, PeerRecord, TaskRecord};
 
 /// One change to persist.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +14,11 @@ pub enum WriteOp {
     Peer(PeerRecord),
     /// Insert a file unless it exists.
     FileUpsert(FileRecord),
+    /// Delete a file with its collection row, if any.
     FileDelete(FileId),
+    /// Insert a collection's listing unless it is stored (its file id fixes its content),
+    /// and mark its file a collection.
+    Collection(CollectionRecord),
     /// Insert or replace one holding.
     Holding(HoldingRecord),
     HoldingDelete(PeerId, FileId),
@@ -30,6 +34,8 @@ pub enum WriteOp {
 pub enum RowKey {
     Peer(PeerId),
     File(FileId),
+    /// A file's collection row (which deleting the file deletes too).
+    Collection(FileId),
     Holding(PeerId, FileId),
     /// Every holding of a peer.
     Holdings(PeerId),
@@ -42,6 +48,7 @@ impl WriteOp {
             WriteOp::Peer(p) => RowKey::Peer(p.id.clone()),
             WriteOp::FileUpsert(f) => RowKey::File(f.id()),
             WriteOp::FileDelete(id) => RowKey::File(*id),
+            WriteOp::Collection(c) => RowKey::Collection(c.file_id),
             WriteOp::Holding(h) => RowKey::Holding(h.peer_id.clone(), h.file_id),
             WriteOp::HoldingDelete(p, f) => RowKey::Holding(p.clone(), *f),
             WriteOp::ClearHoldings(p) => RowKey::Holdings(p.clone()),
@@ -57,18 +64,24 @@ impl RowKey {
         match (self, other) {
             (RowKey::Holdings(p), RowKey::Holding(q, _) | RowKey::Holdings(q))
             | (RowKey::Holding(q, _), RowKey::Holdings(p)) => p == q,
+            (RowKey::File(f), RowKey::Collection(g)) | (RowKey::Collection(g), RowKey::File(f)) => {
+                f == g
+            }
             (a, b) => a == b,
         }
     }
 }
 
-/// Coalesced changes, written in one transaction in this order: peers, new files, cleared
-/// peers' holdings, holding upserts and deletes, deleted files, task upserts and deletes.
+/// Coalesced changes, written in one transaction in this order: peers, new files,
+/// collections, cleared peers' holdings, holding upserts and deletes, deleted files (with
+/// their collections), task upserts and deletes.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub peers: HashMap<PeerId, PeerRecord>,
     /// `None` deletes the file.
     pub files: HashMap<FileId, Option<FileRecord>>,
+    /// Listings to store; a later delete of the file drops its entry here.
+    pub collections: HashMap<FileId, CollectionRecord>,
     pub cleared: HashSet<PeerId>,
     /// `None` deletes the holding.
     pub holdings: HashMap<(PeerId, FileId), Option<HoldingRecord>>,
@@ -89,7 +102,11 @@ impl Batch {
                 self.files.insert(f.id(), Some(f));
             }
             WriteOp::FileDelete(id) => {
+                self.collections.remove(&id);
                 self.files.insert(id, None);
+            }
+            WriteOp::Collection(c) => {
+                self.collections.insert(c.file_id, c);
             }
             WriteOp::Holding(h) => {
                 self.holdings
@@ -227,7 +244,22 @@ mod tests {
         let id = f.id();
         let mut b = Batch::default();
         b.push(WriteOp::FileUpsert(f));
+        let listing = CollectionRecord {
+            file_id: id,
+            listing: bytes::Bytes::from_static(b"tessera-collection/1\n"),
+        };
+        b.push(WriteOp::Collection(listing.clone()));
+        assert!(b.collections.contains_key(&id));
         b.push(WriteOp::FileDelete(id));
         assert!(b.files[&id].is_none());
+        assert!(
+            b.collections.is_empty(),
+            "the delete takes the collection with it"
+        );
+        // A stale delete of the file must be written before a collection row of it.
+        let key = WriteOp::Collection(listing).key();
+        assert!(key.overlaps(&WriteOp::FileDelete(id).key()));
+        assert!(WriteOp::FileDelete(id).key().overlaps(&key));
+        assert!(!key.overlaps(&WriteOp::FileDelete(file(9)).key()));
     }
 }

@@ -64,6 +64,11 @@ pub enum Change {
 pub struct BatchChange {
     pub peers: Vec<PeerRow>,
     pub files: Vec<FileRow>,
+    /// Files that became collections; their listings (up to 8 MiB each) are read from the
+    /// `collections` table, committed with this row, rather than carried here (absent from
+    /// rows of older trackers).
+    #[serde(default)]
+    pub collections: Vec<String>,
     pub cleared: Vec<PeerId>,
     pub holdings: Vec<HoldingRow>,
     pub holding_deletes: Vec<(PeerId, String)>,
@@ -155,6 +160,7 @@ impl BatchChange {
                 None => out.file_deletes.push(id.to_string()),
             }
         }
+        out.collections = batch.collections.keys().map(ToString::to_string).collect();
         out.cleared = batch.cleared.iter().cloned().collect();
         for ((peer, file), h) in &batch.holdings {
             match h {
@@ -194,6 +200,7 @@ impl BatchChange {
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
             && self.files.is_empty()
+            && self.collections.is_empty()
             && self.cleared.is_empty()
             && self.holdings.is_empty()
             && self.holding_deletes.is_empty()
@@ -416,5 +423,40 @@ impl Store {
     /// This tracker's instance id in the feed and the leases.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::writer::WriteOp;
+    use crate::model::CollectionRecord;
+
+    #[test]
+    fn should_read_batches_of_older_trackers_and_name_new_collections() {
+        let old = r#"{"batch":{"peers":[],"files":[],"cleared":[],"holdings":[],
+            "holding_deletes":[],"file_deletes":[],"tasks":[],"task_deletes":[]}}"#;
+        let Change::Batch(b) = serde_json::from_str(old).unwrap() else {
+            panic!("a batch");
+        };
+        assert!(b.collections.is_empty() && b.is_empty());
+
+        let rec = CollectionRecord {
+            file_id: common::FileId(Sha256Digest([3; 32])),
+            listing: bytes::Bytes::from_static(b"tessera-collection/1\nd\tholiday\n"),
+        };
+        let mut batch = Batch::default();
+        batch.push(WriteOp::Collection(rec.clone()));
+        let change = BatchChange::of(&batch);
+        assert!(!change.is_empty());
+        let json = serde_json::to_string(&Change::Batch(change)).unwrap();
+        assert!(
+            !json.contains("holiday"),
+            "the listing stays in its table: {json}"
+        );
+        let Change::Batch(back) = serde_json::from_str(&json).unwrap() else {
+            panic!("a batch");
+        };
+        assert_eq!(back.collections, [rec.file_id.to_string()]);
     }
 }

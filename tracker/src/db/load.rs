@@ -1,11 +1,13 @@
-//! Loading the directory at start: peers, files, holdings and replication tasks. Rows that
-//! no longer parse are skipped with a warning rather than failing the start.
+//! Loading the directory at start: peers, files, collections, holdings and replication
+//! tasks. Rows that no longer parse are skipped with a warning rather than failing the
+//! start. Also the one read that is not made at start: a collection's stored listing.
 
-use common::{Manifest, Sha256Digest};
-use sea_orm::{EntityTrait, QueryOrder};
+use common::collection::Collection;
+use common::{FileId, Manifest, Sha256Digest};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::Store;
-use super::entities::{files, holdings, peers, tasks};
+use super::entities::{collections, files, holdings, peers, tasks};
 use crate::Error;
 use crate::model::{
     FileRecord, HoldingKind, HoldingRecord, PeerRecord, TaskKind, TaskRecord, TaskState,
@@ -41,6 +43,55 @@ impl Store {
                 Ok(f) => out.push(f),
                 Err(e) => tracing::warn!(cause = %e, "skipping a stored file"),
             }
+        }
+        Ok(out)
+    }
+
+    /// Every stored collection, parsed; a listing that no longer parses (or a row without a
+    /// valid file id) is skipped with a warning, and its file stays a plain file.
+    pub async fn load_collections(&self) -> Result<Vec<(FileId, Collection)>, Error> {
+        let rows = collections::Entity::find().all(&self.db).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for m in rows {
+            let Ok(id) = m.file_id.parse::<FileId>() else {
+                tracing::warn!(file = %m.file_id, "skipping a stored collection with a bad file id");
+                continue;
+            };
+            match Collection::parse(&m.listing) {
+                Ok(c) => out.push((id, c)),
+                Err(e) => {
+                    tracing::warn!(file = %id, cause = %e, "skipping a stored collection whose listing does not parse")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored listing of collection `file`, if there is one.
+    pub async fn collection_listing(&self, file: &FileId) -> Result<Option<Vec<u8>>, Error> {
+        let row = collections::Entity::find_by_id(file.to_string())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|m| m.listing))
+    }
+
+    /// The stored listings of those of `files` that have one (a collection withdrawn since
+    /// has none).
+    pub async fn collection_listings(
+        &self,
+        files: &[FileId],
+    ) -> Result<Vec<(FileId, Vec<u8>)>, Error> {
+        let ids: Vec<String> = files.iter().map(ToString::to_string).collect();
+        let mut out = Vec::with_capacity(files.len());
+        // A few at a time: each may be 8 MiB.
+        for ids in ids.chunks(8) {
+            let rows = collections::Entity::find()
+                .filter(collections::Column::FileId.is_in(ids.iter().map(String::as_str)))
+                .all(&self.db)
+                .await?;
+            out.extend(
+                (rows.into_iter()).filter_map(|m| Some((m.file_id.parse().ok()?, m.listing))),
+            );
         }
         Ok(out)
     }

@@ -1,4 +1,5 @@
-//! The batch writer: the one task that writes peers, files, holdings and tasks.
+//! The batch writer: the one task that writes peers, files (and collections' listings),
+//! holdings and tasks.
 //!
 //! Two kinds of writes go through it (see "Source of truth and cache" in ARCHITECTURE.md):
 //!

@@ -1,8 +1,11 @@
-//! `/api/v1/files` (search) and `/api/v1/files/{id}` (one file with its chunk map).
+//! `/api/v1/files` (search), `/api/v1/files/{id}` (one file with its chunk map) and
+//! `/api/v1/files/{id}/listing` (a collection's listing).
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use common::FileType;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,7 +18,8 @@ use crate::app::{
     TrackerService,
 };
 
-/// A file's kind, guessed from its name (described only; the JSON carries the string).
+/// A file's kind: guessed from its name, or `collection` (described only; the JSON carries
+/// the string).
 #[derive(Serialize, ToSchema)]
 #[schema(as = FileType)]
 #[allow(dead_code)]
@@ -27,6 +31,9 @@ enum FileTypeDoc {
     Document,
     Archive,
     Other,
+    /// A shared folder: its content is a listing of the files in it (paths, file ids and
+    /// sizes), which `GET /api/v1/files/{id}/listing` answers.
+    Collection,
 }
 
 /// A file object.
@@ -92,8 +99,9 @@ pub struct FileListJson {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Words that must all appear in one of the file's names (case-insensitive); empty
-    /// lists every file.
+    /// Words that must all appear in one of the file's names (case-insensitive); for a
+    /// collection, a word of three bytes or more may appear in the path of one of its
+    /// entries instead. Empty lists every file.
     q: Option<String>,
     /// Only files of this kind.
     #[serde(rename = "type")]
@@ -319,4 +327,32 @@ pub async fn h_file_get(
         limit,
     };
     Ok(Json(FileDetailJson::new(svc.file_detail(&id, page)?, page)))
+}
+
+/// A collection's listing: the file's whole content, exactly as its sharer announced it
+/// (`tessera-collection/1`, then one line per directory and file, sorted by path).
+#[utoipa::path(
+    get,
+    path = "/api/v1/files/{id}/listing",
+    tag = "files",
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{6,64}$",
+            description = "The collection's file id, or a unique prefix of 6 to 64 hex digits")),
+    responses(
+        (status = 200, description = "The listing", content_type = "text/plain; charset=utf-8", body = String),
+        (status = 400, description = "The id is not 6 to 64 hex digits", body = ErrorJson),
+        (status = 404, description = "No file, or several, match, or the file is not a collection", body = ErrorJson),
+    ),
+)]
+pub async fn h_file_listing(
+    State(svc): State<TrackerService>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    let listing = svc.collection_listing(&id).await?;
+    // Paths from other machines, on the dashboard's origin: never to be read as markup.
+    let headers = [
+        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    Ok((headers, listing).into_response())
 }

@@ -33,6 +33,7 @@ fn api() -> OpenApiRouter<TrackerService> {
         .routes(routes!(openapi::h_openapi))
         .routes(routes!(files::h_files_search))
         .routes(routes!(files::h_file_get))
+        .routes(routes!(files::h_file_listing))
         .routes(routes!(peers::h_peers_list))
         .routes(routes!(
             sessions::h_session_create,

@@ -21,6 +21,7 @@ use tracker::Config;
 use crate::common::{
     TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
 };
+use crate::grpc::collections::{announce_collection, listing, photos};
 
 /// The staleness bound for a change that commits before its call returns (announce,
 /// sessions), with room for a loaded CI machine.
@@ -115,6 +116,55 @@ async fn should_share_sessions_peers_and_files_between_trackers_within_the_bound
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        b.stop().await;
+        a.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn should_show_a_collection_made_on_one_tracker_on_the_other_within_the_bound() {
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let a = TestTracker::start(&dir).await;
+        let b = TestTracker::start(&dir).await;
+        let mut ca = a.grpc().await;
+        let token = register(&mut ca, "alice").await;
+        let peer = peer_id(1);
+        heartbeat(&mut ca, &token, &peer, "127.0.0.1:9001").await;
+
+        // A new collection, found on B by the paths inside it.
+        let bytes = photos();
+        let f = announce_collection(&mut ca, &token, &peer, "photos", &bytes)
+            .await
+            .unwrap();
+        let took = until(BOUND, || async {
+            let r = get(&b, "/api/v1/files?q=holiday&type=collection").await;
+            r["total"] == 1 && r["items"][0]["id"] == f.id.as_str()
+        })
+        .await;
+        eprintln!("collection announced on A found by its paths on B after {took:?}");
+        let r = reqwest::get(b.url(&format!("/api/v1/files/{}/listing", f.id)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        assert_eq!(r.bytes().await.unwrap(), bytes);
+
+        // A file B knows as plain becomes a collection there too.
+        let notes = listing(&["notes/todo.txt"], &[]);
+        let m = common::manifest::hash_bytes(&notes, "notes".into());
+        let plain = announce(&mut ca, &token, &peer, pb::Manifest::from(&m)).await;
+        let path = format!("/api/v1/files/{}", plain.id);
+        until(BOUND, || async { get(&b, &path).await["type"] == "other" }).await;
+        announce_collection(&mut ca, &token, &peer, "notes", &notes)
+            .await
+            .unwrap();
+        until(BOUND, || async {
+            get(&b, &path).await["type"] == "collection"
+        })
+        .await;
+        let r = get(&b, "/api/v1/files?q=todo").await;
+        assert_eq!(r["items"][0]["id"], plain.id.as_str(), "{r}");
         b.stop().await;
         a.stop().await;
     })

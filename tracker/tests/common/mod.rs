@@ -151,6 +151,7 @@ pub async fn announce(
             pb::AnnounceRequest {
                 peer_id: peer.into(),
                 manifest: Some(m),
+                ..Default::default()
             },
             token,
         ))
@@ -243,8 +244,16 @@ async fn drop_stale_databases(admin: &str) {
         .unwrap();
     for row in rows {
         let name: String = row.try_get("", "datname").unwrap();
-        let pid = name[PG_PREFIX.len()..].split('_').next().unwrap_or("");
-        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        // LIKE's `_` matches any character, so other suites' databases (`tessera_test_…`)
+        // match too: only this harness's names, with a numeric pid, are ours to drop.
+        let Some(rest) = name.strip_prefix(PG_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('_').next().unwrap_or("");
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if !alive {
             let _ = db
                 .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -7,6 +7,7 @@ use tempfile::TempDir;
 use tonic::Code;
 use tracker::Config;
 
+pub(crate) mod collections;
 mod introspect;
 mod names;
 mod persistence;
@@ -375,6 +376,7 @@ async fn should_refuse_bad_reports_manifests_and_unknown_files() {
                     pb::AnnounceRequest {
                         peer_id: p.clone(),
                         manifest: m,
+                        ..Default::default()
                     },
                     &alice,
                 ))

@@ -100,6 +100,7 @@ async fn should_list_a_file_under_each_sharers_own_name() {
                 pb::AnnounceRequest {
                     peer_id: pa.clone(),
                     manifest: Some(manifest("evil.mkv", 3, 9)),
+                    ..Default::default()
                 },
                 &hostile,
             ))

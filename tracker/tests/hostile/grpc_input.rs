@@ -53,6 +53,7 @@ async fn should_refuse_oversized_grpc_messages_with_a_status() {
                 pb::AnnounceRequest {
                     peer_id: me.clone(),
                     manifest: Some(m),
+                    ..Default::default()
                 },
                 &token,
             ))
@@ -281,6 +282,7 @@ async fn should_refuse_hostile_names_and_maps_that_do_not_add_up() {
                     pb::AnnounceRequest {
                         peer_id: me.clone(),
                         manifest: Some(manifest(name, 1, 2)),
+                        ..Default::default()
                     },
                     &token,
                 ))
@@ -359,6 +361,7 @@ async fn should_refuse_hostile_names_and_maps_that_do_not_add_up() {
                     pb::AnnounceRequest {
                         peer_id: me.clone(),
                         manifest: Some(m),
+                        ..Default::default()
                     },
                     &token,
                 ))
@@ -370,6 +373,7 @@ async fn should_refuse_hostile_names_and_maps_that_do_not_add_up() {
                 pb::AnnounceRequest {
                     peer_id: me.clone(),
                     manifest: None,
+                    ..Default::default()
                 },
                 &token,
             ))

@@ -24,6 +24,7 @@ async fn try_announce(
     let req = pb::AnnounceRequest {
         peer_id: peer.into(),
         manifest: Some(m),
+        ..Default::default()
     };
     c.announce(authed(req, token)).await
 }

@@ -142,6 +142,7 @@ async fn write_concurrently(hold: Option<Duration>) -> Outcome {
                     pb::AnnounceRequest {
                         peer_id: peer.clone(),
                         manifest: Some(own),
+                        ..Default::default()
                     },
                     token,
                 ))

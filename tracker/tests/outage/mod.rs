@@ -230,6 +230,7 @@ impl Loop {
             let req = pb::AnnounceRequest {
                 peer_id: self.p.peer.clone(),
                 manifest: Some(m),
+                ..Default::default()
             };
             let r = self.p.client.announce(authed(req, &self.p.token)).await;
             {

@@ -16,6 +16,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/api/v1/files"),
     ("get", "/api/v1/files/{id}"),
+    ("get", "/api/v1/files/{id}/listing"),
     ("get", "/api/v1/peers"),
     ("get", "/api/v1/stats"),
     ("post", "/api/v1/sessions"),
@@ -115,6 +116,17 @@ async fn should_describe_every_route_of_the_contract() {
             metrics.get("application/openmetrics-text").is_some()
                 && metrics.get("text/plain").is_some(),
             "{metrics}"
+        );
+        let listing =
+            &spec["paths"]["/api/v1/files/{id}/listing"]["get"]["responses"]["200"]["content"];
+        assert!(
+            listing.get("text/plain; charset=utf-8").is_some(),
+            "{listing}"
+        );
+        let kinds = &spec["components"]["schemas"]["FileType"]["enum"];
+        assert!(
+            kinds.as_array().unwrap().contains(&json!("collection")),
+            "{kinds}"
         );
         let page = &spec["paths"]["/"]["get"]["responses"]["200"]["content"];
         assert!(page.get("text/html").is_some(), "{page}");

@@ -1,6 +1,7 @@
 //! SeaORM entities, one per table (see `migrations/README.md`). They never leave `db`.
 
 pub mod changes;
+pub mod collections;
 pub mod files;
 pub mod holdings;
 pub mod leases;
