@@ -110,6 +110,9 @@ pub enum Error {
         #[source]
         source: DownloadError,
     },
+    /// `unindex` of one file of a folder that stays shared.
+    #[error("{} is in the shared folder {}, whose node would share it again: unindex the folder (peer unindex {}), or move the file out of it", id.short(), safe(&folder.to_string_lossy()), safe(&folder.to_string_lossy()))]
+    InSharedFolder { id: FileId, folder: PathBuf },
     /// `unindex PATH` of a path this home shares nothing from.
     #[error("nothing is shared from {}", safe(&.0.to_string_lossy()))]
     NotShared(PathBuf),

@@ -100,13 +100,13 @@ pub async fn fetch(
     }
 
     let empty = folders::empty_file_id();
-    let runs = collection.files().map(|(rel, id, _)| {
+    let runs = collection.files().map(|(rel, id, size)| {
         let (dcx, root, from, total) = (dcx.clone(), root.clone(), from.clone(), total.clone());
         let p = FileProgress::child(rel.as_str(), &total);
         bars.add(p.clone());
         let (rel, id) = (rel.clone(), *id);
         async move {
-            let r = fetch_file(dcx, &root, &rel, id, empty, from, p.clone()).await;
+            let r = fetch_file(dcx, &root, (&rel, id, size), empty, from, p.clone()).await;
             if r.is_err() {
                 p.finish(false);
             }
@@ -152,8 +152,7 @@ pub async fn fetch(
 async fn fetch_file(
     dcx: Arc<download::Context<GrpcTransport>>,
     root: &Path,
-    rel: &RelPath,
-    id: common::FileId,
+    (rel, id, size): (&RelPath, common::FileId, u64),
     empty: common::FileId,
     from: Option<String>,
     p: Arc<FileProgress>,
@@ -164,6 +163,11 @@ async fn fetch_file(
     let path = dir.join(file_name);
     if id == empty {
         make_empty(&path)?;
+        p.finish(true);
+        return Ok(None);
+    }
+    if already_fetched(&dcx.home, &path, id).await {
+        p.add_resumed(size);
         p.finish(true);
         return Ok(None);
     }
@@ -179,6 +183,23 @@ async fn fetch_file(
         .await
         .map(Some)
         .map_err(Error::Download)
+}
+
+/// Whether an earlier `get` left this very file at `path` (its record says so) and it is
+/// still the same content, checked locally: its id computed from the disk. Such a file
+/// needs no Locate, which is most of the cost of getting a folder again.
+async fn already_fetched(home: &crate::home::Home, path: &Path, id: common::FileId) -> bool {
+    let recorded =
+        home.record(&id).ok().flatten().is_some_and(|r| {
+            r.kind == crate::home::Kind::Downloaded && r.complete && r.path == path
+        });
+    if !recorded || std::fs::symlink_metadata(path).map_or(true, |m| !m.is_file()) {
+        return false;
+    }
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || common::manifest::hash_file(&p, String::new()))
+        .await
+        .is_ok_and(|m| m.is_ok_and(|m| m.id() == id))
 }
 
 /// An empty file at `path`: made, or kept if one is there; anything else there is not

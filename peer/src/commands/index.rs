@@ -352,6 +352,22 @@ fn shell_word(s: &str) -> String {
     format!("'{}'", output::safe(&s.replace('\'', r"'\''")))
 }
 
+/// The shared folder (not itself in `leaving`) that the shared file `id` lies in, if any.
+fn folder_keeping<'a>(
+    records: &'a [StoreRecord],
+    id: &FileId,
+    leaving: &[FileId],
+) -> Option<&'a Path> {
+    let file = records
+        .iter()
+        .find(|r| r.file_id == *id && r.kind == Kind::Shared && r.folder.is_none())?;
+    records
+        .iter()
+        .filter(|r| r.kind == Kind::Shared && !leaving.contains(&r.file_id))
+        .filter_map(|r| r.folder.as_deref())
+        .find(|dir| file.path.starts_with(dir))
+}
+
 /// A file to unindex, with its name in this home when it has a record.
 type Target = (FileId, Option<String>);
 
@@ -424,12 +440,23 @@ pub async fn unindex(cx: &Ctx, terms: Vec<String>) -> Result<()> {
         }
     }
     targets.dedup_by_key(|(id, _)| *id);
+    let leaving: Vec<FileId> = targets.iter().map(|(id, _)| *id).collect();
     for (id, name) in targets {
         if records
             .iter()
             .any(|r| r.file_id == id && r.kind == Kind::Replica)
         {
             output::report_error(&Error::IsReplica(id));
+            failed += 1;
+            continue;
+        }
+        // A file of a folder that stays shared would be shared again by the node's next
+        // rescan of the folder: say so instead of answering with what will not last.
+        if let Some(folder) = folder_keeping(&records, &id, &leaving) {
+            output::report_error(&Error::InSharedFolder {
+                id,
+                folder: folder.to_path_buf(),
+            });
             failed += 1;
             continue;
         }

@@ -88,7 +88,12 @@ async fn should_index_search_and_get_every_size_byte_identical() -> anyhow::Resu
             expected.push((name, size, random_file(src.path(), name, size)?.1));
         }
         let indexed = alice.index(src.path()).await?;
-        assert_eq!(indexed.len(), sizes.len());
+        assert_eq!(
+            indexed.len(),
+            sizes.len() + 1,
+            "the files, then their folder"
+        );
+        assert_eq!(indexed[sizes.len()]["type"], "collection");
 
         let audio = bob
             .run(&["--json", "search", "--type", "audio"])
@@ -111,13 +116,22 @@ async fn should_index_search_and_get_every_size_byte_identical() -> anyhow::Resu
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
                 found = bob.run(&["--json", "search", name]).await?.ok()?.json()?;
-                let counted = found[0]["holders"] == 1;
+                let counted = found.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|f| f["type"] != "collection" && f["holders"] == 1)
+                });
                 if counted || tokio::time::Instant::now() > deadline {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let found = found.as_array().context("array")?;
+            // The folder they were indexed from is found too, by the name inside it.
+            let found: Vec<&serde_json::Value> = found
+                .as_array()
+                .context("array")?
+                .iter()
+                .filter(|f| f["type"] != "collection")
+                .collect();
             assert_eq!(found.len(), 1, "search {name}: {found:?}");
             assert_eq!(found[0]["size"], size as u64);
             assert_eq!(
@@ -127,7 +141,7 @@ async fn should_index_search_and_get_every_size_byte_identical() -> anyhow::Resu
             );
             assert_eq!(found[0]["holders"], 1);
 
-            let got = bob.get(&id_of(&found[0]), out.path(), &[]).await?;
+            let got = bob.get(&id_of(found[0]), out.path(), &[]).await?;
             let path = out.path().join(name);
             assert_eq!(
                 got["path"].as_str().map(std::path::PathBuf::from),
@@ -382,7 +396,7 @@ async fn should_fail_clearly_for_an_unknown_id_and_an_ambiguous_name() -> anyhow
             random_file(&src.path().join(dir), "dup.txt", 10)?;
         }
         let files = alice.index(src.path()).await?;
-        assert_eq!(files.len(), 2);
+        assert_eq!(files.len(), 3, "two files and their folder");
         let out = tempfile::tempdir()?;
         let o = out.path().to_str().context("utf-8")?;
 
@@ -403,7 +417,7 @@ async fn should_fail_clearly_for_an_unknown_id_and_an_ambiguous_name() -> anyhow
             "{}",
             ambiguous.stderr
         );
-        for f in &files {
+        for f in files.iter().filter(|f| f["type"] != "collection") {
             assert!(
                 ambiguous.stderr.contains(&id_of(f)[..12]),
                 "lists the candidates"
@@ -488,8 +502,8 @@ async fn should_list_files_peers_and_status_as_json() -> anyhow::Result<()> {
         let mut alice = TestPeer::register(&tracker, "alice").await?;
         alice.serve(&[]).await?;
         let src = tempfile::tempdir()?;
-        random_file(src.path(), "notes.pdf", 3000)?;
-        let indexed = alice.index(src.path()).await?;
+        let (notes, _) = random_file(src.path(), "notes.pdf", 3000)?;
+        let indexed = alice.index(&notes).await?;
         assert_eq!(indexed[0]["type"], "document");
 
         let files = alice.run(&["--json", "files"]).await?.ok()?.json()?;

@@ -169,7 +169,21 @@ async fn should_round_trip_a_folder_as_a_tree() -> anyhow::Result<()> {
             text.stdout
         );
 
-        // Unindex by path: the folder and its files.
+        // One file of a folder that stays shared cannot go alone (the node would share it
+        // again); the folder can, by path, with its files.
+        let song = shared
+            .iter()
+            .find(|v| v["name"] == "02 song.flac")
+            .and_then(|v| v["id"].as_str())
+            .context("song id")?;
+        let alone = alice.run(&["unindex", song]).await?;
+        assert_eq!(alone.status.code(), Some(1), "{}", alone.stderr);
+        assert!(
+            one_error_line(&alone).contains("is in the shared folder"),
+            "{}",
+            alone.stderr
+        );
+
         let gone = alice
             .run(&["--json", "unindex", dir.to_str().context("utf-8")?])
             .await?
