@@ -19,8 +19,9 @@ use webdriver::Browser;
 const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
 /// Short, so a killed node is soon `down`.
 const DASH_PEER_TIMEOUT: Duration = Duration::from_secs(3);
-/// The page polls every 1.5 s; allow one missed poll on a busy machine.
-const POLL_SLACK: Duration = Duration::from_secs(3);
+/// The page polls every 1.5 s; on a loaded machine (the whole suite and Chromium on two
+/// cores) polls run late, so allow many. Repair waits 60 s, far beyond it.
+const POLL_SLACK: Duration = Duration::from_secs(15);
 const REPLICATION: usize = 3;
 const TITLE: &str = "Tessera tracker";
 /// Markup in a file name: it must show up as these characters, never as an element.
@@ -176,7 +177,7 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
         let b = Browser::start(1280, 1000).await?;
         b.goto(&format!("{}/", tracker.url())).await?;
         let ids: Vec<String> = peers.iter().filter_map(|p| p.peer_id.clone()).collect();
-        let s = wait_page(&b, Duration::from_secs(20), "3 peers up and 2 files", |s| {
+        let s = wait_page(&b, Duration::from_secs(30), "3 peers up and 2 files", |s| {
             s["conn"] == "live"
                 && ids.iter().all(|id| {
                     peer_row(s, id).is_some_and(|r| r["state"] == "up" && r["cells"][0] == "up")
@@ -206,13 +207,13 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
 
         // Search narrows the list through /api/v1/files?q=.
         b.type_into("#search", "abbey").await?;
-        wait_page(&b, Duration::from_secs(5), "only the album after a search", |s| {
+        wait_page(&b, Duration::from_secs(30), "only the album after a search", |s| {
             file_names(s) == [ALBUM]
         })
         .await?;
         b.eval("const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input'));")
             .await?;
-        wait_page(&b, Duration::from_secs(5), "both files again", |s| {
+        wait_page(&b, Duration::from_secs(30), "both files again", |s| {
             file_names(s).len() == 2
         })
         .await?;
@@ -221,7 +222,7 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
         wait_copies(&tracker, &album_id, REPLICATION).await?;
         wait_copies(&tracker, &hostile_id, REPLICATION).await?;
         b.click(&format!("#files tr[data-file-id='{album_id}']")).await?;
-        let s = wait_page(&b, Duration::from_secs(10), "the album's chunk map", |s| {
+        let s = wait_page(&b, Duration::from_secs(30), "the album's chunk map", |s| {
             s["detailShown"] == true
                 && s["detailName"] == ALBUM
                 && s["cells"].as_array().is_some_and(|c| {
@@ -240,7 +241,7 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
         // Replication has settled: nothing under-replicated or pending, every node holds
         // both files, and only alice shares them. Bob and carol each fetched the 6 chunks
         // (4 + 2) of both files as replicas: that is all the tracker saw moving.
-        let s = wait_page(&b, Duration::from_secs(10), "replication settled", |s| {
+        let s = wait_page(&b, Duration::from_secs(30), "replication settled", |s| {
             s["under"] == "0"
                 && s["pending"] == "0"
                 && s["chunksTotal"] == "12"
@@ -311,7 +312,7 @@ async fn dashboard_shows_peers_files_and_a_node_going_down() -> anyhow::Result<(
         // The tracker goes away: the page says so instead of showing stale data as live.
         let mut tracker = tracker;
         tracker.stop().await?;
-        wait_page(&b, Duration::from_secs(10), "the tracker unreachable", |s| {
+        wait_page(&b, Duration::from_secs(30), "the tracker unreachable", |s| {
             s["conn"] == "unreachable" && s["offline"] == true && s["marker"] == "same page"
         })
         .await?;
