@@ -13,6 +13,8 @@
 //! - [`collection`]: a shared folder's listing (relative paths, file ids, sizes), checked.
 //! - [`filetype`]: the `type` of a file, from its extension.
 //! - [`ticket`]: the tracker's signed, short-lived permission to fetch chunks of a file.
+//! - [`identity`]: each peer's own key, the tracker's certificate of it, and the proof a
+//!   request carries.
 //! - [`units`]: `500M`, `2G`, `1.5GiB`, and human-readable output.
 //! - [`names`]: which file names are valid, sanitising hostile ones, and escaping text for
 //!   terminals.
@@ -25,6 +27,7 @@ pub mod collection;
 pub mod exposition;
 pub mod filetype;
 pub mod hash;
+pub mod identity;
 pub mod ids;
 pub mod manifest;
 pub mod names;
@@ -36,6 +39,7 @@ pub mod units;
 pub use bitfield::Bitfield;
 pub use filetype::FileType;
 pub use hash::Sha256Digest;
+pub use identity::{AuthError, Certificate, CertificateClaims, Method, NodeKey, Proof};
 pub use ids::{FileId, PeerId};
 pub use manifest::{ChunkLayout, Manifest, ManifestError};
 pub use ticket::{Ticket, TicketClaims, TicketError, TicketSigner, TicketVerifier};

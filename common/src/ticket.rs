@@ -2,7 +2,9 @@
 //!
 //! A getter obtains a ticket from the tracker (with `Locate`, or with a replication task)
 //! and presents it with every `GetChunks`; the serving node checks it against the tracker's
-//! public key alone, without asking the tracker.
+//! public key alone, without asking the tracker. A ticket names the requester's own key
+//! ([`TicketClaims::key`]), and a request must prove that key (`crate::identity::Proof`),
+//! so a ticket copied to anyone else is useless.
 //! The signature covers [`TicketClaims::signing_bytes`], a canonical encoding that starts
 //! with a version tag, so a signature over anything else never verifies as a ticket.
 //! The tracker holds a [`TicketSigner`]; nodes hold a [`TicketVerifier`].
@@ -14,7 +16,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use crate::{FileId, PeerId};
 
 /// The first bytes of every signed ticket: the format and its version.
-pub const TICKET_TAG: &[u8] = b"tessera-ticket-v1\0";
+pub const TICKET_TAG: &[u8] = b"tessera-ticket-v2\0";
 /// How far a node's clock may be behind the tracker's: a ticket is accepted until this
 /// long after its expiry.
 pub const CLOCK_SKEW_MS: i64 = 30_000;
@@ -26,10 +28,13 @@ pub const SECRET_KEY_LEN: usize = 32;
 pub const SIGNATURE_LEN: usize = 64;
 
 /// What a ticket grants: chunks of `file_id` to `user` (and, for a replication task, to the
-/// node `peer_id`) until `expires_at_ms`.
+/// node `peer_id`) until `expires_at_ms`, for requests signed with `key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TicketClaims {
     pub file_id: FileId,
+    /// The requester's Ed25519 public key: a request under this ticket must carry a proof
+    /// signed with it.
+    pub key: [u8; PUBLIC_KEY_LEN],
     /// The node the ticket was issued to (replication tasks); `None` when it was issued to
     /// the user's session (Locate), which any of the user's peers may present.
     pub peer_id: Option<PeerId>,
@@ -41,14 +46,15 @@ pub struct TicketClaims {
 
 impl TicketClaims {
     /// The canonical bytes that are signed: [`TICKET_TAG`], the 32 raw bytes of the file
-    /// id, the peer id and the user each as a big-endian `u32` length and UTF-8 bytes (an
+    /// id, the 32 bytes of the requester's key, the peer id and the user each as a big-endian `u32` length and UTF-8 bytes (an
     /// absent peer id is empty), then the expiry as a big-endian `i64`.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let peer = self.peer_id.as_ref().map_or("", PeerId::as_str);
         let mut out =
-            Vec::with_capacity(TICKET_TAG.len() + 32 + 8 + peer.len() + self.user.len() + 8);
+            Vec::with_capacity(TICKET_TAG.len() + 64 + 8 + peer.len() + self.user.len() + 8);
         out.extend_from_slice(TICKET_TAG);
         out.extend_from_slice(&self.file_id.0.0);
+        out.extend_from_slice(&self.key);
         for field in [peer.as_bytes(), self.user.as_bytes()] {
             let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
             out.extend_from_slice(&len.to_be_bytes());
@@ -80,7 +86,7 @@ pub enum TicketError {
     /// The key bytes are not an Ed25519 key.
     #[error("invalid ticket key: {0}")]
     BadKey(String),
-    /// The ticket's fields do not parse (a bad file id, peer id or signature length).
+    /// The ticket's fields do not parse (a bad file id, key, peer id or signature length).
     #[error("malformed ticket: {0}")]
     Malformed(String),
     /// The signature does not verify under the tracker's key: forged, altered, or from
@@ -99,9 +105,10 @@ impl Ticket {
     /// A ticket from its wire fields (an empty `peer_id` means none).
     ///
     /// # Errors
-    /// [`TicketError::Malformed`] for a bad file id, peer id or signature length.
+    /// [`TicketError::Malformed`] for a bad file id, key, peer id or signature length.
     pub fn from_parts(
         file_id: &str,
+        key: &[u8],
         peer_id: &str,
         user: String,
         expires_at_ms: i64,
@@ -110,6 +117,11 @@ impl Ticket {
         let file_id = file_id
             .parse()
             .map_err(|e: crate::ids::FileIdParseError| TicketError::Malformed(e.to_string()))?;
+        let key = <[u8; PUBLIC_KEY_LEN]>::try_from(key).map_err(|_| {
+            TicketError::Malformed(format!(
+                "the requester's key must be {PUBLIC_KEY_LEN} bytes"
+            ))
+        })?;
         let peer_id = match peer_id {
             "" => None,
             p => Some(p.parse().map_err(|e: crate::ids::PeerIdParseError| {
@@ -122,6 +134,7 @@ impl Ticket {
         Ok(Ticket {
             claims: TicketClaims {
                 file_id,
+                key,
                 peer_id,
                 user,
                 expires_at_ms,
@@ -151,6 +164,10 @@ impl TicketSigner {
         Self {
             key: SigningKey::from_bytes(secret),
         }
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
     }
 
     /// The public key that nodes verify tickets with.
@@ -199,6 +216,10 @@ impl TicketVerifier {
 
     pub fn public_key(&self) -> [u8; PUBLIC_KEY_LEN] {
         self.key.to_bytes()
+    }
+
+    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
+        &self.key
     }
 
     /// Checks that `ticket` was signed by this key, is for `file`, and has not expired at
@@ -251,6 +272,7 @@ mod tests {
     fn claims() -> TicketClaims {
         TicketClaims {
             file_id: file(b"a"),
+            key: [7; 32],
             peer_id: Some(PeerId::from_random([3; 16])),
             user: "alice".into(),
             expires_at_ms: NOW + 600_000,
@@ -302,12 +324,15 @@ mod tests {
         other_user.claims.user = "mallory".into();
         let mut no_peer = good.clone();
         no_peer.claims.peer_id = None;
+        let mut other_key = good.clone();
+        other_key.claims.key = [8; 32];
         let mut flipped = good.clone();
         flipped.signature[10] ^= 1;
         for (what, t) in [
             ("expiry", later),
             ("user", other_user),
             ("peer", no_peer),
+            ("key", other_key),
             ("signature", flipped),
         ] {
             assert_eq!(
@@ -347,7 +372,7 @@ mod tests {
         assert!(a.signing_bytes().starts_with(TICKET_TAG));
         assert_eq!(
             a.signing_bytes().len(),
-            TICKET_TAG.len() + 32 + 4 + 4 + 2 + 8
+            TICKET_TAG.len() + 32 + 32 + 4 + 4 + 2 + 8
         );
     }
 
@@ -358,6 +383,7 @@ mod tests {
         let peer = t.claims.peer_id.as_ref().unwrap().to_string();
         let back = Ticket::from_parts(
             &t.claims.file_id.to_string(),
+            &t.claims.key,
             &peer,
             t.claims.user.clone(),
             t.claims.expires_at_ms,
@@ -366,9 +392,11 @@ mod tests {
         .unwrap();
         assert_eq!(back, t);
         let id = t.claims.file_id.to_string();
-        assert!(Ticket::from_parts("xyz", "", String::new(), 0, &t.signature).is_err());
-        assert!(Ticket::from_parts(&id, "nope", String::new(), 0, &t.signature).is_err());
-        assert!(Ticket::from_parts(&id, "", String::new(), 0, &[0; 63]).is_err());
+        let k = [7; 32];
+        assert!(Ticket::from_parts("xyz", &k, "", String::new(), 0, &t.signature).is_err());
+        assert!(Ticket::from_parts(&id, &k[1..], "", String::new(), 0, &t.signature).is_err());
+        assert!(Ticket::from_parts(&id, &k, "nope", String::new(), 0, &t.signature).is_err());
+        assert!(Ticket::from_parts(&id, &k, "", String::new(), 0, &[0; 63]).is_err());
         assert!(TicketVerifier::from_public(&[0; 31]).is_err());
     }
 }

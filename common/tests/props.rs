@@ -184,12 +184,14 @@ proptest! {
     fn ticket_from_parts_never_panics(
         file_id in prop_oneof![any::<String>(), "[0-9a-f]{64}"],
         peer_id in prop_oneof![any::<String>(), Just(String::new()), "[0-9a-f]{32}"],
+        key in prop::collection::vec(any::<u8>(), 30..34),
         user in any::<String>(),
         expires_at_ms in any::<i64>(),
         signature in prop::collection::vec(any::<u8>(), 0..130),
     ) {
-        let r = Ticket::from_parts(&file_id, &peer_id, user.clone(), expires_at_ms, &signature);
+        let r = Ticket::from_parts(&file_id, &key, &peer_id, user.clone(), expires_at_ms, &signature);
         let parts_ok = file_id.parse::<FileId>().is_ok()
+            && key.len() == 32
             && (peer_id.is_empty() || peer_id.parse::<PeerId>().is_ok())
             && signature.len() == SIGNATURE_LEN;
         prop_assert_eq!(r.is_ok(), parts_ok);
@@ -282,6 +284,7 @@ proptest! {
     fn signed_tickets_round_trip_through_their_wire_parts(
         seed in any::<[u8; 32]>(),
         file in any::<[u8; 32]>(),
+        key in any::<[u8; 32]>(),
         peer in prop::option::of(any::<[u8; 16]>()),
         user in any::<String>(),
         expires_at_ms in any::<i64>(),
@@ -289,6 +292,7 @@ proptest! {
         let signer = TicketSigner::from_secret(&seed);
         let claims = TicketClaims {
             file_id: FileId(Sha256Digest(file)),
+            key,
             peer_id: peer.map(PeerId::from_random),
             user,
             expires_at_ms,
@@ -297,6 +301,7 @@ proptest! {
         let peer_text = claims.peer_id.as_ref().map_or(String::new(), ToString::to_string);
         let got = Ticket::from_parts(
             &claims.file_id.to_string(),
+            &claims.key,
             &peer_text,
             claims.user.clone(),
             claims.expires_at_ms,

@@ -7,6 +7,7 @@
 //! - [`commands`]: one function per subcommand; the only place that prints to stdout.
 //! - [`home`]: the peer's home directory (identity, session, settings, store records,
 //!   node.json), written atomically.
+//! - [`identity`]: the home's own key and the tracker's certificate of it.
 //! - [`tracker_client`]: the tracker's gRPC API with auth and fail-over; converts prost types
 //!   to domain types at the edge.
 //! - [`node`]: the node that `serve` runs (`node::run(config, listener, shutdown)`):
@@ -29,6 +30,7 @@ pub mod download;
 pub mod error;
 pub mod folders;
 pub mod home;
+pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod output;

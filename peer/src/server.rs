@@ -6,11 +6,13 @@
 //! files, downloads and replica chunks); the service only checks, paces and streams.
 //!
 //! Every `GetChunks` and `Holdings` must carry a ticket the tracker signed for the
-//! requested file; it is checked against the tracker's public key ([`TrackerKey`], learnt
-//! from heartbeats and kept in the home) before anything else is looked at, with no call
-//! to the tracker. A missing, forged, altered or expired ticket is UNAUTHENTICATED, one
-//! for another file is PERMISSION_DENIED, and until the key is known every request is
-//! UNAVAILABLE "not ready".
+//! requested file and a proof made with the key the ticket names (module `auth`); both are
+//! checked against the tracker's public key ([`TrackerKey`], learnt from heartbeats and
+//! kept in the home) before anything else is looked at, with no call to the tracker. A
+//! missing, forged, altered or expired ticket, or a missing, wrong or replayed proof, is
+//! UNAUTHENTICATED, a ticket for another file is PERMISSION_DENIED, and until the key is
+//! known every request is UNAVAILABLE "not ready". While the tracker does not answer
+//! ([`TrackerReach`]), a certificate stands in for the ticket.
 //!
 //! What a client may take is bounded (`limits`): streams per connection, per client and in
 //! total, chunk bytes in memory, connections (`conn`); see [`StreamLimits`] for the bound.
@@ -20,13 +22,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FileId, PeerId, Ticket, TicketError};
+use common::{FileId, Method, PeerId};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_server::{Peer, PeerServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+mod auth;
 mod conn;
 mod holdings;
 mod limits;
@@ -35,6 +38,8 @@ mod source;
 mod tickets;
 mod upload;
 
+use auth::Gate;
+pub use auth::TrackerReach;
 use conn::ConnInfo;
 use holdings::Followers;
 use limits::{Kind, Limits, MAX_REQUEST};
@@ -42,7 +47,6 @@ pub use limits::{StreamCaps, StreamLimits};
 use meter::{MeterHandle, Metered};
 pub use source::{ChunkReader, ChunkSource, Holding, RELOAD_EVERY, Refused, StoreSource};
 pub use tickets::TrackerKey;
-use tickets::VerifiedTickets;
 use upload::Upload;
 
 use crate::ratelimit::RateLimiter;
@@ -66,10 +70,8 @@ pub struct PeerService {
     started_at_ms: i64,
     upload_limit: Option<Arc<RateLimiter>>,
     stats: Arc<NodeStats>,
-    /// Checks the tickets that requests carry.
-    key: TrackerKey,
-    /// Tickets whose signature already verified.
-    verified: VerifiedTickets,
+    /// Checks the tickets, certificates and proofs that requests carry.
+    gate: Gate,
     /// The open Holdings streams.
     followers: Followers,
     /// What clients may take.
@@ -77,13 +79,15 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// A service serving `source` to requests whose ticket verifies under `key`.
+    /// A service serving `source` to requests whose ticket verifies under `key` (or, while
+    /// `reach` says the tracker does not answer, whose certificate does).
     pub fn new(
         source: Arc<dyn ChunkSource>,
         peer_id: PeerId,
         addr: String,
         upload_limit: Option<Arc<RateLimiter>>,
         key: TrackerKey,
+        reach: TrackerReach,
     ) -> Self {
         Self {
             source,
@@ -92,8 +96,7 @@ impl PeerService {
             started_at_ms: crate::now_ms(),
             upload_limit,
             stats: Arc::default(),
-            key,
-            verified: VerifiedTickets::default(),
+            gate: Gate::new(key, reach),
             followers: Followers::default(),
             limits: Arc::new(Limits::new(StreamLimits::default())),
         }
@@ -103,50 +106,6 @@ impl PeerService {
     pub fn with_limits(mut self, limits: StreamLimits) -> Self {
         self.limits = Arc::new(Limits::new(limits));
         self
-    }
-
-    /// Checks that `ticket` lets its holder fetch chunks of `file` now; returns until when
-    /// (Unix ms, clock skew included) it does, and the user it was granted to.
-    fn check_ticket(
-        &self,
-        ticket: Option<&pb::Ticket>,
-        file: &FileId,
-    ) -> Result<(i64, String), Status> {
-        let Some(key) = self.key.get() else {
-            return Err(Status::unavailable(
-                "not ready: this node does not know the tracker's ticket key yet",
-            ));
-        };
-        let Some(ticket) = ticket else {
-            return Err(Status::unauthenticated(
-                "a ticket from the tracker is required (Locate the file first)",
-            ));
-        };
-        let ticket =
-            Ticket::try_from(ticket).map_err(|e| Status::unauthenticated(e.to_string()))?;
-        let now = crate::now_ms();
-        let until = ticket
-            .claims
-            .expires_at_ms
-            .saturating_add(common::ticket::CLOCK_SKEW_MS);
-        if self.verified.accepts(&ticket, &key, file, now) {
-            return Ok((until, ticket.claims.user));
-        }
-        match key.verify(&ticket, file, now) {
-            Ok(c) => {
-                tracing::trace!(file = %file, user = %c.user, "ticket accepted");
-                self.verified.insert(&ticket, &key, now);
-                Ok((until, ticket.claims.user))
-            }
-            Err(e @ TicketError::WrongFile { .. }) => Err(Status::permission_denied(e.to_string())),
-            Err(TicketError::BadSignature) => Err(Status::unauthenticated(
-                "ticket signature is not valid (forged, altered or from another tracker)",
-            )),
-            Err(e @ TicketError::Expired { .. }) => Err(Status::unauthenticated(format!(
-                "{e}; Locate the file again for a fresh one"
-            ))),
-            Err(e) => Err(Status::unauthenticated(e.to_string())),
-        }
     }
 
     pub fn stats(&self) -> Arc<NodeStats> {
@@ -272,7 +231,16 @@ impl Peer for PeerService {
             )));
         }
         // Before anything about the file is looked at, so an unticketed caller learns nothing.
-        let (_, user) = self.check_ticket(req.ticket.as_ref(), &id)?;
+        let user = self
+            .gate
+            .admit(
+                Method::GetChunks,
+                &id,
+                req.ticket.as_ref(),
+                req.proof.as_ref(),
+                req.certificate.as_ref(),
+            )?
+            .user;
         let admission = self.limits.admit(Kind::Uploads, &user, conn.as_ref())?;
         let Some(mut holding) = self.source.holding(&id, &req.indices) else {
             return Err(Status::not_found("this node holds nothing of that file"));
@@ -314,7 +282,14 @@ impl Peer for PeerService {
             .file_id
             .parse()
             .map_err(|_| Status::invalid_argument("bad file id"))?;
-        let (until, user) = self.check_ticket(req.ticket.as_ref(), &id)?;
+        let grant = self.gate.admit(
+            Method::Holdings,
+            &id,
+            req.ticket.as_ref(),
+            req.proof.as_ref(),
+            req.certificate.as_ref(),
+        )?;
+        let (until, user) = (grant.until, grant.user);
         let slot = self.limits.admit(Kind::Holdings, &user, conn.as_ref())?;
         let Some(holding) = holdings::current(self.source.as_ref(), &id) else {
             return Err(Status::not_found("this node holds nothing of that file"));

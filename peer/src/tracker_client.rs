@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{FileId, Manifest, PeerId};
+use bytes::Bytes;
+use common::{Certificate, FileId, Manifest, PeerId};
 use futures::{Stream, StreamExt};
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_client::TrackerClient as Grpc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::identity::Identity;
 use crate::transport::ClientTls;
 
 mod error;
@@ -283,6 +285,46 @@ impl TrackerClient {
         Ok(())
     }
 
+    /// Has the tracker certify `key` as this user's peer `peer_id`; returns the certificate
+    /// and the tracker's key (the caller checks that one against the other).
+    pub async fn certify(
+        &self,
+        peer_id: &PeerId,
+        key: &[u8; 32],
+    ) -> Result<(Certificate, Vec<u8>), TrackerError> {
+        let req = pb::CertifyRequest {
+            peer_id: peer_id.to_string(),
+            key: Bytes::copy_from_slice(key),
+        };
+        let r = self
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.certify(r).await
+            })
+            .await?;
+        let cert = r
+            .certificate
+            .as_ref()
+            .ok_or_else(|| TrackerError::BadAnswer("certify answered no certificate".into()))
+            .and_then(|c| {
+                Certificate::try_from(c).map_err(|e| TrackerError::BadAnswer(e.to_string()))
+            })?;
+        Ok((cert, r.ticket_public_key.to_vec()))
+    }
+
+    /// Has the tracker certify `identity`'s key as `peer_id` and keeps the certificate in
+    /// the home.
+    pub async fn renew_certificate(
+        &self,
+        identity: &Identity,
+        peer_id: &PeerId,
+    ) -> Result<Certificate, TrackerError> {
+        let (cert, tracker_key) = self.certify(peer_id, &identity.public_key()).await?;
+        identity
+            .keep(cert.clone(), &tracker_key, peer_id)
+            .map_err(|e| TrackerError::BadAnswer(e.into()))?;
+        Ok(cert)
+    }
+
     /// Returns the heartbeat interval the tracker wants and its ticket key.
     pub async fn heartbeat(
         &self,
@@ -447,10 +489,13 @@ impl TrackerClient {
     }
 
     /// A file's manifest (to be checked against the id), live holders and a ticket.
-    pub async fn locate(&self, file_id: &FileId) -> Result<Located, TrackerError> {
+    /// A file's manifest, holders, and a ticket naming `key` (the getter's public key, which
+    /// its requests to holders prove).
+    pub async fn locate(&self, file_id: &FileId, key: &[u8; 32]) -> Result<Located, TrackerError> {
         let req = pb::LocateRequest {
             file_id: file_id.to_string(),
             have_manifest: false,
+            requester_key: Bytes::copy_from_slice(key),
         };
         let r = self
             .call(req, true, Retry::Yes, |mut c, r| async move {
@@ -477,10 +522,16 @@ impl TrackerClient {
     /// Locate again, for a caller that holds the verified manifest of the file's `chunks`
     /// chunks: only the live holders and a fresh ticket (the tracker leaves the 32 bytes per
     /// chunk of hashes out).
-    pub async fn relocate(&self, file_id: &FileId, chunks: u32) -> Result<Relocated, TrackerError> {
+    pub async fn relocate(
+        &self,
+        file_id: &FileId,
+        chunks: u32,
+        key: &[u8; 32],
+    ) -> Result<Relocated, TrackerError> {
         let req = pb::LocateRequest {
             file_id: file_id.to_string(),
             have_manifest: true,
+            requester_key: Bytes::copy_from_slice(key),
         };
         let r = self
             .call(
@@ -496,10 +547,15 @@ impl TrackerClient {
         })
     }
 
-    /// Opens this node's task stream.
-    pub async fn tasks(&self, peer_id: &PeerId) -> Result<TaskStream, TrackerError> {
+    /// Opens this node's task stream; the tickets of its tasks name `key`, the node's own.
+    pub async fn tasks(
+        &self,
+        peer_id: &PeerId,
+        key: &[u8; 32],
+    ) -> Result<TaskStream, TrackerError> {
         let req = pb::TasksRequest {
             peer_id: peer_id.to_string(),
+            node_key: Bytes::copy_from_slice(key),
         };
         let stream = self
             .call(

@@ -10,7 +10,9 @@
 //! certificate authorities of `--ca` ([`ClientTls`]).
 //!
 //! Every request carries the ticket the tracker signed for the file (from Locate or from a
-//! replication task); a node refuses requests without a valid one.
+//! replication task) and a proof made with the key the ticket names (this home's key,
+//! [`Identity`]), plus the home's certificate, which a node accepts instead of an expired
+//! ticket while its tracker does not answer; a node refuses requests without them.
 //!
 //! Besides chunks, a getter follows what a partial source holds ([`HoldingsStream`],
 //! `Holdings` on the same channel), so it asks for a chunk that landed there at once.
@@ -18,16 +20,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Bitfield, FileId, Ticket};
+use common::{Bitfield, FileId, Method, Ticket};
 use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::identity::Identity;
 
 /// The most chunk bytes a getter asks one source for at once (its per-source memory
 /// bound): 32 requests of 1 MiB, twice the bandwidth-delay product of a 1 Gbit/s link at
@@ -197,19 +201,35 @@ pub fn node_uri(addr: &str) -> String {
 }
 
 /// The gRPC transport: `peer.v1.Peer/GetChunks`.
-#[derive(Default)]
 pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
     tls: ClientTls,
+    /// Signs every request.
+    identity: Arc<Identity>,
 }
 
 impl GrpcTransport {
-    /// A transport that checks TLS nodes against `tls`.
-    pub fn new(tls: ClientTls) -> Self {
+    /// A transport that checks TLS nodes against `tls` and proves `identity`'s key.
+    pub fn new(tls: ClientTls, identity: Arc<Identity>) -> Self {
         Self {
             channels: Mutex::default(),
             tls,
+            identity,
         }
+    }
+
+    /// The proof and certificate for one request.
+    fn credentials(
+        &self,
+        method: Method,
+        file_id: &FileId,
+    ) -> (Option<pb::Proof>, Option<pb::Certificate>) {
+        let proof = self.identity.prove(method, file_id);
+        let cert = self.identity.certificate();
+        (
+            Some(pb::Proof::from(&proof)),
+            cert.as_ref().map(pb::Certificate::from),
+        )
     }
 }
 
@@ -326,11 +346,14 @@ impl GrpcTransport {
         ticket: Option<&Ticket>,
     ) -> Result<tonic::Streaming<pb::Chunk>, FetchError> {
         let mut client = peer_client(self.channel(addr)?);
+        let (proof, certificate) = self.credentials(Method::GetChunks, file_id);
         let req = pb::GetChunksRequest {
             file_id: file_id.to_string(),
             indices: indices.to_vec(),
             ticket: ticket.map(pb::Ticket::from),
             pick,
+            proof,
+            certificate,
         };
         Ok(client.get_chunks(req).await.map_err(classify)?.into_inner())
     }
@@ -396,9 +419,12 @@ impl ChunkTransport for GrpcTransport {
         ticket: Option<&Ticket>,
     ) -> Result<HoldingsStream, FetchError> {
         let mut client = peer_client(self.channel(addr)?);
+        let (proof, certificate) = self.credentials(Method::Holdings, file_id);
         let req = pb::HoldingsRequest {
             file_id: file_id.to_string(),
             ticket: ticket.map(pb::Ticket::from),
+            proof,
+            certificate,
         };
         let stream = client.holdings(req).await.map_err(classify)?.into_inner();
         let mut have = Bitfield::new(chunks);

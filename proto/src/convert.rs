@@ -1,11 +1,13 @@
-//! Tickets and manifests to and from the wire. Encoding cannot fail; decoding goes through
+//! Tickets, certificates, request proofs and manifests to and from the wire. Encoding cannot fail; decoding goes through
 //! the `common` constructors ([`Ticket::from_parts`], [`Manifest::from_parts`]), so it
 //! refuses exactly what they refuse, plus a whole-file digest that is not 32 bytes.
 //! A decoded ticket is not yet verified, and a decoded manifest is not yet checked against
 //! a file id: that is the caller's business.
 
 use bytes::Bytes;
-use common::{Manifest, ManifestError, Sha256Digest, Ticket, TicketError};
+use common::{
+    AuthError, Certificate, Manifest, ManifestError, Proof, Sha256Digest, Ticket, TicketError,
+};
 
 use crate::peer::v1 as peer_pb;
 use crate::tracker::v1 as tracker_pb;
@@ -23,6 +25,7 @@ impl From<&Ticket> for peer_pb::Ticket {
             user: c.user.clone(),
             expires_at_ms: c.expires_at_ms,
             signature: Bytes::copy_from_slice(&t.signature),
+            key: Bytes::copy_from_slice(&c.key),
         }
     }
 }
@@ -34,10 +37,58 @@ impl TryFrom<&peer_pb::Ticket> for Ticket {
     fn try_from(t: &peer_pb::Ticket) -> Result<Self, TicketError> {
         Ticket::from_parts(
             &t.file_id,
+            &t.key,
             &t.peer_id,
             t.user.clone(),
             t.expires_at_ms,
             &t.signature,
+        )
+    }
+}
+
+impl From<&Proof> for peer_pb::Proof {
+    fn from(p: &Proof) -> Self {
+        Self {
+            key: Bytes::copy_from_slice(&p.key),
+            at_ms: p.at_ms,
+            nonce: Bytes::copy_from_slice(&p.nonce),
+            signature: Bytes::copy_from_slice(&p.signature),
+        }
+    }
+}
+
+/// A proof from its wire form; not yet verified.
+impl TryFrom<&peer_pb::Proof> for Proof {
+    type Error = AuthError;
+
+    fn try_from(p: &peer_pb::Proof) -> Result<Self, AuthError> {
+        Proof::from_parts(&p.key, p.at_ms, &p.nonce, &p.signature)
+    }
+}
+
+impl From<&Certificate> for peer_pb::Certificate {
+    fn from(c: &Certificate) -> Self {
+        Self {
+            peer_id: c.claims.peer_id.to_string(),
+            user: c.claims.user.clone(),
+            key: Bytes::copy_from_slice(&c.claims.key),
+            expires_at_ms: c.claims.expires_at_ms,
+            signature: Bytes::copy_from_slice(&c.signature),
+        }
+    }
+}
+
+/// A certificate from its wire form; not yet verified.
+impl TryFrom<&peer_pb::Certificate> for Certificate {
+    type Error = AuthError;
+
+    fn try_from(c: &peer_pb::Certificate) -> Result<Self, AuthError> {
+        Certificate::from_parts(
+            &c.peer_id,
+            c.user.clone(),
+            &c.key,
+            c.expires_at_ms,
+            &c.signature,
         )
     }
 }
@@ -84,6 +135,7 @@ mod tests {
     fn ticket(peer_id: Option<PeerId>) -> Ticket {
         TicketSigner::from_secret(&[1; 32]).sign(TicketClaims {
             file_id: FileId(Sha256Digest::of(b"file")),
+            key: [9; 32],
             peer_id,
             user: "alice".into(),
             expires_at_ms: 1_800_000_000_000,
@@ -130,6 +182,13 @@ mod tests {
                 "signature",
                 peer_pb::Ticket {
                     signature: good.signature.slice(..63),
+                    ..good.clone()
+                },
+            ),
+            (
+                "key",
+                peer_pb::Ticket {
+                    key: Bytes::new(),
                     ..good.clone()
                 },
             ),
@@ -203,5 +262,26 @@ mod tests {
             }),
             ManifestError::WrongChunkCount { .. }
         ));
+    }
+
+    #[test]
+    fn should_round_trip_proofs_and_certificates() {
+        let key = common::NodeKey::generate();
+        let file = FileId(Sha256Digest::of(b"file"));
+        let p = key.prove(common::Method::GetChunks, &file, 5);
+        assert_eq!(Proof::try_from(&peer_pb::Proof::from(&p)), Ok(p));
+        let c = TicketSigner::from_secret(&[1; 32]).certify(common::CertificateClaims {
+            peer_id: PeerId::from_random([4; 16]),
+            user: "bob".into(),
+            key: key.public_key(),
+            expires_at_ms: 7,
+        });
+        let wire = peer_pb::Certificate::from(&c);
+        assert_eq!(Certificate::try_from(&wire), Ok(c));
+        let short = peer_pb::Certificate {
+            key: wire.key.slice(..31),
+            ..wire
+        };
+        assert!(Certificate::try_from(&short).is_err());
     }
 }

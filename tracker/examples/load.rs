@@ -359,6 +359,8 @@ async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId],
         let auth = auth.clone();
         let targets = ids.clone();
         let seed = w.seed ^ (k as u64) << 32;
+        // Each worker is one getter, with its own key (the tracker caches a ticket per key).
+        let key = bytes::Bytes::from(common::NodeKey::generate().public_key().to_vec());
         tokio::spawn(async move {
             let mut r = Rng::new(seed);
             let mut s = Sample::default();
@@ -372,6 +374,7 @@ async fn measure(w: &World, clients: &[Client], token: &str, targets: &[FileId],
                         let req = pb::LocateRequest {
                             file_id: targets[r.below(targets.len() as u64) as usize].clone(),
                             have_manifest: op == Op::Relocate,
+                            requester_key: key.clone(),
                         };
                         c.locate(with_auth(req, &auth)).await.map(|_| ())
                     }

@@ -188,6 +188,19 @@ pub struct Config {
         value_parser = parse_duration,
     )]
     pub ticket_ttl: Duration,
+    /// How long a peer's certificate stays valid (the tracker's signature binding a peer's
+    /// own key to its peer id and user).
+    ///
+    /// While its tracker does not answer, a node takes a valid certificate, with a proof of
+    /// its key, in place of a ticket. Peers renew theirs before half of it has passed.
+    #[arg(
+        long,
+        env = "TRACKER_CERT_TTL",
+        default_value = "24h",
+        value_name = "DUR",
+        value_parser = parse_duration,
+    )]
+    pub cert_ttl: Duration,
     /// How long a new connection has to send its first request's headers (TLS handshake
     /// included), and an HTTP/1 connection each next request's.
     #[arg(
@@ -333,6 +346,9 @@ impl Config {
             return refuse(
                 "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)",
             );
+        }
+        if self.cert_ttl.is_zero() {
+            return refuse("cert ttl must be positive (--cert-ttl, TRACKER_CERT_TTL, cert_ttl)");
         }
         if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
             return refuse(

@@ -1,16 +1,17 @@
 //! The gRPC adapter for peers: `tracker.v1.Tracker` over [`TrackerService`]. Every method is
 //! thin: read the session from the `authorization` metadata, convert the prost message to
 //! `common` types (refusing what does not parse), call the domain, convert back. Prost types
-//! never leave this module, and [`Error`] becomes a `tonic::Status` only here. Tickets and
-//! manifests convert with the `From`/`TryFrom` impls of the `proto` crate, which the peer
-//! uses too.
+//! never leave this module, and [`Error`] becomes a `tonic::Status` only here. Tickets,
+//! certificates and manifests convert with the `From`/`TryFrom` impls of the `proto` crate,
+//! which the peer uses too.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use common::{FileId, Manifest, ManifestError, PeerId};
+use common::ticket::PUBLIC_KEY_LEN;
+use common::{FileId, Manifest, ManifestError, PeerId, TicketVerifier};
 use proto::peer::v1 as peer_pb;
 use proto::tracker::v1 as pb;
 use proto::tracker::v1::tracker_server::{Tracker, TrackerServer};
@@ -126,6 +127,27 @@ fn file_id(s: &str) -> Result<FileId, Status> {
         .map_err(|e: common::ids::FileIdParseError| Status::invalid_argument(e.to_string()))
 }
 
+/// A peer's Ed25519 public key from `field`, `whose` it is for the message: required, and
+/// refused unless it is 32 bytes that are a key (a ticket naming anything else could never
+/// be used).
+fn public_key(bytes: &[u8], field: &str, whose: &str) -> Result<[u8; PUBLIC_KEY_LEN], Status> {
+    if bytes.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {whose} 32-byte Ed25519 public key is required"
+        )));
+    }
+    match TicketVerifier::from_public(bytes) {
+        Ok(v) => Ok(v.public_key()),
+        Err(_) if bytes.len() != PUBLIC_KEY_LEN => Err(Status::invalid_argument(format!(
+            "{field}: {whose} Ed25519 public key must be 32 bytes, not {}",
+            bytes.len()
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: not an Ed25519 public key ({whose})"
+        ))),
+    }
+}
+
 fn kind(code: i32) -> Result<Option<HoldingKind>, Status> {
     match code {
         0 => Ok(None),
@@ -235,6 +257,21 @@ impl Tracker for Grpc {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         self.svc.logout(token(&req)).await?;
         Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn certify(
+        &self,
+        req: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let key = public_key(&r.key, "key", "the peer's")?;
+        let cert = self.svc.certify(&caller, &peer, key)?;
+        Ok(Response::new(pb::CertifyResponse {
+            certificate: Some(peer_pb::Certificate::from(&cert)),
+            ticket_public_key: Bytes::copy_from_slice(&self.svc.ticket_public_key()),
+        }))
     }
 
     async fn heartbeat(
@@ -364,7 +401,8 @@ impl Tracker for Grpc {
         let caller = self.svc.authenticate(token(&req))?;
         let req = req.into_inner();
         let file = file_id(&req.file_id)?;
-        let l = self.svc.locate(&caller, &file)?;
+        let key = public_key(&req.requester_key, "requester_key", "the getter's")?;
+        let l = self.svc.locate(&caller, &file, key)?;
         Ok(Response::new(pb::LocateResponse {
             // The hashes were packed once, when the file was indexed.
             // Named as the file is for this caller, which the id does not cover.
@@ -407,8 +445,10 @@ impl Tracker for Grpc {
         req: Request<pb::TasksRequest>,
     ) -> Result<Response<Self::TasksStream>, Status> {
         let caller = self.svc.authenticate(token(&req))?;
-        let peer = peer_id(&req.into_inner().peer_id)?;
-        let rx = self.svc.open_tasks(&caller, &peer).await?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let key = public_key(&r.node_key, "node_key", "the node's")?;
+        let rx = self.svc.open_tasks(&caller, &peer, key).await?;
         let stream = ReceiverStream::new(rx).map(|a| Ok(task(a)));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -8,6 +8,7 @@ use super::Ctx;
 use crate::cli::Credentials;
 use crate::error::{Error, Result};
 use crate::home::{SessionFile, Settings};
+use crate::identity::Identity;
 use crate::output;
 use crate::tracker_client::{Granted, TrackerError};
 
@@ -48,6 +49,23 @@ fn save(cx: &Ctx, g: &Granted) -> Result<()> {
     Ok(cx.home.save_settings(&settings)?)
 }
 
+/// Has the tracker certify this home's key, so the peer can prove who it is to other peers
+/// when no tracker answers. A refusal does not undo the login: the node asks again with
+/// its heartbeats.
+async fn certify(cx: &Ctx) -> Result<()> {
+    let identity = Identity::load(&cx.home)?;
+    let client = cx.client()?;
+    if let Err(e) = client
+        .renew_certificate(&identity, &cx.home.peer_id()?)
+        .await
+    {
+        output::warn(&format!(
+            "the tracker did not certify this peer's key (a running node asks again): {e}"
+        ));
+    }
+    Ok(())
+}
+
 fn say(cx: &Ctx, verb: &str, g: &Granted) -> Result<()> {
     let expires = crate::rfc3339_ms(g.expires_at_ms);
     if cx.json {
@@ -75,6 +93,7 @@ pub async fn register(cx: &Ctx, c: Credentials) -> Result<()> {
         e => e.into(),
     })?;
     save(cx, &g)?;
+    certify(cx).await?;
     say(cx, "registered and logged in", &g)
 }
 
@@ -86,6 +105,7 @@ pub async fn login(cx: &Ctx, c: Credentials) -> Result<()> {
         e => e.into(),
     })?;
     save(cx, &g)?;
+    certify(cx).await?;
     say(cx, "logged in", &g)
 }
 

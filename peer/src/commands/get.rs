@@ -15,6 +15,7 @@ use super::{Ctx, get_folder};
 use crate::cli::GetArgs;
 use crate::download::{self, DownloadConfig, Job, Outcome};
 use crate::error::{Error, Result, Scope};
+use crate::identity::Identity;
 use crate::output::{self, safe};
 use crate::progress::{Bars, FileProgress, Phase, Snapshot, bars_wanted};
 use crate::ratelimit::RateLimiter;
@@ -270,11 +271,13 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         }
     }
 
+    let identity = Identity::load(&cx.home)?;
     let dcx = Arc::new(download::Context {
         home: cx.home.clone(),
         peer_id,
         tracker: client,
-        transport: Arc::new(GrpcTransport::new(cx.tls.clone())),
+        key: identity.public_key(),
+        transport: Arc::new(GrpcTransport::new(cx.tls.clone(), identity)),
         rate: a.max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
         cfg,
     });

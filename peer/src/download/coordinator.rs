@@ -309,14 +309,15 @@ impl<T: ChunkTransport> Coordinator<T> {
         self.report_pending();
         if now >= self.tracker.next_locate && !self.tracker.relocating {
             self.tracker.relocating = true;
-            let (t, id, tx) = (
+            let (t, id, tx, key) = (
                 self.cx.tracker.clone(),
                 self.job.file_id,
                 self.sh.events.clone(),
+                self.cx.key,
             );
             let n = self.chunk_count();
             self.tracker.locate_task = Some(tokio::spawn(async move {
-                let _ = tx.send(Event::Relocated(t.relocate(&id, n).await));
+                let _ = tx.send(Event::Relocated(t.relocate(&id, n, &key).await));
             }));
         }
         let (in_flight, remaining) = {

@@ -50,6 +50,8 @@ pub struct Context<T> {
     pub home: Home,
     pub peer_id: PeerId,
     pub tracker: TrackerClient,
+    /// This home's public key: Locate tickets name it, and the transport proves it.
+    pub key: [u8; 32],
     pub transport: Arc<T>,
     pub rate: Option<Arc<RateLimiter>>,
     pub cfg: DownloadConfig,

@@ -58,7 +58,7 @@ pub async fn download<T: ChunkTransport>(
 ) -> Result<Outcome, DownloadError> {
     let started = std::time::Instant::now();
     let _active = crate::metrics::metrics().transfer("download");
-    let located = cx.tracker.locate(&job.file_id).await?;
+    let located = cx.tracker.locate(&job.file_id, &cx.key).await?;
     let mut manifest = located
         .manifest
         .clone()

@@ -3,7 +3,10 @@
 //! again after an outage (so a restarted tracker relearns what this peer holds) and every
 //! `sync_every` (5 minutes by default, ±10 % so nodes started together spread out), so the
 //! tracker's listing of this peer converges with its disk whatever either side lost.
-//! Failures are logged once per outage and never stop the node.
+//! Failures are logged once per outage and never stop the node; each outcome is told to
+//! the server ([`TrackerReach`]), which accepts certificates in place of tickets while the
+//! tracker does not answer. After a beat the tracker answered, the node's certificate is
+//! renewed when half its life has passed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,8 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::home::Home;
+use crate::identity::Identity;
 use crate::replica::ReplicaStore;
-use crate::server::TrackerKey;
+use crate::server::{TrackerKey, TrackerReach};
 use crate::tracker_client::TrackerClient;
 
 use super::sync::Reconcile;
@@ -31,6 +35,10 @@ pub struct Heartbeats {
     pub replicas: Arc<ReplicaStore>,
     /// Where the tracker's ticket key from each answer goes.
     pub key: TrackerKey,
+    /// The node's key, whose certificate is renewed here.
+    pub identity: Arc<Identity>,
+    /// Told whether each beat was answered.
+    pub reach: TrackerReach,
     /// Bumped on the first answer and each time the tracker answers again after an outage
     /// (the task stream reopens then).
     pub tracker_up: watch::Sender<u64>,
@@ -63,7 +71,9 @@ impl Heartbeats {
                 .await
             {
                 Ok(beat) => {
+                    self.reach.set_answering(true);
                     self.learn_key(&beat.ticket_public_key);
+                    self.renew_certificate().await;
                     if !beat.interval.is_zero() {
                         interval = beat
                             .interval
@@ -100,6 +110,7 @@ impl Heartbeats {
                     }
                 }
                 Err(e) => {
+                    self.reach.set_answering(false);
                     if healthy != Some(false) {
                         tracing::warn!(
                             "heartbeat failed (retrying until the tracker answers): {e}"
@@ -117,6 +128,29 @@ impl Heartbeats {
                 _ = tokio::time::sleep(wait) => {}
                 _ = token.cancelled() => return,
             }
+        }
+    }
+
+    /// Asks for a new certificate when the one held is missing, half spent, or not from
+    /// the tracker's current key. A failure is logged and tried again at the next beat.
+    async fn renew_certificate(&self) {
+        let key = self.key.get();
+        if !self
+            .identity
+            .wants_certificate(key.as_ref(), crate::now_ms())
+        {
+            return;
+        }
+        match self
+            .client
+            .renew_certificate(&self.identity, &self.peer_id)
+            .await
+        {
+            Ok(c) => tracing::info!(
+                expires_at_ms = c.claims.expires_at_ms,
+                "the tracker certified this node's key"
+            ),
+            Err(e) => tracing::warn!("cannot renew this node's certificate: {e}"),
         }
     }
 

@@ -33,10 +33,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::home::{Home, HomeError, NodeFile, NodeLock};
+use crate::identity::Identity;
 use crate::ratelimit::RateLimiter;
 use crate::replica::tasks::{Runner, task_stream};
 use crate::replica::{ReplicaError, ReplicaStore};
-use crate::server::{self, ChunkSource, PeerService, StoreSource, TrackerKey};
+use crate::server::{self, ChunkSource, PeerService, StoreSource, TrackerKey, TrackerReach};
 use crate::tracker_client::{TrackerClient, TrackerError};
 use crate::transport::{ClientTls, GrpcTransport};
 
@@ -148,6 +149,10 @@ pub struct Node {
     store: Arc<StoreSource>,
     replicas: Arc<ReplicaStore>,
     key: TrackerKey,
+    /// This home's key and certificate (the node renews the certificate).
+    identity: Arc<Identity>,
+    /// Whether the tracker answers, as heartbeats find (the server reads it).
+    reach: TrackerReach,
     rescan_every: Duration,
     sync_every: Duration,
     node_file: NodeFile,
@@ -215,6 +220,8 @@ impl Node {
         .await?;
         let scheme = if tls.is_some() { "https://" } else { "" };
 
+        let identity = Identity::load(&home)?;
+        let reach = TrackerReach::default();
         let key = TrackerKey::default();
         match home.tracker_key() {
             Ok(Some(k)) => {
@@ -242,6 +249,7 @@ impl Node {
                 advertised.clone(),
                 max_upload_rate.map(|r| Arc::new(RateLimiter::new(r))),
                 key.clone(),
+                reach.clone(),
             )
             .with_limits(limits),
         );
@@ -277,6 +285,8 @@ impl Node {
             store,
             replicas,
             key,
+            identity,
+            reach,
             rescan_every,
             sync_every,
             node_file,
@@ -328,7 +338,7 @@ impl Node {
         let connected = Arc::new(AtomicBool::new(false));
         let runner = Arc::new(Runner::new(
             self.replicas.clone(),
-            Arc::new(GrpcTransport::new(self.client_tls)),
+            Arc::new(GrpcTransport::new(self.client_tls, self.identity.clone())),
             self.peer_id.clone(),
             self.advertised.clone(),
         ));
@@ -340,6 +350,8 @@ impl Node {
                 addr: self.advertised.clone(),
                 replicas: self.replicas.clone(),
                 key: self.key,
+                identity: self.identity.clone(),
+                reach: self.reach,
                 tracker_up,
                 sync_every: self.sync_every,
             }
@@ -353,6 +365,7 @@ impl Node {
         background.spawn(task_stream(
             self.client,
             self.peer_id,
+            self.identity.public_key(),
             runner,
             tracker_up_rx,
             connected.clone(),

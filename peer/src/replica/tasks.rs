@@ -329,10 +329,12 @@ async fn epoch_changed(rx: &mut watch::Receiver<u64>) {
 /// Keeps the task stream open until `token` is cancelled, carrying out the tasks it
 /// delivers. `tracker_up` counts the times the heartbeat loop saw the tracker answer after
 /// not answering (first at start): the stream opens after the first, and is reopened at
-/// once after each later one. `connected` says whether the stream is open now.
+/// once after each later one. `connected` says whether the stream is open now. `key` is
+/// the node's public key, which the tickets of its tasks name.
 pub async fn task_stream<T: ChunkTransport>(
     client: TrackerClient,
     peer_id: PeerId,
+    key: [u8; 32],
     runner: Arc<Runner<T>>,
     mut tracker_up: watch::Receiver<u64>,
     connected: Arc<AtomicBool>,
@@ -354,7 +356,7 @@ pub async fn task_stream<T: ChunkTransport>(
     let mut backoff = BACKOFF_MIN;
     let mut was_open = true;
     loop {
-        let (why, reopen_now) = match client.tasks(&peer_id).await {
+        let (why, reopen_now) = match client.tasks(&peer_id, &key).await {
             Ok(mut stream) => {
                 connected.store(true, Ordering::Relaxed);
                 if !was_open {

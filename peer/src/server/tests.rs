@@ -5,13 +5,18 @@ use super::*;
 use crate::home::{Home, Kind, StoreRecord, len_and_mtime};
 use crate::replica::{FileMeta, ReplicaStore};
 use common::Bitfield;
-use common::{Manifest, Sha256Digest, TicketClaims, TicketSigner};
+use common::{Manifest, NodeKey, Sha256Digest, TicketClaims, TicketSigner};
 use futures::StreamExt;
 
 const MIB: u64 = 1 << 20;
 
 fn tracker_signer() -> TicketSigner {
     TicketSigner::from_secret(&[5; 32])
+}
+
+/// The key of the getter these tests play.
+fn getter() -> NodeKey {
+    NodeKey::from_secret(&[9; 32])
 }
 
 fn store_source(home: &Home) -> Arc<dyn ChunkSource> {
@@ -31,12 +36,14 @@ fn service(home: &Home) -> PeerService {
         "127.0.0.1:1".into(),
         None,
         key,
+        TrackerReach::default(),
     )
 }
 
 fn ticket(signer: &TicketSigner, id: &FileId, expires_at_ms: i64) -> pb::Ticket {
     pb::Ticket::from(&signer.sign(TicketClaims {
         file_id: *id,
+        key: getter().public_key(),
         peer_id: None,
         user: "alice".into(),
         expires_at_ms,
@@ -59,6 +66,8 @@ async fn fetch_with(
         indices,
         ticket,
         pick: 0,
+        proof: Some((&getter().prove(Method::GetChunks, id, crate::now_ms())).into()),
+        certificate: None,
     };
     let mut stream = svc.get_chunks(Request::new(req)).await?.into_inner();
     let mut out = Vec::new();
@@ -164,6 +173,7 @@ async fn should_refuse_requests_without_a_valid_ticket_for_the_file() {
         "127.0.0.1:1".into(),
         None,
         TrackerKey::default(),
+        TrackerReach::default(),
     );
     let t = ticket(&good, &id, now + 60_000);
     let err = fetch_with(&keyless, &id, vec![0], Some(t))
@@ -223,6 +233,8 @@ async fn open_holdings(
     let req = pb::HoldingsRequest {
         file_id: id.to_string(),
         ticket,
+        proof: Some((&getter().prove(Method::Holdings, id, crate::now_ms())).into()),
+        certificate: None,
     };
     Ok(svc.holdings(Request::new(req)).await?.into_inner())
 }
@@ -438,6 +450,7 @@ fn three_chunks(tmp: &std::path::Path, uploads: StreamCaps) -> (PeerService, Fil
 async fn open_chunks(svc: &PeerService, id: &FileId, user: &str) -> Result<ChunkStream, Status> {
     let t = tracker_signer().sign(TicketClaims {
         file_id: *id,
+        key: getter().public_key(),
         peer_id: None,
         user: user.into(),
         expires_at_ms: crate::now_ms() + 60_000,
@@ -447,6 +460,8 @@ async fn open_chunks(svc: &PeerService, id: &FileId, user: &str) -> Result<Chunk
         indices: vec![0, 1, 2],
         ticket: Some(pb::Ticket::from(&t)),
         pick: 0,
+        proof: Some((&getter().prove(Method::GetChunks, id, crate::now_ms())).into()),
+        certificate: None,
     };
     Ok(svc.get_chunks(Request::new(req)).await?.into_inner())
 }

@@ -1,10 +1,11 @@
-//! What the node knows of tickets: the tracker's key, and which tickets already verified.
+//! What the node knows of the tracker's signatures: its key, and which tickets and
+//! certificates already verified.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use common::ticket::{CLOCK_SKEW_MS, SIGNATURE_LEN};
-use common::{FileId, Ticket, TicketClaims, TicketError, TicketVerifier};
+use common::ticket::SIGNATURE_LEN;
+use common::{TicketError, TicketVerifier};
 
 /// The tracker's ticket key as this node knows it: none until learnt, then replaced when
 /// the tracker sends another. Cheap to clone; the clones share it.
@@ -31,53 +32,66 @@ impl TrackerKey {
     }
 }
 
-/// Most tickets remembered as verified; past it, expired ones are forgotten (all of them if
-/// none has expired).
+/// Most signatures remembered as verified; past it, expired ones are forgotten (all of them
+/// if none has expired).
 const MAX_VERIFIED: usize = 4096;
 
-/// Tickets whose signature verified, by signature, with the key that verified them: a
-/// getter presents the same ticket with every request (one per chunk), and an Ed25519
-/// check per request cost the node more than its read. A hit needs the same claims and key,
-/// so an altered ticket or a new tracker key goes through the full check again.
-#[derive(Default)]
-pub(super) struct VerifiedTickets(Mutex<HashMap<[u8; SIGNATURE_LEN], Verified>>);
+/// Tickets or certificates whose signature verified, by signature, with the key that
+/// verified them: a getter presents the same ticket (and certificate) with every request,
+/// one per chunk, and an Ed25519 check per request cost the node more than its read. A hit
+/// needs the same claims and key, so an altered one or a new tracker key goes through the
+/// full check again.
+pub(super) struct VerifiedSignatures<C>(Mutex<HashMap<[u8; SIGNATURE_LEN], Verified<C>>>);
 
-/// What a remembered signature was verified over, and with which key.
-struct Verified {
-    claims: TicketClaims,
-    key: [u8; 32],
+impl<C> Default for VerifiedSignatures<C> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
 }
 
-impl VerifiedTickets {
-    /// Whether `ticket` verified under `key` before and is for `file` and unexpired at `now`.
+/// What a remembered signature was verified over, with which key, and until when it holds.
+struct Verified<C> {
+    claims: C,
+    key: [u8; 32],
+    /// Unix ms, clock skew included.
+    until_ms: i64,
+}
+
+impl<C: PartialEq + Clone> VerifiedSignatures<C> {
+    /// Whether `claims` with `signature` verified under `key` before and hold at `now`.
     pub(super) fn accepts(
         &self,
-        ticket: &Ticket,
+        signature: &[u8; SIGNATURE_LEN],
+        claims: &C,
         key: &TicketVerifier,
-        file: &FileId,
         now: i64,
     ) -> bool {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ticket.signature).is_some_and(|v| {
-            v.claims == ticket.claims
-                && v.claims.file_id == *file
-                && now <= v.claims.expires_at_ms.saturating_add(CLOCK_SKEW_MS)
-                && v.key == key.public_key()
-        })
+        map.get(signature)
+            .is_some_and(|v| v.claims == *claims && now <= v.until_ms && v.key == key.public_key())
     }
 
-    pub(super) fn insert(&self, ticket: &Ticket, key: &TicketVerifier, now: i64) {
+    /// Remembers that `claims` with `signature` verified under `key`, until `until_ms`.
+    pub(super) fn insert(
+        &self,
+        signature: &[u8; SIGNATURE_LEN],
+        claims: &C,
+        key: &TicketVerifier,
+        until_ms: i64,
+        now: i64,
+    ) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_VERIFIED {
-            map.retain(|_, v| now <= v.claims.expires_at_ms.saturating_add(CLOCK_SKEW_MS));
+            map.retain(|_, v| now <= v.until_ms);
             if map.len() >= MAX_VERIFIED {
                 map.clear();
             }
         }
         let v = Verified {
-            claims: ticket.claims.clone(),
+            claims: claims.clone(),
             key: key.public_key(),
+            until_ms,
         };
-        map.insert(ticket.signature, v);
+        map.insert(*signature, v);
     }
 }

@@ -186,6 +186,7 @@ impl Liar {
         let mut c = self.client.clone();
         let req = pb::TasksRequest {
             peer_id: self.peer_id.clone(),
+            node_key: raw_key().public_key().to_vec().into(),
         };
         let mut stream = c.tasks(authed(req, &self.token)).await?.into_inner();
         let (token, me) = (self.token.clone(), self.peer_id.clone());
@@ -212,6 +213,7 @@ impl Liar {
         let req = pb::LocateRequest {
             file_id: id.into(),
             have_manifest: false,
+            requester_key: raw_key().public_key().to_vec().into(),
         };
         self.client
             .locate(authed(req, &self.token))
@@ -261,6 +263,7 @@ impl Liar {
         let req = pb::LocateRequest {
             file_id: id.into(),
             have_manifest: true,
+            requester_key: raw_key().public_key().to_vec().into(),
         };
         match c.locate(authed(req, &self.token)).await {
             Ok(r) => Ok(r

@@ -529,7 +529,23 @@ pub fn good_chunks(part: &Path, m: &common::Manifest) -> anyhow::Result<u32> {
         .count() as u32)
 }
 
-/// Locate over gRPC with `token`; returns the ticket it carries.
+/// The key that tests calling a node directly prove: the tickets of [`locate_ticket`]
+/// name it, and [`raw_proof`] signs with it.
+pub fn raw_key() -> ::common::NodeKey {
+    ::common::NodeKey::from_secret(&[42; 32])
+}
+
+/// A fresh proof of [`raw_key`] for one request on `file`.
+pub fn raw_proof(method: ::common::Method, file: &str) -> Option<proto::peer::v1::Proof> {
+    let id: ::common::FileId = file.parse().expect("a file id");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Some((&raw_key().prove(method, &id, now)).into())
+}
+
+/// Locate over gRPC with `token`; returns the ticket it carries (naming [`raw_key`]).
 pub async fn locate_ticket(
     tracker: &TestTracker,
     token: &str,
@@ -538,6 +554,7 @@ pub async fn locate_ticket(
     let mut c = proto::tracker::v1::tracker_client::TrackerClient::connect(tracker.url()).await?;
     let req = proto::tracker::v1::LocateRequest {
         file_id: file.into(),
+        requester_key: raw_key().public_key().to_vec().into(),
         ..Default::default()
     };
     c.locate(authed(req, token))

@@ -71,6 +71,12 @@ impl Tracker for LyingTracker {
     ) -> Result<Response<tpb::LogoutResponse>, Status> {
         unimplemented()
     }
+    async fn certify(
+        &self,
+        _: Request<tpb::CertifyRequest>,
+    ) -> Result<Response<tpb::CertifyResponse>, Status> {
+        unimplemented()
+    }
     async fn heartbeat(
         &self,
         _: Request<tpb::HeartbeatRequest>,

@@ -96,6 +96,8 @@ async fn should_fetch_chunks_another_getter_gained_while_the_tracker_is_away() -
         let req = peer_pb::HoldingsRequest {
             file_id: id.clone(),
             ticket: Some(ticket),
+            proof: raw_proof(::common::Method::Holdings, &id),
+            certificate: None,
         };
         let mut stream = a_node.holdings(req).await?.into_inner();
         let mut have = ::common::Bitfield::new(CHUNKS as u32);

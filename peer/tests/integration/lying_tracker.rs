@@ -94,6 +94,7 @@ proxy_impl! {
     register: Credentials => Session,
     login: Credentials => Session,
     logout: LogoutRequest => LogoutResponse,
+    certify: CertifyRequest => CertifyResponse,
     heartbeat: HeartbeatRequest => HeartbeatResponse,
     sync_holdings: SyncHoldingsRequest => SyncHoldingsResponse,
     announce: AnnounceRequest => AnnounceResponse,

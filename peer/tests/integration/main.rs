@@ -6,6 +6,7 @@
 //! Run one area with `cargo test -p peer --test integration e2e::`.
 
 mod audit;
+mod certificates;
 mod common;
 mod dashboard;
 mod e2e;

@@ -130,6 +130,8 @@ async fn should_stay_bounded_under_a_thousand_stalled_streams_and_serve_others()
                 indices: (0..CHUNKS as u32).collect(),
                 ticket: Some(ticket.clone()),
                 pick: 0,
+                proof: raw_proof(::common::Method::GetChunks, &id),
+                certificate: None,
             };
             async move { client.get_chunks(req).await }
         });
@@ -240,6 +242,8 @@ async fn open_stream(
         indices: (0..CHUNKS as u32).collect(),
         ticket: Some(ticket.clone()),
         pick: 0,
+        proof: raw_proof(::common::Method::GetChunks, id),
+        certificate: None,
     };
     Ok(PeerClient::new(ch).get_chunks(req).await?.into_inner())
 }

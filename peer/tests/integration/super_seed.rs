@@ -29,6 +29,8 @@ async fn pick(
         indices: candidates,
         ticket: Some(ticket.clone()),
         pick,
+        proof: raw_proof(::common::Method::GetChunks, file),
+        certificate: None,
     };
     let mut stream = node.get_chunks(req).await?.into_inner();
     let mut out = Vec::new();

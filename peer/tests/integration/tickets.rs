@@ -35,12 +35,14 @@ fn to_pb(t: &Ticket) -> peer_pb::Ticket {
         user: c.user.clone(),
         expires_at_ms: c.expires_at_ms,
         signature: Bytes::copy_from_slice(&t.signature),
+        key: Bytes::copy_from_slice(&c.key),
     }
 }
 
 fn mint(signer: &TicketSigner, file: &str, user: &str, expires_at_ms: i64) -> peer_pb::Ticket {
     to_pb(&signer.sign(TicketClaims {
         file_id: file.parse().expect("file id"),
+        key: raw_key().public_key(),
         peer_id: None,
         user: user.into(),
         expires_at_ms,
@@ -59,6 +61,8 @@ async fn get_chunks(
         indices,
         ticket,
         pick: 0,
+        proof: raw_proof(::common::Method::GetChunks, file),
+        certificate: None,
     };
     let mut stream = node.get_chunks(req).await?.into_inner();
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::ticket::PUBLIC_KEY_LEN;
 use common::{Bitfield, FileId, PeerId, TicketSigner};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -45,14 +46,18 @@ impl TrackerService {
     /// Pushes `peer`'s due tasks on its stream, if it has one open, up to the in-flight
     /// limit. Returns the rows to persist (delivered, with their lease).
     pub(super) fn push_due(&self, ix: &mut Index, peer: &PeerId, now: i64) -> Vec<WriteOp> {
-        let Some((conn, tx)) = lock(&self.inner.streams)
+        let Some((conn, tx, key)) = lock(&self.inner.streams)
             .get(peer)
-            .map(|s| (s.conn, s.tx.clone()))
+            .map(|s| (s.conn, s.tx.clone(), s.key))
         else {
             return Vec::new();
         };
         let lease_until = now.saturating_add(duration_ms(self.inner.cfg.task_lease));
-        let ticket_ttl = duration_ms(self.inner.cfg.ticket_ttl);
+        let signing = Signing {
+            signer: &self.inner.tickets,
+            ttl_ms: duration_ms(self.inner.cfg.ticket_ttl),
+            key,
+        };
         let retry_at = now.saturating_add(duration_ms(PUSH_RETRY));
         let ids = ix.tasks.of_peer(peer);
         let mut in_flight = ids
@@ -71,7 +76,7 @@ impl TrackerService {
             if !ix.tasks.is_due(id, now) {
                 continue;
             }
-            let Some(a) = assignment(ix, id, now, &self.inner.tickets, ticket_ttl) else {
+            let Some(a) = assignment(ix, id, now, &signing) else {
                 // No source is up right now: try again later.
                 ix.tasks.requeue(id, retry_at);
                 continue;
@@ -99,7 +104,9 @@ impl TrackerService {
         ops
     }
 
-    /// Opens `peer`'s task stream (replacing an older one) and pushes its due tasks.
+    /// Opens `peer`'s task stream (replacing an older one) and pushes its due tasks. The
+    /// tickets of its fetches name `key`, the node's own public key, which it proves when
+    /// it fetches.
     ///
     /// # Errors
     /// `PermissionDenied` for another user's peer.
@@ -107,6 +114,7 @@ impl TrackerService {
         &self,
         caller: &Caller,
         peer: &PeerId,
+        key: [u8; PUBLIC_KEY_LEN],
     ) -> Result<mpsc::Receiver<Assignment>, Error> {
         let now = now_ms();
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
@@ -116,7 +124,7 @@ impl TrackerService {
                 .into_iter()
                 .collect();
             let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-            lock(&self.inner.streams).insert(peer.clone(), TaskStream { conn, tx });
+            lock(&self.inner.streams).insert(peer.clone(), TaskStream { conn, tx, key });
             let expired = ix.tasks.expire_leases(peer, now);
             ops.extend(expired.into_iter().map(WriteOp::Task));
             ops.extend(self.push_due(&mut ix, peer, now));
@@ -314,15 +322,17 @@ fn holding_after(
     }
 }
 
+/// How the tickets of one node's fetches are signed: for `--ticket-ttl`, naming the key
+/// its stream was opened with.
+struct Signing<'a> {
+    signer: &'a TicketSigner,
+    ttl_ms: i64,
+    key: [u8; PUBLIC_KEY_LEN],
+}
+
 /// The message for a task, with a fetch's current sources and a fresh ticket for its node;
 /// `None` when a fetch has no source up (or its file is gone).
-fn assignment(
-    ix: &Index,
-    id: u64,
-    now: i64,
-    tickets: &TicketSigner,
-    ticket_ttl: i64,
-) -> Option<Assignment> {
+fn assignment(ix: &Index, id: u64, now: i64, signing: &Signing<'_>) -> Option<Assignment> {
     let t = ix.tasks.get(id)?;
     let file = t.rec.file_id;
     if t.rec.kind == TaskKind::Drop {
@@ -358,7 +368,14 @@ fn assignment(
     let range = m.chunk_range(chunk);
     let node = &t.rec.peer_id;
     let user = ix.peers.get(node).map_or("", |p| p.user.as_str());
-    let ticket = super::tickets::issue(tickets, ticket_ttl, file, Some(node.clone()), user);
+    let ticket = super::tickets::issue(
+        signing.signer,
+        signing.ttl_ms,
+        file,
+        signing.key,
+        Some(node.clone()),
+        user,
+    );
     Some(Assignment::Fetch(FetchAssignment {
         id,
         file,

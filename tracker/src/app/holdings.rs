@@ -369,26 +369,35 @@ fn check_claim(
     peer: &PeerId,
     now: i64,
 ) -> Result<Option<PeerRecord>, Error> {
-    match ix.peers.get(peer) {
-        Some(p) if p.rec.user_id != caller.user_id => Err(not_yours(peer)),
-        Some(_) => Ok(None),
-        None => {
-            match ix.reserved.claimant(peer) {
-                Some(u) if u != caller.user_id => return Err(not_yours(peer)),
-                // Counted already by the write in flight that claims it.
-                Some(_) => {}
-                None => ix.check_new_peer(caller)?,
-            }
-            Ok(Some(PeerRecord {
-                id: peer.clone(),
-                user_id: caller.user_id,
-                addr: String::new(),
-                storage_quota: 0,
-                storage_used: 0,
-                last_seen_ms: None,
-                created_at_ms: now,
-            }))
-        }
+    check_owner(ix, caller, peer)?;
+    if ix.peers.contains_key(peer) {
+        return Ok(None);
+    }
+    // One a write in flight claims is counted already.
+    if ix.reserved.claimant(peer).is_none() {
+        ix.check_new_peer(caller)?;
+    }
+    Ok(Some(PeerRecord {
+        id: peer.clone(),
+        user_id: caller.user_id,
+        addr: String::new(),
+        storage_quota: 0,
+        storage_used: 0,
+        last_seen_ms: None,
+        created_at_ms: now,
+    }))
+}
+
+/// Refuses `peer` when another user owns it, or a write in flight claims it for another
+/// user; a peer id nobody has claimed passes.
+pub(super) fn check_owner(ix: &Index, caller: &Caller, peer: &PeerId) -> Result<(), Error> {
+    let owner = match ix.peers.get(peer) {
+        Some(p) => Some(p.rec.user_id),
+        None => ix.reserved.claimant(peer),
+    };
+    match owner {
+        Some(u) if u != caller.user_id => Err(not_yours(peer)),
+        _ => Ok(()),
     }
 }
 

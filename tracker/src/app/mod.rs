@@ -9,6 +9,7 @@
 mod accounts;
 pub mod audit;
 pub mod auth;
+mod certificates;
 mod collections;
 mod commit;
 mod delivery;
@@ -93,6 +94,8 @@ struct Inner {
 struct TaskStream {
     conn: u64,
     tx: mpsc::Sender<Assignment>,
+    /// The node's public key, as its `Tasks` request gave it: its fetches' tickets name it.
+    key: [u8; common::ticket::PUBLIC_KEY_LEN],
 }
 
 #[derive(Clone, Debug)]

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use common::ticket::PUBLIC_KEY_LEN;
 use common::{Bitfield, FileId, PeerId};
 
 use super::index::{self, FileEntry, Holding, Search};
@@ -67,7 +68,8 @@ impl TrackerService {
     }
 
     /// A file's manifest and the serving peers that hold some of it, with a ticket for the
-    /// caller's user to fetch from them. The file is named for the caller (`names`); the
+    /// caller's user to fetch from them with requests proven by `key` (the getter's own
+    /// public key, which the ticket names). The file is named for the caller (`names`); the
     /// manifest keeps the last known name, which the adapter replaces with that one.
     ///
     /// The hot path of every getter: one pass over the file's holdings under the read lock
@@ -78,7 +80,12 @@ impl TrackerService {
     ///
     /// # Errors
     /// `NotFound` for an unknown file.
-    pub fn locate(&self, caller: &Caller, file: &FileId) -> Result<Located, Error> {
+    pub fn locate(
+        &self,
+        caller: &Caller,
+        file: &FileId,
+        key: [u8; PUBLIC_KEY_LEN],
+    ) -> Result<Located, Error> {
         let now = now_ms();
         let ix = self.index();
         let f = ix
@@ -126,7 +133,7 @@ impl TrackerService {
             manifest,
             packed_hashes,
             holders,
-            ticket: self.located_ticket(*file, caller, now),
+            ticket: self.located_ticket(*file, caller, key, now),
         })
     }
 

@@ -4,10 +4,15 @@
 //! The signing key is an Ed25519 secret kept in the database (`tracker_keys`, row
 //! [`TICKET_KEY`]): the first tracker to start inserts a random one, and every tracker on the
 //! same database reads back and uses that one, so their tickets are interchangeable.
+//!
+//! Every ticket names the requester's own public key (`TicketClaims::key`), which the
+//! requester proves with each request to a node: a getter's (Locate), a replicating node's
+//! (its `Tasks` stream), or the tracker's own (audits).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use common::ticket::PUBLIC_KEY_LEN;
 use common::{FileId, PeerId, Ticket, TicketClaims, TicketSigner};
 use rand::RngExt;
 
@@ -38,35 +43,53 @@ impl TrackerService {
         self.inner.tickets.public_key()
     }
 
-    /// A Locate ticket for `user` to fetch chunks of `file`: valid for at least half of
-    /// `--ticket-ttl` from `now`.
-    pub(super) fn located_ticket(&self, file: FileId, caller: &Caller, now: i64) -> Ticket {
+    /// A Locate ticket for `user` to fetch chunks of `file` with requests proven by `key`:
+    /// valid for at least half of `--ticket-ttl` from `now`.
+    pub(super) fn located_ticket(
+        &self,
+        file: FileId,
+        caller: &Caller,
+        key: [u8; PUBLIC_KEY_LEN],
+        now: i64,
+    ) -> Ticket {
         let ttl = duration_ms(self.inner.cfg.ticket_ttl);
         self.inner
             .located_tickets
-            .get_or_sign(&self.inner.tickets, ttl, file, caller, now)
+            .get_or_sign(&self.inner.tickets, ttl, file, caller, key, now)
     }
 
     /// A ticket for `user` (and, for replication, the node `peer`) to fetch chunks of
-    /// `file`, valid for `--ticket-ttl` from now.
-    pub fn issue_ticket(&self, file: FileId, peer: Option<PeerId>, user: &str) -> Ticket {
+    /// `file` with requests proven by `key`, valid for `--ticket-ttl` from now.
+    pub fn issue_ticket(
+        &self,
+        file: FileId,
+        key: [u8; PUBLIC_KEY_LEN],
+        peer: Option<PeerId>,
+        user: &str,
+    ) -> Ticket {
         issue(
             &self.inner.tickets,
             duration_ms(self.inner.cfg.ticket_ttl),
             file,
+            key,
             peer,
             user,
         )
     }
 }
 
-/// Tickets handed out by Locate, by file and user. A getter calls Locate every few seconds
-/// and a popular file is located by many; signing each time would be most of Locate's cost.
-/// Keyed by user id, so a lookup allocates nothing.
+/// Tickets handed out by Locate, by file, user and requester key. A getter calls Locate
+/// every few seconds and a popular file is located by many; signing each time would be most
+/// of Locate's cost. Keyed by user id and the raw key, so a lookup allocates nothing; the
+/// key is part of it because each of a user's nodes has its own, and a ticket naming one
+/// is useless to the others.
 #[derive(Default)]
 pub(super) struct TicketCache {
-    tickets: Mutex<HashMap<(FileId, i32), Ticket>>,
+    tickets: Mutex<HashMap<CacheKey, Ticket>>,
 }
+
+/// File, user id, requester key.
+type CacheKey = (FileId, i32, [u8; PUBLIC_KEY_LEN]);
 
 /// Entries kept before the cache starts over (each is a few hundred bytes).
 const TICKET_CACHE_MAX: usize = 65_536;
@@ -79,22 +102,23 @@ impl TicketCache {
         ttl_ms: i64,
         file: FileId,
         caller: &Caller,
+        key: [u8; PUBLIC_KEY_LEN],
         now: i64,
     ) -> Ticket {
-        let key = (file, caller.user_id);
+        let entry = (file, caller.user_id, key);
         let mut tickets = lock(&self.tickets);
         // The name is checked too, in case a removed user's id is given to a new one.
-        if let Some(t) = tickets.get(&key)
+        if let Some(t) = tickets.get(&entry)
             && t.claims.expires_at_ms - now > ttl_ms / 2
             && t.claims.user == caller.user
         {
             return t.clone();
         }
-        let t = issue(signer, ttl_ms, file, None, &caller.user);
+        let t = issue(signer, ttl_ms, file, key, None, &caller.user);
         if tickets.len() >= TICKET_CACHE_MAX {
             tickets.clear();
         }
-        tickets.insert(key, t.clone());
+        tickets.insert(entry, t.clone());
         t
     }
 }
@@ -104,11 +128,13 @@ pub(super) fn issue(
     signer: &TicketSigner,
     ttl_ms: i64,
     file: FileId,
+    key: [u8; PUBLIC_KEY_LEN],
     peer: Option<PeerId>,
     user: &str,
 ) -> Ticket {
     signer.sign(TicketClaims {
         file_id: file,
+        key,
         peer_id: peer,
         user: user.to_string(),
         expires_at_ms: now_ms().saturating_add(ttl_ms),

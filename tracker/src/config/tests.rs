@@ -55,6 +55,7 @@ fn should_use_defaults_when_nothing_is_set() {
         assert_eq!(cfg.repair_grace, Duration::from_secs(60));
         assert_eq!(cfg.task_lease, Duration::from_secs(60));
         assert_eq!(cfg.ticket_ttl, Duration::from_secs(600));
+        assert_eq!(cfg.cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(cfg.session_ttl, Duration::from_secs(30 * 24 * 3600));
         assert!(cfg.open_registration);
         assert_eq!(cfg.tls, None);
@@ -71,6 +72,7 @@ fn should_prefer_flag_over_env_over_file_over_default() {
         repair_grace = "5m"
         task_lease = "90s"
         ticket_ttl = "5m"
+        cert_ttl = "12h"
         open_registration = false
     "#;
     let from_file = resolve(&[], &[], Some(file)).unwrap();
@@ -81,6 +83,7 @@ fn should_prefer_flag_over_env_over_file_over_default() {
     assert_eq!(from_file.repair_grace, Duration::from_secs(300));
     assert_eq!(from_file.task_lease, Duration::from_secs(90));
     assert_eq!(from_file.ticket_ttl, Duration::from_secs(300));
+    assert_eq!(from_file.cert_ttl, Duration::from_secs(12 * 3600));
     assert!(!from_file.open_registration);
 
     let vars = [
@@ -89,6 +92,7 @@ fn should_prefer_flag_over_env_over_file_over_default() {
         ("TRACKER_PEER_TIMEOUT", "45s"),
         ("TRACKER_REPAIR_GRACE", "200ms"),
         ("TRACKER_TICKET_TTL", "2m"),
+        ("TRACKER_CERT_TTL", "1h"),
         ("TRACKER_OPEN_REGISTRATION", "true"),
         // Empty counts as unset: the file's value stands.
         ("TRACKER_DATABASE_URL", ""),
@@ -101,6 +105,7 @@ fn should_prefer_flag_over_env_over_file_over_default() {
     assert_eq!(from_env.repair_grace, Duration::from_millis(200));
     assert_eq!(from_env.task_lease, Duration::from_secs(90));
     assert_eq!(from_env.ticket_ttl, Duration::from_secs(120));
+    assert_eq!(from_env.cert_ttl, Duration::from_secs(3600));
     assert!(from_env.open_registration);
 
     let flags = [
@@ -113,11 +118,12 @@ fn should_prefer_flag_over_env_over_file_over_default() {
         "1s",
     ];
     // Flags also count after the subcommand.
-    let after = ["serve", "--ticket-ttl", "30s"];
+    let after = ["serve", "--ticket-ttl", "30s", "--cert-ttl", "2h"];
     let cli = load_cli(&[&flags[..], &after[..]].concat(), &vars, Some(file)).unwrap();
     assert_eq!(cli.command, Some(Command::Serve));
     let from_flags = cli.settings;
     assert_eq!(from_flags.ticket_ttl, Duration::from_secs(30));
+    assert_eq!(from_flags.cert_ttl, Duration::from_secs(2 * 3600));
     assert_eq!(from_flags.repair_grace, Duration::from_secs(1));
     assert_eq!(from_flags.listen, "0.0.0.0:3");
     assert_eq!(from_flags.replication, 2);
@@ -251,6 +257,15 @@ fn should_refuse_bad_values_naming_the_source() {
         "ticket ttl must be positive (--ticket-ttl, TRACKER_TICKET_TTL, ticket_ttl)"
     );
     assert_eq!(
+        resolve(&[], &[("TRACKER_CERT_TTL", "0s")], None).unwrap_err(),
+        "cert ttl must be positive (--cert-ttl, TRACKER_CERT_TTL, cert_ttl)"
+    );
+    let bad_cert_ttl = resolve(&[], &[], Some("cert_ttl = \"forever\"")).unwrap_err();
+    assert!(
+        bad_cert_ttl.starts_with("config file, line 1 (cert_ttl): "),
+        "{bad_cert_ttl}"
+    );
+    assert_eq!(
         resolve(&[], &[("TRACKER_REPLICATION", "0")], None).unwrap_err(),
         "replication must be at least 1 (--replication, TRACKER_REPLICATION, replication)"
     );
@@ -313,6 +328,7 @@ const KEYS: &[(&str, &str)] = &[
     ("repair_grace", "TRACKER_REPAIR_GRACE"),
     ("task_lease", "TRACKER_TASK_LEASE"),
     ("ticket_ttl", "TRACKER_TICKET_TTL"),
+    ("cert_ttl", "TRACKER_CERT_TTL"),
     ("open_registration", "TRACKER_OPEN_REGISTRATION"),
     ("tls_cert", "TRACKER_TLS_CERT"),
     ("tls_key", "TRACKER_TLS_KEY"),

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tracker::Config;
 
 use crate::common::{
-    TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
+    TestTracker, announce, authed, heartbeat, locate, manifest, node_key, peer_id, register, within,
 };
 use crate::grpc::collections::{announce_collection, listing, photos};
 
@@ -56,6 +56,7 @@ async fn whoami_ok(t: &TestTracker, token: &str) -> bool {
     let mut c = t.grpc().await;
     let req = pb::LocateRequest {
         file_id: "ab".repeat(32),
+        requester_key: node_key(),
         ..Default::default()
     };
     match c.locate(authed(req, token)).await {
@@ -109,6 +110,7 @@ async fn should_share_sessions_peers_and_files_between_trackers_within_the_bound
             .locate(authed(
                 pb::LocateRequest {
                     file_id: file.id,
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &token,
@@ -201,6 +203,7 @@ impl FakeNode {
             .tasks(authed(
                 pb::TasksRequest {
                     peer_id: id.clone(),
+                    node_key: node_key(),
                 },
                 token,
             ))

@@ -89,6 +89,20 @@ pub fn peer_id(n: u8) -> String {
     common::PeerId::from_random([n; 16]).to_string()
 }
 
+/// A new node's public key, as Locate's `requester_key` and Tasks' `node_key` need one.
+pub fn node_key() -> bytes::Bytes {
+    common::NodeKey::generate().public_key().to_vec().into()
+}
+
+/// 32 bytes that are no Ed25519 public key (no point of the curve has them as its
+/// encoding), which the tracker must refuse as a key.
+pub fn not_a_key() -> Vec<u8> {
+    (0..=u8::MAX)
+        .map(|b| vec![b; 32])
+        .find(|k| common::TicketVerifier::from_public(k).is_err())
+        .expect("some repeated byte is not a point")
+}
+
 /// A manifest of `chunks` 1 MiB chunks (the tracker never sees content, so the hashes are
 /// made up from `seed`).
 pub fn manifest(name: &str, chunks: u32, seed: u8) -> pb::Manifest {
@@ -120,7 +134,7 @@ pub async fn heartbeat(client: &mut TrackerClient<Channel>, token: &str, peer: &
         .unwrap();
 }
 
-/// Locates `file_id` as the holder of `token`; panics on any error status.
+/// Locates `file_id` as the holder of `token`, with a new key; panics on any error status.
 pub async fn locate(
     client: &mut TrackerClient<Channel>,
     token: &str,
@@ -130,6 +144,7 @@ pub async fn locate(
         .locate(authed(
             pb::LocateRequest {
                 file_id,
+                requester_key: node_key(),
                 ..Default::default()
             },
             token,

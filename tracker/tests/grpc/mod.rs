@@ -7,6 +7,8 @@ use tempfile::TempDir;
 use tonic::Code;
 use tracker::Config;
 
+mod audits;
+mod certificates;
 pub(crate) mod collections;
 mod introspect;
 mod names;
@@ -16,7 +18,7 @@ mod sessions;
 mod tickets;
 
 use crate::common::{
-    TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
+    TestTracker, announce, authed, heartbeat, locate, manifest, node_key, peer_id, register, within,
 };
 
 fn search(query: &str, kind: &str) -> pb::SearchRequest {
@@ -346,6 +348,7 @@ async fn should_refuse_bad_reports_manifests_and_unknown_files() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: unknown_id,
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &alice,
@@ -430,6 +433,7 @@ async fn should_forget_a_file_when_its_last_holder_unindexes_it() {
         c.locate(authed(
             pb::LocateRequest {
                 file_id: f.id.clone(),
+                requester_key: node_key(),
                 ..Default::default()
             },
             &alice,
@@ -441,6 +445,7 @@ async fn should_forget_a_file_when_its_last_holder_unindexes_it() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: f.id.clone(),
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &alice,
@@ -560,6 +565,7 @@ async fn should_leave_out_the_manifest_when_the_caller_has_it() {
             authed(
                 pb::LocateRequest {
                     file_id: f.id.clone(),
+                    requester_key: node_key(),
                     have_manifest,
                 },
                 &alice,

@@ -14,15 +14,16 @@ use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tracker::Config;
 
-use crate::common::{TestTracker, announce, authed, manifest, peer_id, register, within};
+use crate::common::{TestTracker, announce, authed, manifest, node_key, peer_id, register, within};
 
 const GIB: u64 = 1 << 30;
 
-/// A fake node: one peer id of the test user.
+/// A fake node: one peer id of the test user, with its own key.
 #[derive(Clone)]
 struct Node {
     n: u8,
     id: String,
+    key: common::NodeKey,
     token: String,
     client: TrackerClient<Channel>,
 }
@@ -32,6 +33,7 @@ impl Node {
         Node {
             n,
             id: peer_id(n),
+            key: common::NodeKey::generate(),
             token: token.to_string(),
             client: client.clone(),
         }
@@ -71,6 +73,7 @@ impl Node {
     async fn tasks(&mut self) -> Streaming<pb::Task> {
         let req = pb::TasksRequest {
             peer_id: self.id.clone(),
+            node_key: self.key.public_key().to_vec().into(),
         };
         self.client
             .tasks(authed(req, &self.token))
@@ -208,6 +211,11 @@ async fn should_place_missing_copies_on_distinct_peers_and_settle() {
                     (f.id.as_str(), node.id.as_str(), "alice"),
                     "the ticket is the target node's"
                 );
+                assert_eq!(
+                    ticket.key.as_ref(),
+                    node.key.public_key(),
+                    "the ticket names the key the node's stream was opened with"
+                );
                 assert!(
                     placed.entry(fr.chunk).or_default().insert(node.id.clone()),
                     "two copies of chunk {} on one peer",
@@ -238,12 +246,28 @@ async fn should_place_missing_copies_on_distinct_peers_and_settle() {
             .tasks(authed(
                 pb::TasksRequest {
                     peer_id: nodes[0].id.clone(),
+                    node_key: node_key(),
                 },
                 &bob,
             ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
+        // A stream without the node's key is refused: its tickets would name none.
+        for bad in [Vec::new(), vec![7; 31]] {
+            let err = c
+                .tasks(authed(
+                    pb::TasksRequest {
+                        peer_id: nodes[0].id.clone(),
+                        node_key: bad.into(),
+                    },
+                    &nodes[0].token,
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().starts_with("node_key: "), "{}", err.message());
+        }
 
         for (mut node, id) in all.clone() {
             node.complete(id, true).await.unwrap();
@@ -414,6 +438,7 @@ async fn should_drop_replicas_when_the_sharer_unindexes() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: f.id.clone(),
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &sharer.token,

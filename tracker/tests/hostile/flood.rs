@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracker::Config;
 
-use crate::common::{TestTracker, authed, peer_id, register, within};
+use crate::common::{TestTracker, authed, node_key, peer_id, register, within};
 
 /// How long a closed connection may take to be seen closed: the timeouts below are 1–2 s,
 /// this is for a loaded machine (the test waits only as long as it must).
@@ -122,6 +122,7 @@ impl Node {
     async fn open(mut client: Client, token: &str, n: u8) -> Node {
         let req = pb::TasksRequest {
             peer_id: peer_id(n),
+            node_key: node_key(),
         };
         let tasks = client.tasks(authed(req, token)).await.unwrap().into_inner();
         Node {

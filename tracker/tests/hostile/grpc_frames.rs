@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tower::ServiceExt;
 
 use super::still_alive;
-use crate::common::{TestTracker, register, within};
+use crate::common::{TestTracker, node_key, register, within};
 
 /// A gRPC message frame: compression flag, big-endian length, then `body`, the length
 /// claiming `len` bytes (which may be a lie).
@@ -117,6 +117,7 @@ async fn should_answer_undecodable_and_misframed_messages_with_a_status() {
         // The raw path works: a well-formed Locate of an unknown file reaches the handler.
         let locate = pb::LocateRequest {
             file_id: "ab".repeat(32),
+            requester_key: node_key(),
             ..Default::default()
         }
         .encode_to_vec();

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use super::still_alive;
 use crate::common::{
-    TestTracker, announce, authed, heartbeat, manifest, peer_id, register, within,
+    TestTracker, announce, authed, heartbeat, manifest, node_key, peer_id, register, within,
 };
 
 /// The tracker's gRPC decode limit (`tracker::grpc::MAX_MESSAGE`, private).
@@ -104,6 +104,7 @@ async fn should_answer_malformed_and_unknown_ids_with_invalid_argument_or_not_fo
                 .locate(authed(
                     pb::LocateRequest {
                         file_id: bad.into(),
+                        requester_key: node_key(),
                         ..Default::default()
                     },
                     &token,
@@ -165,6 +166,7 @@ async fn should_answer_malformed_and_unknown_ids_with_invalid_argument_or_not_fo
             .locate(authed(
                 pb::LocateRequest {
                     file_id: unknown_file.clone(),
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &token,

@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracker::error::DB_UNAVAILABLE;
 
-use crate::common::{TestTracker, authed, heartbeat, register};
+use crate::common::{TestTracker, authed, heartbeat, node_key, register};
 
 /// Bound on every wait of these tests (convergence, a refusal to be seen, a restart).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -494,6 +494,7 @@ pub async fn sessions_and_users_survive(ledger: &Shared, t: &TestTracker) {
     for token in sessions {
         let req = pb::LocateRequest {
             file_id: "ab".repeat(32),
+            requester_key: node_key(),
             ..Default::default()
         };
         let e = c.locate(authed(req, &token)).await.unwrap_err();

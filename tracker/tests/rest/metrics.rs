@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use tracker::Config;
 
 use crate::common::{
-    TestTracker, announce, authed, heartbeat, locate, manifest, peer_id, register, within,
+    TestTracker, announce, authed, heartbeat, locate, manifest, node_key, peer_id, register, within,
 };
 
 /// What Prometheus 3 sends as `Accept`.
@@ -185,6 +185,7 @@ async fn should_expose_levels_and_move_counters_with_real_requests() {
             .locate(authed(
                 pb::LocateRequest {
                     file_id: "0".repeat(64),
+                    requester_key: node_key(),
                     ..Default::default()
                 },
                 &bob,
@@ -273,6 +274,7 @@ async fn should_count_chunks_fetched_by_replication() {
             .tasks(authed(
                 pb::TasksRequest {
                     peer_id: node.clone(),
+                    node_key: node_key(),
                 },
                 &alice,
             ))

@@ -1,9 +1,10 @@
 //! One audit on the wire: fetch one chunk from a holder's node with `GetChunks`, as any
-//! getter would, and check its SHA-256 against the manifest.
+//! getter would, and check its SHA-256 against the manifest. Like any getter, the tracker
+//! proves the key its ticket names: its own, the ticket signing key.
 
 use std::time::Duration;
 
-use common::{FileId, Sha256Digest, Ticket};
+use common::{FileId, Method, NodeKey, Sha256Digest, Ticket};
 use proto::peer::v1 as pb;
 use proto::peer::v1::peer_client::PeerClient;
 use sha2::{Digest, Sha256};
@@ -22,12 +23,15 @@ pub struct Reach {
     pub timeout: Duration,
     /// The CA that signs TLS nodes' certificates (`--peer-ca`).
     pub ca: Option<tonic::transport::Certificate>,
+    /// The key audit requests are proven with (the tracker's ticket key): made once, as
+    /// every audit's ticket names it.
+    pub key: NodeKey,
 }
 
 impl Reach {
     /// From the settings; a CA file that cannot be read is logged, and TLS nodes are then
     /// not audited.
-    pub fn new(timeout: Duration, ca: Option<&std::path::Path>) -> Self {
+    pub fn new(timeout: Duration, ca: Option<&std::path::Path>, key: NodeKey) -> Self {
         let ca = ca.and_then(|p| match std::fs::read(p) {
             Ok(pem) => Some(tonic::transport::Certificate::from_pem(pem)),
             Err(e) => {
@@ -35,7 +39,7 @@ impl Reach {
                 None
             }
         });
-        Self { timeout, ca }
+        Self { timeout, ca, key }
     }
 }
 
@@ -110,11 +114,17 @@ pub async fn audit_chunk(
             .await
             .map_err(|e| Finding::Unreachable(format!("connecting: {e}")))?;
         let mut client = PeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        // Made once connected, so connecting does not eat into the proof's time window.
+        let proof = how
+            .key
+            .prove(Method::GetChunks, &file, crate::model::now_ms());
         let req = pb::GetChunksRequest {
             file_id: file.to_string(),
             indices: vec![index],
             ticket: Some(ticket.into()),
             pick: 0,
+            proof: Some((&proof).into()),
+            certificate: None,
         };
         let mut stream = client
             .get_chunks(req)

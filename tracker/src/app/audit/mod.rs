@@ -2,7 +2,8 @@
 //!
 //! The tracker never stores file bytes, but it knows every chunk's SHA-256, so it checks a
 //! claim by fetching one chunk from the claimant with `GetChunks`, as a getter would
-//! ([`fetch`]). What it audits, in this order:
+//! ([`fetch`]); like a getter's, its ticket names the key it proves the request with, the
+//! tracker's own (the ticket signing key). What it audits, in this order:
 //! 1. chunks getters reported (`ReportSource`: bad bytes, a refusal, a stall), the reported
 //!    chunk itself, under a ticket in the reporter's name;
 //! 2. new claims (announce, chunk reports, holdings syncs, replica completions): one chunk
@@ -135,6 +136,7 @@ impl TrackerService {
         let reach = std::sync::Arc::new(fetch::Reach::new(
             self.inner.cfg.audit_timeout,
             self.inner.cfg.peer_ca.as_deref(),
+            common::NodeKey::from(&self.inner.tickets),
         ));
         let mut running: JoinSet<(Job, Finding)> = JoinSet::new();
         loop {
@@ -356,7 +358,8 @@ impl TrackerService {
             addr: ix.peers.get(peer)?.rec.addr.clone(),
             expected: *f.manifest.chunk_hashes.get(chunk as usize)?,
             have: h.have.clone(),
-            ticket: self.issue_ticket(file, None, user),
+            // Named for the tracker's own key, which the audit proves (see `fetch`).
+            ticket: self.issue_ticket(file, self.ticket_public_key(), None, user),
         })
     }
 
