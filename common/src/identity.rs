@@ -124,6 +124,14 @@ impl From<&TicketSigner> for NodeKey {
 pub enum Method {
     GetChunks = 1,
     Holdings = 2,
+    /// A flooded search: the subject is the SHA-256 of the query id.
+    Query = 3,
+    /// An answer to a flooded search, to its origin: the same subject.
+    Answer = 4,
+    /// Peer exchange: the subject is the SHA-256 of nothing.
+    Contacts = 5,
+    /// A chunk map asked of a holder: the subject is the file id.
+    ChunkMap = 6,
 }
 
 /// A signature over one request: the requester's key, the time, a random nonce, which

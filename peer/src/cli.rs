@@ -104,15 +104,11 @@ pub enum Command {
         #[arg(required = true, value_name = "ID|PATH")]
         ids: Vec<String>,
     },
-    /// Search the tracker's files by name.
-    Search {
-        /// Words that must all occur in the name (empty: everything).
-        query: Option<String>,
-        /// Only files of this type: video, audio, image, document, archive, other, or
-        /// collection (shared folders).
-        #[arg(long = "type", value_name = "KIND")]
-        kind: Option<FileType>,
-    },
+    /// Search the tracker's files by name; among peers when no tracker answers.
+    ///
+    /// Without a tracker (or with --peers) the query is flooded: sent to this home's
+    /// contacts, which answer from what they hold and pass it on to theirs, up to --ttl hops.
+    Search(SearchArgs),
     /// Download files from the peers that hold them.
     Get(GetArgs),
     /// What this peer shares or holds.
@@ -121,6 +117,11 @@ pub enum Command {
     Peers,
     /// Session, tracker reachability, node state and transfers.
     Status,
+    /// The nodes this peer reaches without a tracker (for searching among peers).
+    Contacts {
+        #[command(subcommand)]
+        action: ContactsAction,
+    },
     /// Print a shell completion script (e.g. `peer completions bash > /etc/bash_completion.d/peer`).
     Completions {
         /// The shell to complete for.
@@ -136,6 +137,42 @@ pub fn completions(shell: Shell) -> String {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "peer", &mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Words that must all occur in the name (empty: everything).
+    pub query: Option<String>,
+    /// Only files of this type: video, audio, image, document, archive, other, or
+    /// collection (shared folders).
+    #[arg(long = "type", value_name = "KIND")]
+    pub kind: Option<FileType>,
+    /// Search among peers (flooding the query to this home's contacts) even when a
+    /// tracker answers.
+    #[arg(long)]
+    pub peers: bool,
+    /// Hops a query flooded among peers travels (1 to 7).
+    #[arg(long, default_value_t = crate::flood::DEFAULT_TTL, value_parser = clap::value_parser!(u32).range(1..=7), value_name = "N")]
+    pub ttl: u32,
+    /// How long to wait for peers' answers.
+    #[arg(long, env = "PEER_SEARCH_WAIT", default_value = "3s", value_parser = parse_period, value_name = "DURATION")]
+    pub wait: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsAction {
+    /// Add a node's address (HOST:PORT, or https://HOST:PORT for a TLS node).
+    Add {
+        #[arg(required = true, value_name = "HOST:PORT")]
+        addrs: Vec<String>,
+    },
+    /// Forget an address (added or learnt).
+    Remove {
+        #[arg(required = true, value_name = "HOST:PORT")]
+        addrs: Vec<String>,
+    },
+    /// The contacts: added by hand, and learnt from the tracker and other peers.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +239,19 @@ pub struct ServeArgs {
     /// instead of reading more (64MiB, 1GiB; at least twice the largest chunk, 16MiB).
     #[arg(long, env = "PEER_UPLOAD_BUFFER", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
     pub upload_buffer: u64,
+    /// Nodes to know from the start, for searching without a tracker: added to the home's
+    /// contacts (repeatable, or comma-separated).
+    #[arg(
+        long,
+        env = "PEER_BOOTSTRAP",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub bootstrap: Vec<String>,
+    /// Learn contacts from the tracker's list of peers and from other peers (peer
+    /// exchange), every --sync-every. With false, the contacts are only those added.
+    #[arg(long, env = "PEER_LEARN_CONTACTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub learn_contacts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +274,10 @@ pub struct GetArgs {
     /// Fail when no chunk arrived and no source was usable for this long.
     #[arg(long, env = "PEER_GIVE_UP_AFTER", default_value = "2m", value_parser = parse_period, value_name = "DURATION")]
     pub give_up_after: std::time::Duration,
+    /// When no tracker answers, how long to wait for peers' answers to a flooded search
+    /// for the file (a whole file id is needed then).
+    #[arg(long, env = "PEER_SEARCH_WAIT", default_value = "3s", value_parser = parse_period, value_name = "DURATION")]
+    pub peers_wait: std::time::Duration,
 }
 
 /// Parses a duration such as `500ms`, `20s` or `2m`; at least 100 ms, so a typo cannot

@@ -129,6 +129,12 @@ pub enum Error {
     /// The node could not start or failed.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// A contact could not be added or removed.
+    #[error(transparent)]
+    Contact(#[from] crate::contacts::ContactError),
+    /// A search among peers could not run.
+    #[error(transparent)]
+    PeerSearch(#[from] crate::flood::origin::SearchError),
     /// `--json` output could not be encoded.
     #[error("cannot encode the output as JSON: {0}")]
     Json(#[from] serde_json::Error),

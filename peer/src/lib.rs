@@ -3,6 +3,7 @@
 //! every chunk against its SHA-256 before it is written.
 //!
 //! # Layout
+//! - [`auth`]: who may ask this peer for something: tickets, certificates, request proofs.
 //! - [`cli`]: the command line documented in docs/reference.md (clap derive).
 //! - [`commands`]: one function per subcommand; the only place that prints to stdout.
 //! - [`home`]: the peer's home directory (identity, session, settings, store records,
@@ -16,6 +17,8 @@
 //! - [`replica`]: the node's replica store and the replication tasks the tracker assigns.
 //! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), its
 //!   HTTP/2 tuning, and the message limit shared with the server.
+//! - [`contacts`]: the peers this home can reach without a tracker.
+//! - [`flood`]: search without a tracker: queries flooded over contacts, and their answers.
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
 //! - [`metrics`]: Prometheus counters of this process and the node's `/metrics` endpoint.
 //! - [`ratelimit`]: a token bucket shared by all transfers of one process.
@@ -24,10 +27,13 @@
 //! - [`output`]: tables and JSON shapes of the commands.
 //! - [`error`]: why a command failed ([`Error`]), which `main` turns into the exit code.
 
+pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod contacts;
 pub mod download;
 pub mod error;
+pub mod flood;
 pub mod folders;
 pub mod home;
 pub mod identity;

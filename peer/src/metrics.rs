@@ -54,6 +54,12 @@ pub struct NodeMetrics {
     pub replication_tasks: Family<Outcome, Counter>,
     pub storage_used: Gauge,
     pub storage_quota: Gauge,
+    /// Flooded queries, by what this node did: `received` (every Query call admitted),
+    /// `duplicate` (dropped as seen), `forwarded` (messages sent on), `answered` (answers
+    /// sent to an origin), `relayed` (times it sent a query on: once per query, more only
+    /// when the query came again with more TTL left), `limited` (refused past the sender's
+    /// rate).
+    pub queries: Family<Outcome, Counter>,
 }
 
 impl NodeMetrics {
@@ -69,6 +75,7 @@ impl NodeMetrics {
             replication_tasks: Family::default(),
             storage_used: Gauge::default(),
             storage_quota: Gauge::default(),
+            queries: Family::default(),
         };
         let r = &mut m.registry;
         r.register_with_unit(
@@ -120,6 +127,21 @@ impl NodeMetrics {
             Unit::Bytes,
             m.storage_quota.clone(),
         );
+        r.register(
+            "queries",
+            "Flooded queries: received, duplicate, relayed, forwarded (messages), answered, limited",
+            m.queries.clone(),
+        );
+        for outcome in [
+            "received",
+            "duplicate",
+            "relayed",
+            "forwarded",
+            "answered",
+            "limited",
+        ] {
+            let _ = m.queries.get_or_create(&Outcome { outcome });
+        }
         for direction in ["upload", "download"] {
             let _ = m.active_transfers.get_or_create(&Direction { direction });
         }
@@ -135,6 +157,11 @@ impl NodeMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one flooded query event (see [`NodeMetrics::queries`]).
+    pub fn query(&self, outcome: &'static str) {
+        self.queries.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// Counts one chunk of `len` bytes sent.

@@ -6,7 +6,7 @@
 //! files, downloads and replica chunks); the service only checks, paces and streams.
 //!
 //! Every `GetChunks` and `Holdings` must carry a ticket the tracker signed for the
-//! requested file and a proof made with the key the ticket names (module `auth`); both are
+//! requested file and a proof made with the key the ticket names (`crate::auth`); both are
 //! checked against the tracker's public key ([`TrackerKey`], learnt from heartbeats and
 //! kept in the home) before anything else is looked at, with no call to the tracker. A
 //! missing, forged, altered or expired ticket, or a missing, wrong or replayed proof, is
@@ -29,26 +29,24 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-mod auth;
 mod conn;
 mod holdings;
 mod limits;
 mod meter;
 mod source;
-mod tickets;
 mod upload;
 
-use auth::Gate;
-pub use auth::TrackerReach;
+use crate::auth::Gate;
+pub use crate::auth::{TrackerKey, TrackerReach};
 use conn::ConnInfo;
 use holdings::Followers;
 use limits::{Kind, Limits, MAX_REQUEST};
 pub use limits::{StreamCaps, StreamLimits};
 use meter::{MeterHandle, Metered};
 pub use source::{ChunkReader, ChunkSource, Holding, RELOAD_EVERY, Refused, StoreSource};
-pub use tickets::TrackerKey;
 use upload::Upload;
 
+use crate::flood::{self, Flood};
 use crate::ratelimit::RateLimiter;
 use crate::transport::MAX_MESSAGE;
 
@@ -76,6 +74,8 @@ pub struct PeerService {
     followers: Followers,
     /// What clients may take.
     limits: Arc<Limits>,
+    /// Flooded search and peer exchange (a node only; `None` answers UNIMPLEMENTED).
+    flood: Option<Arc<Flood>>,
 }
 
 impl PeerService {
@@ -99,7 +99,20 @@ impl PeerService {
             gate: Gate::new(key, reach),
             followers: Followers::default(),
             limits: Arc::new(Limits::new(StreamLimits::default())),
+            flood: None,
         }
+    }
+
+    /// The same service taking flooded searches and peer exchange through `flood`.
+    pub fn with_flood(mut self, flood: Arc<Flood>) -> Self {
+        self.flood = Some(flood);
+        self
+    }
+
+    fn flood(&self) -> Result<&Arc<Flood>, Status> {
+        self.flood
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this node does not take flooded searches"))
     }
 
     /// The same service with `limits` instead of the defaults.
@@ -298,6 +311,68 @@ impl Peer for PeerService {
             .followers
             .follow(self.source.clone(), id, holding, until, slot);
         Ok(Response::new(stream))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryReply>, Status> {
+        let flood = self.flood()?;
+        let req = request.into_inner();
+        let sender = self.gate.admit_peer(
+            Method::Query,
+            &flood::query_subject(&req.query_id),
+            req.proof.as_ref(),
+            req.certificate.as_ref(),
+        )?;
+        flood.on_query(req, &sender).map(Response::new)
+    }
+
+    async fn contacts(
+        &self,
+        request: Request<pb::ContactsRequest>,
+    ) -> Result<Response<pb::ContactsReply>, Status> {
+        let flood = self.flood()?;
+        let req = request.into_inner();
+        self.gate.admit_peer(
+            Method::Contacts,
+            &flood::contacts_subject(),
+            req.proof.as_ref(),
+            req.certificate.as_ref(),
+        )?;
+        Ok(Response::new(pb::ContactsReply {
+            addrs: flood.exchange(&req.addr),
+        }))
+    }
+
+    async fn chunk_map(
+        &self,
+        request: Request<pb::ChunkMapRequest>,
+    ) -> Result<Response<pb::ChunkMapReply>, Status> {
+        let req = request.into_inner();
+        let id: FileId = req
+            .file_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("bad file id"))?;
+        self.gate.admit_peer(
+            Method::ChunkMap,
+            &id,
+            req.proof.as_ref(),
+            req.certificate.as_ref(),
+        )?;
+        let not_held = || Status::not_found("this node does not hold that file's chunk map");
+        let holding = self.source.holding(&id, &[]).ok_or_else(not_held)?;
+        if holding.changed() || !holding.have.is_complete() {
+            return Err(not_held());
+        }
+        let m = holding.rec.manifest().map_err(|_| not_held())?;
+        Ok(Response::new(pb::ChunkMapReply {
+            name: m.name.clone(),
+            size: m.size,
+            sha256: Bytes::copy_from_slice(&m.sha256.0),
+            chunk_size: m.chunk_size,
+            chunk_hashes: m.packed_hashes().into(),
+        }))
     }
 
     async fn status(

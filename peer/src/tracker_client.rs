@@ -127,6 +127,13 @@ impl TrackerClient {
         self
     }
 
+    /// The same client waiting out a tracker that answers UNAVAILABLE, but failing at once
+    /// when no tracker answers at all, for a caller with another way to go.
+    pub fn impatient_when_unreachable(mut self) -> Self {
+        self.patience = self.patience.map(Patience::none_for_unreachable);
+        self
+    }
+
     pub fn urls(&self) -> &[String] {
         &self.urls
     }

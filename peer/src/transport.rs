@@ -27,6 +27,7 @@ use bytes::Bytes;
 use common::{Bitfield, FileId, Method, Ticket};
 use futures::{Stream, StreamExt};
 use proto::peer::v1 as pb;
+use proto::peer::v1::origin_client::OriginClient;
 use proto::peer::v1::peer_client::PeerClient;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -200,6 +201,29 @@ pub fn node_uri(addr: &str) -> String {
     }
 }
 
+/// The local IP used to reach `url`'s host: connect a UDP socket (no packet is sent) and
+/// read its local address.
+pub async fn route_ip(url: &str) -> Option<std::net::IpAddr> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    sock.connect(target).await.ok()?;
+    Some(sock.local_addr().ok()?.ip())
+}
+
 /// The gRPC transport: `peer.v1.Peer/GetChunks`.
 pub struct GrpcTransport {
     channels: Mutex<HashMap<String, Channel>>,
@@ -216,6 +240,27 @@ impl GrpcTransport {
             tls,
             identity,
         }
+    }
+
+    /// A client of the Peer service at `addr`, on this transport's channel to it.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, FetchError> {
+        Ok(peer_client(self.channel(addr)?))
+    }
+
+    /// A client of the Origin service (a searching `peer search`) at `addr`.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn origin(&self, addr: &str) -> Result<OriginClient<Channel>, FetchError> {
+        Ok(OriginClient::new(self.channel(addr)?))
+    }
+
+    /// This transport's key and certificate.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// The proof and certificate for one request.

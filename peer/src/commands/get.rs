@@ -15,6 +15,7 @@ use super::{Ctx, get_folder};
 use crate::cli::GetArgs;
 use crate::download::{self, DownloadConfig, Job, Outcome};
 use crate::error::{Error, Result, Scope};
+use crate::flood::origin::PeerLocate;
 use crate::identity::Identity;
 use crate::output::{self, safe};
 use crate::progress::{Bars, FileProgress, Phase, Snapshot, bars_wanted};
@@ -280,6 +281,11 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         transport: Arc::new(GrpcTransport::new(cx.tls.clone(), identity)),
         rate: a.max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
         cfg,
+        offline: Some(PeerLocate {
+            home: cx.home.clone(),
+            tls: cx.tls.clone(),
+            wait: a.peers_wait,
+        }),
     });
     let progress: Vec<Arc<FileProgress>> =
         ids.iter().map(|(t, _, _)| FileProgress::new(t)).collect();

@@ -2,6 +2,7 @@
 //! domain results into the text and JSON shapes of docs/reference.md (see `output`).
 
 mod account;
+mod contacts;
 mod get;
 pub mod get_folder;
 mod index;
@@ -103,7 +104,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::serve(&cx, a).await,
         Command::Index { paths } => index::index(&cx, paths).await,
         Command::Unindex { ids } => index::unindex(&cx, ids).await,
-        Command::Search { query, kind } => query::search(&cx, query, kind).await,
+        Command::Search(a) => query::search(&cx, a).await,
+        Command::Contacts { action } => contacts::contacts(&cx, action),
         Command::Get(a) => get::get(&cx, a).await,
         Command::Files => query::files(&cx),
         Command::Peers => query::peers(&cx).await,

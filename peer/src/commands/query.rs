@@ -5,40 +5,94 @@ use common::units::format_size;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::cli::SearchArgs;
 use crate::error::Result;
+use crate::flood::origin;
 use crate::home::{Kind, StoreRecord};
 use crate::output::{self, safe};
+use crate::tracker_client::{FileView, TrackerError};
 
-pub async fn search(cx: &Ctx, query: Option<String>, kind: Option<FileType>) -> Result<()> {
-    let kind = kind.map(|k| k.as_str()).unwrap_or("");
-    let files = cx
-        .client()?
-        .search(query.as_deref().unwrap_or(""), kind)
-        .await?;
+/// `search`: the tracker's answer; among peers (flooded) with `--peers`, or when no tracker
+/// answers at all. A tracker whose database is down still searches from memory, so only
+/// a tracker nobody reaches sends the search to the peers.
+pub async fn search(cx: &Ctx, a: SearchArgs) -> Result<()> {
+    let query = a.query.clone().unwrap_or_default();
+    if !a.peers {
+        let type_filter = a.kind.map(|k| k.as_str()).unwrap_or("");
+        // A search has somewhere else to go when nobody answers.
+        let client = cx.client()?.impatient_when_unreachable();
+        match client.search(&query, type_filter).await {
+            Ok(files) => return print_files(cx, &files),
+            Err(e @ TrackerError::Unreachable { .. }) => {
+                output::warn(&format!("{e}; searching among peers instead"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let p = origin::Params {
+        query,
+        file_type: a.kind,
+        ttl: a.ttl,
+        wait: a.wait,
+    };
+    let found = origin::search(&cx.home, cx.tls.clone(), &p).await?;
+    eprintln!(
+        "{} file(s) from peers, not from a tracker (flooded search: {} contact(s) asked, TTL {}{})",
+        found.files.len(),
+        found.asked,
+        a.ttl,
+        found
+            .first_answer
+            .map(|d| format!(", first answer after {} ms", d.as_millis()))
+            .unwrap_or_default()
+    );
+    if cx.json {
+        return Ok(output::json(&found.files)?);
+    }
+    print_table(
+        found
+            .files
+            .iter()
+            .map(|f| (&*f.id, &*f.name, f.size, &*f.kind, f.holders)),
+    );
+    Ok(())
+}
+
+fn print_files(cx: &Ctx, files: &[FileView]) -> Result<()> {
     if cx.json {
         return Ok(output::json(&files)?);
     }
-    let rows: Vec<Vec<String>> = files
-        .iter()
-        .map(|f| {
-            vec![
-                safe(f.id.get(..12).unwrap_or(&f.id)),
-                safe(&f.name),
-                format_size(f.size),
-                safe(&f.kind),
-                f.holders.to_string(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
+    if files.is_empty() {
         eprintln!("no files match");
         return Ok(());
     }
-    output::print(&output::table(
-        &["ID", "NAME", "SIZE", "TYPE", "HOLDERS"],
-        &rows,
-    ));
+    print_table(
+        files
+            .iter()
+            .map(|f| (&*f.id, &*f.name, f.size, &*f.kind, f.holders as usize)),
+    );
     Ok(())
+}
+
+/// The search table: one `(id, name, size, type, holders)` per file, nothing when empty.
+fn print_table<'a>(files: impl Iterator<Item = (&'a str, &'a str, u64, &'a str, usize)>) {
+    let rows: Vec<Vec<String>> = files
+        .map(|(id, name, size, kind, holders)| {
+            vec![
+                safe(id.get(..12).unwrap_or(id)),
+                safe(name),
+                format_size(size),
+                safe(kind),
+                holders.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        output::print(&output::table(
+            &["ID", "NAME", "SIZE", "TYPE", "HOLDERS"],
+            &rows,
+        ));
+    }
 }
 
 #[derive(Serialize)]

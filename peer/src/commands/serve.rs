@@ -34,8 +34,13 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
         sync_every: a.sync_every,
         metrics,
         limits,
+        learn_contacts: a.learn_contacts,
         ..NodeConfig::new(cx.home.clone(), cx.trackers.clone())
     };
+    let contacts = crate::contacts::Contacts::new(&cx.home);
+    for addr in &a.bootstrap {
+        contacts.add(addr)?;
+    }
     let node = Node::bind(config, listener).await?;
     output::println(&format!(
         "peer {} serving on {}",

@@ -38,10 +38,10 @@ use proto::tracker::v1 as pb;
 struct Source {
     /// A worker is fetching from it now.
     running: bool,
-    /// It sent bad bytes, or refused or stalled on chunks it is listed for
-    /// [`REFUSALS_TO_BAN`] times: never used again for this file.
+    /// It sent bad bytes, or refused chunks it is listed for [`REFUSALS_TO_BAN`] times:
+    /// never used again for this file. (A stall is reported, not held against it.)
     banned: bool,
-    /// Times it refused or stalled on a chunk it is listed for.
+    /// Times it refused a chunk it is listed for.
     refusals: u32,
     /// After a failure, not re-admitted before this.
     retry_at: Instant,
@@ -211,8 +211,12 @@ impl<T: ChunkTransport> Coordinator<T> {
                     s.retry_at = Instant::now() + Duration::from_secs(1 << s.failures.min(5));
                     self.cx.transport.forget(addr);
                     if let Some((chunk, fault)) = fault {
-                        s.refusals += 1;
-                        s.banned = s.refusals >= REFUSALS_TO_BAN;
+                        // A stall is reported but never bans: a loaded node or a slow link
+                        // stalls honestly, and it is tried again after the back-off.
+                        if fault == Fault::NotHeld {
+                            s.refusals += 1;
+                            s.banned = s.refusals >= REFUSALS_TO_BAN;
+                        }
                         complaint = Some((
                             chunk,
                             match fault {

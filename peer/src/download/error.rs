@@ -14,6 +14,9 @@ pub enum DownloadError {
     /// The first Locate failed.
     #[error(transparent)]
     Locate(#[from] TrackerError),
+    /// No tracker answered, and the file could not be found among peers either.
+    #[error("no tracker answers, and among peers: {0}")]
+    AmongPeers(#[from] crate::flood::origin::SearchError),
     /// The tracker's chunk map does not hash to the requested file id.
     #[error("the tracker's chunk map does not match file id {id}; refusing it: {source}")]
     ChunkMap {

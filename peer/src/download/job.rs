@@ -55,6 +55,8 @@ pub struct Context<T> {
     pub transport: Arc<T>,
     pub rate: Option<Arc<RateLimiter>>,
     pub cfg: DownloadConfig,
+    /// Where to find the file when no tracker answers (`None`: nowhere, fail).
+    pub offline: Option<crate::flood::origin::PeerLocate>,
 }
 
 impl<T> Context<T> {

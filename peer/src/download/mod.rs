@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::home::part_path;
 use crate::progress::FileProgress;
-use crate::tracker_client::Located;
+use crate::tracker_client::{Located, TrackerError};
 use crate::transport::ChunkTransport;
 use coordinator::{Coordinator, Start};
 pub use error::{DownloadError, NoSource};
@@ -58,7 +58,17 @@ pub async fn download<T: ChunkTransport>(
 ) -> Result<Outcome, DownloadError> {
     let started = std::time::Instant::now();
     let _active = crate::metrics::metrics().transfer("download");
-    let located = cx.tracker.locate(&job.file_id, &cx.key).await?;
+    let located = match cx.tracker.locate(&job.file_id, &cx.key).await {
+        Ok(l) => l,
+        Err(e @ TrackerError::Unreachable { .. }) => match &cx.offline {
+            Some(peers) => {
+                tracing::warn!("{e}; looking for {} among peers", job.file_id);
+                peers.locate(&job.file_id).await?
+            }
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let mut manifest = located
         .manifest
         .clone()

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tokio::net::UdpSocket;
+pub use crate::transport::route_ip;
 
 use super::NodeError;
 use crate::output;
@@ -17,29 +17,6 @@ pub fn choose_advertise(listen: IpAddr, port: u16, route: Option<IpAddr>) -> Soc
         Some(ip) => SocketAddr::new(ip, port),
         None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
     }
-}
-
-/// The local IP used to reach `url`'s host: connect a UDP socket (no packet is sent) and
-/// read its local address.
-pub async fn route_ip(url: &str) -> Option<IpAddr> {
-    let uri: tonic::transport::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let target = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
-    let bind: SocketAddr = if target.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await.ok()?;
-    sock.connect(target).await.ok()?;
-    Some(sock.local_addr().ok()?.ip())
 }
 
 /// Checks that `--advertise` is `HOST:PORT` (optionally `https://HOST:PORT`).

@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::flood::Flood;
 use crate::home::{Home, HomeError, NodeFile, NodeLock};
 use crate::identity::Identity;
 use crate::ratelimit::RateLimiter;
@@ -113,6 +114,8 @@ pub struct NodeConfig {
     pub source_layer: Option<SourceLayer>,
     /// What clients may take: streams, chunk bytes in memory, connections.
     pub limits: StreamLimits,
+    /// Whether contacts are learnt from the tracker and from other peers.
+    pub learn_contacts: bool,
 }
 
 impl NodeConfig {
@@ -131,6 +134,7 @@ impl NodeConfig {
             metrics: None,
             source_layer: None,
             limits: StreamLimits::default(),
+            learn_contacts: true,
         }
     }
 }
@@ -144,7 +148,10 @@ pub struct Node {
     metrics: Option<TcpListener>,
     tls: Option<tonic::transport::Identity>,
     client: TrackerClient,
-    client_tls: ClientTls,
+    /// Chunk fetches of replication tasks, flooded queries and peer exchange.
+    transport: Arc<GrpcTransport>,
+    /// Learns contacts in the background (`None` with `learn_contacts` off).
+    flood: Option<Arc<Flood>>,
     svc: Arc<PeerService>,
     store: Arc<StoreSource>,
     replicas: Arc<ReplicaStore>,
@@ -195,6 +202,7 @@ impl Node {
             metrics,
             source_layer,
             limits,
+            learn_contacts,
         } = config;
         let lock = home.lock_node()?;
         let peer_id = home.peer_id()?;
@@ -242,6 +250,13 @@ impl Node {
             Some(layer) => layer(source),
             None => source,
         };
+        let transport = Arc::new(GrpcTransport::new(client_tls, identity.clone()));
+        let flood = Arc::new(Flood::new(
+            &home,
+            advertised.clone(),
+            transport.clone(),
+            learn_contacts,
+        ));
         let svc = Arc::new(
             PeerService::new(
                 source,
@@ -251,7 +266,8 @@ impl Node {
                 key.clone(),
                 reach.clone(),
             )
-            .with_limits(limits),
+            .with_limits(limits)
+            .with_flood(flood.clone()),
         );
         let node_file = NodeFile {
             pid: std::process::id(),
@@ -280,7 +296,8 @@ impl Node {
             metrics,
             tls,
             client,
-            client_tls,
+            transport,
+            flood: learn_contacts.then_some(flood),
             svc,
             store,
             replicas,
@@ -338,7 +355,7 @@ impl Node {
         let connected = Arc::new(AtomicBool::new(false));
         let runner = Arc::new(Runner::new(
             self.replicas.clone(),
-            Arc::new(GrpcTransport::new(self.client_tls, self.identity.clone())),
+            self.transport,
             self.peer_id.clone(),
             self.advertised.clone(),
         ));
@@ -357,6 +374,9 @@ impl Node {
             }
             .run(token.clone()),
         );
+        if let Some(flood) = self.flood {
+            background.spawn(flood.learn(self.client.clone(), self.sync_every, token.clone()));
+        }
         let folders = upkeep::Folders {
             home: self.home.clone(),
             client: self.client.clone(),

@@ -30,6 +30,8 @@ pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
 #[derive(Clone)]
 pub struct Patience {
     bound: Duration,
+    /// The most it waits for a tracker nobody answers for ([`UNREACHABLE_WAIT`]).
+    unreachable_cap: Duration,
     notice: Notice,
     /// The current outage (`None` while the tracker answers).
     outage: Arc<Mutex<Option<Outage>>>,
@@ -50,9 +52,17 @@ impl Patience {
     pub fn new(bound: Duration, notice: Notice) -> Self {
         Self {
             bound,
+            unreachable_cap: UNREACHABLE_WAIT,
             notice,
             outage: Arc::default(),
         }
+    }
+
+    /// The same patience, failing at once when no tracker answers at all (for a caller
+    /// with somewhere else to go).
+    pub fn none_for_unreachable(mut self) -> Self {
+        self.unreachable_cap = Duration::ZERO;
+        self
     }
 
     /// The tracker answered: an outage is over.
@@ -81,7 +91,7 @@ impl Patience {
         });
         let mut left = self.bound.checked_sub(now.duration_since(o.since))?;
         let limit = if unreachable {
-            let cap = self.bound.min(UNREACHABLE_WAIT);
+            let cap = self.bound.min(self.unreachable_cap);
             let since = *o.unreachable_since.get_or_insert(now);
             left = left.min(cap.checked_sub(now.duration_since(since))?);
             cap

@@ -200,6 +200,8 @@ pub struct TestPeer {
     pub tracker_url: String,
     pub peer_id: Option<String>,
     pub addr: Option<String>,
+    /// The node's metrics URL, when it was started with `--metrics-addr`.
+    pub metrics_url: Option<String>,
     node: Option<Child>,
 }
 
@@ -224,6 +226,7 @@ impl TestPeer {
             tracker_url: tracker.url(),
             peer_id: None,
             addr: None,
+            metrics_url: None,
             node: None,
         })
     }
@@ -236,6 +239,7 @@ impl TestPeer {
             tracker_url: urls.to_string(),
             peer_id: None,
             addr: None,
+            metrics_url: None,
             node: None,
         })
     }
@@ -288,6 +292,14 @@ impl TestPeer {
         }
         self.peer_id = Some(words[1].to_string());
         self.addr = Some(words[4].to_string());
+        if extra.contains(&"--metrics-addr") {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .context("no metrics line")??
+                .context("peer serve exited before its metrics line")?;
+            let url = line.strip_prefix("metrics on ").context("a metrics line")?;
+            self.metrics_url = Some(url.to_string());
+        }
         // Keep draining stdout so the node never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.node = Some(child);

@@ -138,6 +138,27 @@ impl Peer for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn query(
+        &self,
+        _request: Request<ppb::QueryRequest>,
+    ) -> Result<Response<ppb::QueryReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn contacts(
+        &self,
+        _request: Request<ppb::ContactsRequest>,
+    ) -> Result<Response<ppb::ContactsReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn chunk_map(
+        &self,
+        _request: Request<ppb::ChunkMapRequest>,
+    ) -> Result<Response<ppb::ChunkMapReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn status(
         &self,
         _request: Request<ppb::StatusRequest>,

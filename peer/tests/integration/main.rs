@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod faults_tracker_disk;
 mod first_steps;
+mod flood;
 mod folders;
 mod get_end;
 mod get_output;

@@ -45,6 +45,27 @@ impl peer_pb::peer_server::Peer for Recorder {
         Err(Status::unimplemented("no holdings stream"))
     }
 
+    async fn query(
+        &self,
+        _request: Request<peer_pb::QueryRequest>,
+    ) -> Result<Response<peer_pb::QueryReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn contacts(
+        &self,
+        _request: Request<peer_pb::ContactsRequest>,
+    ) -> Result<Response<peer_pb::ContactsReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn chunk_map(
+        &self,
+        _request: Request<peer_pb::ChunkMapRequest>,
+    ) -> Result<Response<peer_pb::ChunkMapReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn status(
         &self,
         _req: Request<peer_pb::StatusRequest>,

@@ -19,7 +19,8 @@
 //! unverified claims are dropped. A node that cannot be reached or is busy is tried again
 //! with back-off; its claims just stay unverified. Reports are believed only through an
 //! audit, except that complaints from [`REPORTERS_TO_DEMOTE`] distinct users about a source
-//! that passes the audit (it serves the tracker, not getters) also demote it.
+//! that passes the audit (it serves the tracker, not getters) also demote it: bad bytes or
+//! refusals, not stalls, which load alone causes.
 //!
 //! Only the tracker holding the planner lease audits; the verified bitfields reach the
 //! other trackers through the database like any holding. Demotions live in the auditing
@@ -413,8 +414,12 @@ impl TrackerService {
         let mut a = lock(&self.inner.audits);
         // New claims of this holding wait a while; the retry map keeps the time.
         a.retry.insert(key, (0, now + CLAIM_AGAIN_MS));
-        if let Why::Report { reporter, .. } = job.why {
-            // It served the tracker what it is said not to serve getters.
+        // It served the tracker what it is said not to serve getters. A stall is no such
+        // evidence: a loaded node or a slow link stalls honest getters too, and 50 getters
+        // of one file on a busy machine once demoted every honest source that way.
+        if let Why::Report { reporter, fault } = job.why
+            && fault != Fault::Stalled
+        {
             let complaints = a.complaints.entry(job.peer.clone()).or_default();
             complaints.retain(|_, &mut t| now - t < STRIKE_WINDOW_MS);
             complaints.insert(reporter, now);

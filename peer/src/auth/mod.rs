@@ -1,6 +1,9 @@
-//! Who may fetch from this node: the ticket or certificate a request carries, and the proof
-//! that the requester holds the key it names. Everything is checked here, with the
-//! tracker's public key alone and no call to the tracker.
+//! Who may ask this peer for something: the ticket or certificate a request carries, and
+//! the proof that the requester holds the key it names. Everything is checked here, with
+//! the tracker's public key alone and no call to the tracker. The node's server admits
+//! chunk requests ([`Gate::admit`]) and requests between peers that need no ticket
+//! ([`Gate::admit_peer`]: flooded searches, peer exchange); a searching `peer search`
+//! admits the answers it receives the same way.
 //!
 //! - A **ticket** (from Locate or a replication task) grants one file for minutes. The
 //!   request's proof must be made with the key the ticket names, so a copied ticket is
@@ -27,7 +30,10 @@ use common::{
 use proto::peer::v1 as pb;
 use tonic::Status;
 
-use super::tickets::{TrackerKey, VerifiedSignatures};
+mod tickets;
+
+pub use tickets::TrackerKey;
+use tickets::VerifiedSignatures;
 
 /// Whether this node's tracker answers, as its heartbeats find. Until the first failed
 /// heartbeat it is taken to answer, so certificates alone are refused.
@@ -47,7 +53,7 @@ impl TrackerReach {
 }
 
 /// What a request was admitted under.
-pub(super) struct Admitted {
+pub struct Admitted {
     /// Unix ms (clock skew included) until which the grant holds: a Holdings stream ends then.
     pub until: i64,
     /// The account it was granted to, for the per-client limits.
@@ -55,11 +61,11 @@ pub(super) struct Admitted {
 }
 
 /// The node's door: the tracker's key, what already verified, the proofs seen, and whether
-/// the tracker answers.
+/// the tracker answers. A searching `peer search` keeps one too, for the answers it takes.
 #[derive(Default)]
-pub(super) struct Gate {
-    pub(super) key: TrackerKey,
-    pub(super) reach: TrackerReach,
+pub struct Gate {
+    key: TrackerKey,
+    reach: TrackerReach,
     tickets: VerifiedSignatures<TicketClaims>,
     certificates: VerifiedSignatures<CertificateClaims>,
     replay: ReplayGuard,
@@ -70,7 +76,7 @@ fn unauthenticated(e: impl std::fmt::Display) -> Status {
 }
 
 impl Gate {
-    pub(super) fn new(key: TrackerKey, reach: TrackerReach) -> Self {
+    pub fn new(key: TrackerKey, reach: TrackerReach) -> Self {
         Self {
             key,
             reach,
@@ -79,7 +85,7 @@ impl Gate {
     }
 
     /// Admits one `method` request on `file`, or says why not.
-    pub(super) fn admit(
+    pub fn admit(
         &self,
         method: Method,
         file: &FileId,
@@ -127,6 +133,41 @@ impl Gate {
         self.replay.check(&proof, now)?;
         tracing::trace!(file = %file, user = %admitted.user, of, "request admitted");
         Ok(admitted)
+    }
+
+    /// Admits a request between peers that needs no ticket (a flooded search, an answer to
+    /// one, peer exchange): a valid certificate and a fresh proof of its key for `method` on
+    /// `subject`, whether or not the tracker answers. Returns who sent it.
+    ///
+    /// # Errors
+    /// UNAVAILABLE before the tracker's key is known; UNAUTHENTICATED for a missing, forged
+    /// or expired certificate, or a missing, wrong or replayed proof.
+    pub fn admit_peer(
+        &self,
+        method: Method,
+        subject: &FileId,
+        proof: Option<&pb::Proof>,
+        certificate: Option<&pb::Certificate>,
+    ) -> Result<CertificateClaims, Status> {
+        let Some(key) = self.key.get() else {
+            return Err(Status::unavailable(
+                "not ready: this peer does not know the tracker's key yet",
+            ));
+        };
+        let (Some(proof), Some(c)) = (proof, certificate) else {
+            return Err(Status::unauthenticated(
+                "a certificate from the tracker and a proof of its key are required",
+            ));
+        };
+        let proof = Proof::try_from(proof).map_err(unauthenticated)?;
+        let now = crate::now_ms();
+        let cert = Certificate::try_from(c).map_err(unauthenticated)?;
+        self.certificate(&key, c, now)?;
+        proof
+            .verify(&cert.claims.key, "certificate", method, subject, now)
+            .map_err(unauthenticated)?;
+        self.replay.check(&proof, now)?;
+        Ok(cert.claims)
     }
 
     /// Checks a ticket for `file`: the key it names and what it grants.
@@ -212,7 +253,7 @@ const MAX_PROOFS: usize = 1 << 18;
 /// every `2 ×` [`PROOF_WINDOW_MS`]: a proof is remembered for at least that long, and one
 /// older than [`PROOF_WINDOW_MS`] is refused by its time anyway.
 #[derive(Default)]
-pub(super) struct ReplayGuard(Mutex<Generations>);
+struct ReplayGuard(Mutex<Generations>);
 
 #[derive(Default)]
 struct Generations {
@@ -227,7 +268,7 @@ impl ReplayGuard {
     /// # Errors
     /// UNAUTHENTICATED when it was used before ([`AuthError::Replayed`]);
     /// RESOURCE_EXHAUSTED when the memory of proofs is full.
-    pub(super) fn check(&self, proof: &Proof, now: i64) -> Result<(), Status> {
+    fn check(&self, proof: &Proof, now: i64) -> Result<(), Status> {
         let mut id = [0u8; 32 + NONCE_LEN];
         id[..32].copy_from_slice(&proof.key);
         id[32..].copy_from_slice(&proof.nonce);
