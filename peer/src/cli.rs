@@ -252,6 +252,9 @@ pub struct ServeArgs {
     /// exchange), every --sync-every. With false, the contacts are only those added.
     #[arg(long, env = "PEER_LEARN_CONTACTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub learn_contacts: bool,
+    /// How often the node tries the home's waiting gets (`peer get --wait`).
+    #[arg(long, env = "PEER_WAITING_EVERY", default_value = "15s", value_parser = parse_period, value_name = "DURATION")]
+    pub waiting_every: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +277,13 @@ pub struct GetArgs {
     /// Fail when no chunk arrived and no source was usable for this long.
     #[arg(long, env = "PEER_GIVE_UP_AFTER", default_value = "2m", value_parser = parse_period, value_name = "DURATION")]
     pub give_up_after: std::time::Duration,
+    /// When no live peer holds a file now, queue it for this home's node (which fetches it
+    /// once a holder is back, with or without this command) instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Cancel the waiting gets of these file ids instead of getting anything.
+    #[arg(long, conflicts_with = "wait")]
+    pub cancel: bool,
     /// When no tracker answers, how long to wait for peers' answers to a flooded search
     /// for the file (a whole file id is needed then).
     #[arg(long, env = "PEER_SEARCH_WAIT", default_value = "3s", value_parser = parse_period, value_name = "DURATION")]

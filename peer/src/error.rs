@@ -129,6 +129,9 @@ pub enum Error {
     /// The node could not start or failed.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// `get --cancel` of something that is not waiting.
+    #[error("no waiting get of {}", safe(.0))]
+    NotWaiting(String),
     /// A contact could not be added or removed.
     #[error(transparent)]
     Contact(#[from] crate::contacts::ContactError),

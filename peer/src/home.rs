@@ -668,7 +668,10 @@ pub fn write_temp_beside(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Pat
 }
 
 /// Removes a file; whether it was there.
-fn remove_if_exists(path: &Path) -> Result<bool, HomeError> {
+///
+/// # Errors
+/// When it is there and cannot be removed.
+pub fn remove_if_exists(path: &Path) -> Result<bool, HomeError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -22,6 +22,7 @@
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
 //! - [`metrics`]: Prometheus counters of this process and the node's `/metrics` endpoint.
 //! - [`ratelimit`]: a token bucket shared by all transfers of one process.
+//! - [`waiting`]: gets queued until a holder is back (`get --wait`), fetched by the node.
 //! - [`upload_ledger`]: how often the node sent each chunk, for super-seeding.
 //! - [`progress`]: indicatif bars fed from atomics the downloader updates.
 //! - [`output`]: tables and JSON shapes of the commands.
@@ -47,6 +48,7 @@ pub mod server;
 pub mod tracker_client;
 pub mod transport;
 pub mod upload_ledger;
+pub mod waiting;
 
 pub use error::{Error, Result};
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Ctx, get_folder};
 use crate::cli::GetArgs;
-use crate::download::{self, DownloadConfig, Job, Outcome};
+use crate::download::{self, DownloadConfig, DownloadError, Job, Outcome};
 use crate::error::{Error, Result, Scope};
 use crate::flood::origin::PeerLocate;
 use crate::identity::Identity;
@@ -22,6 +22,7 @@ use crate::progress::{Bars, FileProgress, Phase, Snapshot, bars_wanted};
 use crate::ratelimit::RateLimiter;
 use crate::tracker_client::{FileView, TrackerClient, TrackerError};
 use crate::transport::GrpcTransport;
+use crate::waiting::{Waiting, WaitingGet};
 
 /// The error for a term that matched no file or several.
 pub fn resolution_error(term: &str, files: &[FileView]) -> Option<Error> {
@@ -122,10 +123,57 @@ fn unknown_id(term: &str, e: download::DownloadError) -> Error {
     }
 }
 
+/// `get --cancel ID...`: forgets waiting gets (whole ids, or a prefix of one).
+fn cancel(cx: &Ctx, terms: &[String]) -> Result<()> {
+    let waiting = Waiting::new(&cx.home);
+    let mut failed = 0;
+    for t in terms {
+        let t = t.to_ascii_lowercase();
+        let matching: Vec<FileId> = waiting
+            .list()
+            .into_iter()
+            .map(|w| w.file_id)
+            .filter(|id| id.to_string().starts_with(&t))
+            .collect();
+        match matching.as_slice() {
+            [id] => {
+                waiting.remove(id)?;
+                output::println(&format!("cancelled the waiting get of {id}"));
+            }
+            [] => {
+                output::report_error(&Error::NotWaiting(t));
+                failed += 1;
+            }
+            _ => {
+                output::report_error(&Error::NotWaiting(format!("{t} (ambiguous)")));
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::AlreadyReported(failed));
+    }
+    Ok(())
+}
+
 /// What one term of a `get` became.
 enum Got {
     File(Outcome),
     Folder(get_folder::FolderOutcome),
+    /// No live holder now: queued for the node (`--wait`).
+    Waiting(FileId),
+}
+
+/// One item of `get --json`: a file or folder got, or a get left waiting.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ItemJson {
+    Got(GetJson),
+    Waiting {
+        id: String,
+        waiting: bool,
+        output: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -155,9 +203,23 @@ struct FolderJson {
     failed: usize,
 }
 
+impl ItemJson {
+    fn of(g: &Got, output: &std::path::Path) -> Self {
+        match g {
+            Got::Waiting(id) => ItemJson::Waiting {
+                id: id.to_string(),
+                waiting: true,
+                output: output.to_string_lossy().into_owned(),
+            },
+            other => ItemJson::Got(GetJson::of(other)),
+        }
+    }
+}
+
 impl GetJson {
     fn of(g: &Got) -> Self {
         match g {
+            Got::Waiting(_) => unreachable!("ItemJson::of takes waiting gets"),
             Got::File(o) => Self {
                 id: o.id.to_string(),
                 name: o.name.clone(),
@@ -241,6 +303,9 @@ fn interrupted(p: &Snapshot) -> String {
 }
 
 pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
+    if a.cancel {
+        return cancel(cx, &a.terms);
+    }
     let client = cx.client()?;
     let peer_id = cx.home.peer_id()?;
     let cfg = DownloadConfig {
@@ -311,10 +376,20 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             bars.clone(),
             output_dir.clone(),
         );
+        let (wait, waiting, id) = (a.wait, Waiting::new(&cx.home), *id);
         async move {
             let r = download::download(dcx.clone(), job, p.clone()).await;
             if r.is_err() {
                 p.finish(false);
+            }
+            if wait && r.as_ref().is_err_and(DownloadError::no_holder_now) {
+                waiting.put(&WaitingGet {
+                    file_id: id,
+                    output: out.clone(),
+                    queued_at_ms: crate::now_ms(),
+                    last_error: None,
+                })?;
+                return Ok(Got::Waiting(id));
             }
             let o = r.map_err(|source| match unknown_id(&term, source) {
                 Error::Download(source) if several => Error::Get { term, source },
@@ -382,15 +457,24 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
         }
     }
     if cx.json {
-        let v: Vec<GetJson> = done.iter().map(GetJson::of).collect();
+        let v: Vec<ItemJson> = done.iter().map(|g| ItemJson::of(g, &output_dir)).collect();
         output::json(&v)?;
     } else {
         for o in &done {
             output::println(&match o {
                 Got::File(o) => summary(o),
                 Got::Folder(f) => get_folder::summary(f),
+                Got::Waiting(id) => format!(
+                    "{id}  waiting: no live peer holds it now; this home's node fetches it into {} once one is back (cancel with `peer get --cancel {id}`)",
+                    safe(&output_dir.to_string_lossy())
+                ),
             });
         }
+    }
+    if done.iter().any(|g| matches!(g, Got::Waiting(_))) && cx.home.live_node().is_none() {
+        output::warn(
+            "no node is serving this home: start `peer serve` so it can fetch waiting gets",
+        );
     }
     for line in &cut {
         eprintln!("{line}");

@@ -270,6 +270,13 @@ pub fn files(cx: &Ctx) -> Result<()> {
             replicas.len()
         );
     }
+    for w in crate::waiting::Waiting::new(&cx.home).list() {
+        out += &format!(
+            "waiting: {} -> {} (get --wait: fetched by the node once a holder is back)\n",
+            w.file_id.short(),
+            safe(&w.output.to_string_lossy())
+        );
+    }
     output::print(&out);
     Ok(())
 }

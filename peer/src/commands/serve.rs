@@ -35,6 +35,7 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
         metrics,
         limits,
         learn_contacts: a.learn_contacts,
+        waiting_every: a.waiting_every,
         ..NodeConfig::new(cx.home.clone(), cx.trackers.clone())
     };
     let contacts = crate::contacts::Contacts::new(&cx.home);

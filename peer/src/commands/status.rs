@@ -39,6 +39,14 @@ struct DownloadJson {
 }
 
 #[derive(Serialize)]
+struct WaitingJson {
+    id: String,
+    output: String,
+    queued_at: Option<String>,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
 struct StatusJson {
     home: String,
     peer_id: String,
@@ -48,6 +56,8 @@ struct StatusJson {
     trackers: Vec<TrackerJson>,
     node: NodeJson,
     downloads: Vec<DownloadJson>,
+    /// Gets queued by `get --wait` until a holder is back.
+    waiting: Vec<WaitingJson>,
     /// The one thing to do next, for a new user (none when all is set up).
     next: Option<String>,
 }
@@ -145,6 +155,16 @@ pub async fn status(cx: &Ctx) -> Result<()> {
         trackers,
         node,
         downloads,
+        waiting: crate::waiting::Waiting::new(&cx.home)
+            .list()
+            .into_iter()
+            .map(|w| WaitingJson {
+                id: w.file_id.to_string(),
+                output: w.output.to_string_lossy().into_owned(),
+                queued_at: crate::rfc3339_ms(w.queued_at_ms),
+                last_error: w.last_error,
+            })
+            .collect(),
         next: None,
     };
     st.next = next_step(&st, shares);
@@ -224,6 +244,19 @@ pub async fn status(cx: &Ctx) -> Result<()> {
             safe(&d.path),
             &d.id[..12],
             safe(&dir)
+        );
+    }
+    for w in &st.waiting {
+        let err = w
+            .last_error
+            .as_ref()
+            .map(|e| format!("; last try: {}", safe(e)))
+            .unwrap_or_default();
+        out += &format!(
+            "waiting:   {} -> {} (the node fetches it once a holder is back; cancel: peer get --cancel {}){err}\n",
+            &w.id[..12],
+            safe(&w.output),
+            &w.id[..12]
         );
     }
     if let Some(next) = &st.next {

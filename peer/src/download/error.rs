@@ -92,6 +92,20 @@ pub enum DownloadError {
     },
 }
 
+impl DownloadError {
+    /// Whether this failure is only that no live peer holds the file now (a holder may come
+    /// back): what `get --wait` queues instead of failing.
+    pub fn no_holder_now(&self) -> bool {
+        matches!(
+            self,
+            DownloadError::NoLiveSource {
+                why: NoSource::Offline,
+                ..
+            } | DownloadError::AmongPeers(crate::flood::origin::SearchError::NotFound(_))
+        )
+    }
+}
+
 /// Why [`DownloadError::NoLiveSource`] has no source; displayed as the end of its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoSource {

@@ -21,6 +21,7 @@ mod heartbeat;
 mod sync;
 mod tls;
 mod upkeep;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,6 +117,8 @@ pub struct NodeConfig {
     pub limits: StreamLimits,
     /// Whether contacts are learnt from the tracker and from other peers.
     pub learn_contacts: bool,
+    /// How often waiting gets (`get --wait`) are tried.
+    pub waiting_every: Duration,
 }
 
 impl NodeConfig {
@@ -135,6 +138,7 @@ impl NodeConfig {
             source_layer: None,
             limits: StreamLimits::default(),
             learn_contacts: true,
+            waiting_every: Duration::from_secs(15),
         }
     }
 }
@@ -150,6 +154,9 @@ pub struct Node {
     client: TrackerClient,
     /// Chunk fetches of replication tasks, flooded queries and peer exchange.
     transport: Arc<GrpcTransport>,
+    /// CAs for TLS nodes, for the lookups of waiting gets among peers.
+    client_tls: ClientTls,
+    waiting_every: Duration,
     /// Learns contacts in the background (`None` with `learn_contacts` off).
     flood: Option<Arc<Flood>>,
     svc: Arc<PeerService>,
@@ -203,6 +210,7 @@ impl Node {
             source_layer,
             limits,
             learn_contacts,
+            waiting_every,
         } = config;
         let lock = home.lock_node()?;
         let peer_id = home.peer_id()?;
@@ -250,7 +258,7 @@ impl Node {
             Some(layer) => layer(source),
             None => source,
         };
-        let transport = Arc::new(GrpcTransport::new(client_tls, identity.clone()));
+        let transport = Arc::new(GrpcTransport::new(client_tls.clone(), identity.clone()));
         let flood = Arc::new(Flood::new(
             &home,
             advertised.clone(),
@@ -297,6 +305,8 @@ impl Node {
             tls,
             client,
             transport,
+            client_tls,
+            waiting_every,
             flood: learn_contacts.then_some(flood),
             svc,
             store,
@@ -355,7 +365,7 @@ impl Node {
         let connected = Arc::new(AtomicBool::new(false));
         let runner = Arc::new(Runner::new(
             self.replicas.clone(),
-            self.transport,
+            self.transport.clone(),
             self.peer_id.clone(),
             self.advertised.clone(),
         ));
@@ -374,6 +384,21 @@ impl Node {
             }
             .run(token.clone()),
         );
+        let waiting_cx = Arc::new(crate::download::Context {
+            home: self.home.clone(),
+            peer_id: self.peer_id.clone(),
+            tracker: self.client.clone(),
+            key: self.identity.public_key(),
+            transport: self.transport.clone(),
+            rate: None,
+            cfg: crate::download::DownloadConfig::default(),
+            offline: Some(crate::flood::origin::PeerLocate {
+                home: self.home.clone(),
+                tls: self.client_tls.clone(),
+                wait: Duration::from_secs(3),
+            }),
+        });
+        background.spawn(waiting::run(waiting_cx, self.waiting_every, token.clone()));
         if let Some(flood) = self.flood {
             background.spawn(flood.learn(self.client.clone(), self.sync_every, token.clone()));
         }

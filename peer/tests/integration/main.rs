@@ -34,3 +34,4 @@ mod super_seed;
 mod terminal_text;
 mod tickets;
 mod tls;
+mod waiting;
