@@ -87,7 +87,9 @@ async fn search_reaches_the_ball(
             "--ttl",
             &ttl.to_string(),
             "--wait",
-            "4s",
+            // Generous: answers from 3 hops away cross 3 relays on a machine that may be
+            // loaded; the test's verdict does not depend on how fast they come.
+            "10s",
         ])
         .await?
         .ok()?;
@@ -304,7 +306,7 @@ async fn a_get_by_id_finishes_from_peers_found_by_flooding_when_every_tracker_is
 
         tracker.stop().await?;
         let out = tempfile::tempdir()?;
-        let got = carol.get(&id, out.path(), &[]).await?;
+        let got = carol.get(&id, out.path(), &["--peers-wait", "8s"]).await?;
         assert_eq!(sha256_of(&out.path().join("film.bin"))?, sha, "{got}");
         assert!(got["sources"].as_u64() >= Some(1), "{got}");
 
