@@ -252,7 +252,8 @@ pub struct ServeArgs {
     /// exchange), every --sync-every. With false, the contacts are only those added.
     #[arg(long, env = "PEER_LEARN_CONTACTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub learn_contacts: bool,
-    /// How often the node tries the home's waiting gets (`peer get --wait`).
+    /// How often the node queues the home's waiting gets (`peer get --wait`) at the tracker
+    /// again, and tries those it cannot queue there (no tracker answers) among peers.
     #[arg(long, env = "PEER_WAITING_EVERY", default_value = "15s", value_parser = parse_period, value_name = "DURATION")]
     pub waiting_every: std::time::Duration,
 }
@@ -277,8 +278,9 @@ pub struct GetArgs {
     /// Fail when no chunk arrived and no source was usable for this long.
     #[arg(long, env = "PEER_GIVE_UP_AFTER", default_value = "2m", value_parser = parse_period, value_name = "DURATION")]
     pub give_up_after: std::time::Duration,
-    /// When no live peer holds a file now, queue it for this home's node (which fetches it
-    /// once a holder is back, with or without this command) instead of failing.
+    /// When no live peer holds a file now, queue it (at the tracker, for this home's node,
+    /// which fetches it once a holder is back, with or without this command) instead of
+    /// failing.
     #[arg(long)]
     pub wait: bool,
     /// Cancel the waiting gets of these file ids instead of getting anything.

@@ -32,8 +32,8 @@ pub use error::TrackerError;
 use error::classify;
 pub use patience::{Notice, Patience, UNREACHABLE_WAIT};
 pub use views::{
-    Beat, DropTask, FetchTask, FileMeta, FileView, Granted, HolderView, HoldingIn, Located,
-    MAX_REPLICA_CHUNKS, PeerView, Relocated, Source, Task, Work,
+    Beat, DropTask, FetchTask, FileMeta, FileView, GetTask, Granted, HolderView, HoldingIn,
+    Located, MAX_REPLICA_CHUNKS, PeerView, Relocated, Source, Task, Work,
 };
 use views::{holders_from_pb, kind_to_pb, manifest_from_pb, task_from_pb, ticket_in};
 
@@ -597,6 +597,39 @@ impl TrackerClient {
         })
         .await?;
         Ok(())
+    }
+
+    /// Queues a waiting get of `file_id` for the node `peer_id` (idempotent); returns the
+    /// tracker's task id.
+    pub async fn queue_get(&self, peer_id: &PeerId, file_id: &FileId) -> Result<u64, TrackerError> {
+        let req = pb::QueueGetRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+        };
+        let r = self
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.queue_get(r).await
+            })
+            .await?;
+        Ok(r.task_id)
+    }
+
+    /// Cancels the node's waiting get of `file_id`; says whether there was one.
+    pub async fn cancel_get(
+        &self,
+        peer_id: &PeerId,
+        file_id: &FileId,
+    ) -> Result<bool, TrackerError> {
+        let req = pb::CancelGetRequest {
+            peer_id: peer_id.to_string(),
+            file_id: file_id.to_string(),
+        };
+        let r = self
+            .call(req, true, Retry::Yes, |mut c, r| async move {
+                c.cancel_get(r).await
+            })
+            .await?;
+        Ok(r.cancelled)
     }
 
     pub async fn list_peers(&self) -> Result<Vec<PeerView>, TrackerError> {

@@ -215,6 +215,12 @@ fn task(a: Assignment) -> pb::Task {
                 chunks,
             })),
         },
+        Assignment::Get { id, file } => pb::Task {
+            id,
+            work: Some(pb::task::Work::Get(pb::FetchFile {
+                file_id: file.to_string(),
+            })),
+        },
     }
 }
 
@@ -464,6 +470,30 @@ impl Tracker for Grpc {
             .complete_task(&caller, &peer, r.task_id, r.ok, &r.error)
             .await?;
         Ok(Response::new(pb::CompleteTaskResponse {}))
+    }
+
+    async fn queue_get(
+        &self,
+        req: Request<pb::QueueGetRequest>,
+    ) -> Result<Response<pb::QueueGetResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let file = file_id(&r.file_id)?;
+        let task_id = self.svc.queue_get(&caller, &peer, file).await?;
+        Ok(Response::new(pb::QueueGetResponse { task_id }))
+    }
+
+    async fn cancel_get(
+        &self,
+        req: Request<pb::CancelGetRequest>,
+    ) -> Result<Response<pb::CancelGetResponse>, Status> {
+        let caller = self.svc.authenticate(token(&req))?;
+        let r = req.into_inner();
+        let peer = peer_id(&r.peer_id)?;
+        let file = file_id(&r.file_id)?;
+        let cancelled = self.svc.cancel_get(&caller, &peer, file).await?;
+        Ok(Response::new(pb::CancelGetResponse { cancelled }))
     }
 
     async fn report_source(

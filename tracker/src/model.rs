@@ -116,6 +116,9 @@ pub enum TaskKind {
     Fetch = 1,
     /// Delete replica copies of some chunks.
     Drop = 2,
+    /// Fetch a whole file for the node's user (`peer get --wait`), once its chunks are held
+    /// by peers that are up. No chunks; never given up.
+    Get = 3,
 }
 
 impl TaskKind {
@@ -127,6 +130,7 @@ impl TaskKind {
         match code {
             1 => Some(TaskKind::Fetch),
             2 => Some(TaskKind::Drop),
+            3 => Some(TaskKind::Get),
             _ => None,
         }
     }

@@ -123,8 +123,10 @@ fn unknown_id(term: &str, e: download::DownloadError) -> Error {
     }
 }
 
-/// `get --cancel ID...`: forgets waiting gets (whole ids, or a prefix of one).
-fn cancel(cx: &Ctx, terms: &[String]) -> Result<()> {
+/// `get --cancel ID...`: forgets waiting gets (whole ids, or a prefix of one), here and at
+/// the tracker. A tracker that does not answer within a few seconds is not waited for: the
+/// node drops a get the tracker pushes that its home no longer waits for.
+async fn cancel(cx: &Ctx, terms: &[String]) -> Result<()> {
     let waiting = Waiting::new(&cx.home);
     let mut failed = 0;
     for t in terms {
@@ -138,6 +140,16 @@ fn cancel(cx: &Ctx, terms: &[String]) -> Result<()> {
         match matching.as_slice() {
             [id] => {
                 waiting.remove(id)?;
+                if let (Ok(client), Ok(peer)) = (cx.client(), cx.home.peer_id()) {
+                    let told = client.cancel_get(&peer, id);
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), told).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::debug!(file = %id, "the tracker was not told: {e}"),
+                        Err(_) => {
+                            tracing::debug!(file = %id, "the tracker did not answer the cancel")
+                        }
+                    }
+                }
                 output::println(&format!("cancelled the waiting get of {id}"));
             }
             [] => {
@@ -160,8 +172,9 @@ fn cancel(cx: &Ctx, terms: &[String]) -> Result<()> {
 enum Got {
     File(Outcome),
     Folder(get_folder::FolderOutcome),
-    /// No live holder now: queued for the node (`--wait`).
-    Waiting(FileId),
+    /// No live holder now: queued for the node (`--wait`), with the tracker's task id when
+    /// the tracker took it.
+    Waiting(FileId, Option<u64>),
 }
 
 /// One item of `get --json`: a file or folder got, or a get left waiting.
@@ -173,6 +186,8 @@ enum ItemJson {
         id: String,
         waiting: bool,
         output: String,
+        /// The tracker's task for it (`null`: the node queues it there later).
+        tracker_task: Option<u64>,
     },
 }
 
@@ -206,10 +221,11 @@ struct FolderJson {
 impl ItemJson {
     fn of(g: &Got, output: &std::path::Path) -> Self {
         match g {
-            Got::Waiting(id) => ItemJson::Waiting {
+            Got::Waiting(id, task) => ItemJson::Waiting {
                 id: id.to_string(),
                 waiting: true,
                 output: output.to_string_lossy().into_owned(),
+                tracker_task: *task,
             },
             other => ItemJson::Got(GetJson::of(other)),
         }
@@ -219,7 +235,7 @@ impl ItemJson {
 impl GetJson {
     fn of(g: &Got) -> Self {
         match g {
-            Got::Waiting(_) => unreachable!("ItemJson::of takes waiting gets"),
+            Got::Waiting(..) => unreachable!("ItemJson::of takes waiting gets"),
             Got::File(o) => Self {
                 id: o.id.to_string(),
                 name: o.name.clone(),
@@ -304,7 +320,7 @@ fn interrupted(p: &Snapshot) -> String {
 
 pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
     if a.cancel {
-        return cancel(cx, &a.terms);
+        return cancel(cx, &a.terms).await;
     }
     let client = cx.client()?;
     let peer_id = cx.home.peer_id()?;
@@ -389,7 +405,14 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
                     queued_at_ms: crate::now_ms(),
                     last_error: None,
                 })?;
-                return Ok(Got::Waiting(id));
+                let task = match dcx.tracker.queue_get(&dcx.peer_id, &id).await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::debug!(file = %id, "the tracker did not queue the get: {e}");
+                        None
+                    }
+                };
+                return Ok(Got::Waiting(id, task));
             }
             let o = r.map_err(|source| match unknown_id(&term, source) {
                 Error::Download(source) if several => Error::Get { term, source },
@@ -464,14 +487,19 @@ pub async fn get(cx: &Ctx, a: GetArgs) -> Result<()> {
             output::println(&match o {
                 Got::File(o) => summary(o),
                 Got::Folder(f) => get_folder::summary(f),
-                Got::Waiting(id) => format!(
-                    "{id}  waiting: no live peer holds it now; this home's node fetches it into {} once one is back (cancel with `peer get --cancel {id}`)",
+                Got::Waiting(id, task) => format!(
+                    "{id}  waiting: no live peer holds it now; {}, and this home's node fetches it into {} once one is back (cancel with `peer get --cancel {id}`)",
+                    if task.is_some() {
+                        "queued at the tracker"
+                    } else {
+                        "queued in this home (the node queues it at the tracker when it can)"
+                    },
                     safe(&output_dir.to_string_lossy())
                 ),
             });
         }
     }
-    if done.iter().any(|g| matches!(g, Got::Waiting(_))) && cx.home.live_node().is_none() {
+    if done.iter().any(|g| matches!(g, Got::Waiting(..))) && cx.home.live_node().is_none() {
         output::warn(
             "no node is serving this home: start `peer serve` so it can fetch waiting gets",
         );

@@ -37,7 +37,7 @@ use crate::flood::Flood;
 use crate::home::{Home, HomeError, NodeFile, NodeLock};
 use crate::identity::Identity;
 use crate::ratelimit::RateLimiter;
-use crate::replica::tasks::{Runner, task_stream};
+use crate::replica::tasks::{Runner, Workers, task_stream};
 use crate::replica::{ReplicaError, ReplicaStore};
 use crate::server::{self, ChunkSource, PeerService, StoreSource, TrackerKey, TrackerReach};
 use crate::tracker_client::{TrackerClient, TrackerError};
@@ -378,7 +378,7 @@ impl Node {
                 replicas: self.replicas.clone(),
                 key: self.key,
                 identity: self.identity.clone(),
-                reach: self.reach,
+                reach: self.reach.clone(),
                 tracker_up,
                 sync_every: self.sync_every,
             }
@@ -398,7 +398,14 @@ impl Node {
                 wait: Duration::from_secs(3),
             }),
         });
-        background.spawn(waiting::run(waiting_cx, self.waiting_every, token.clone()));
+        let (gets, gets_rx) = tokio::sync::mpsc::channel(64);
+        background.spawn(waiting::run(
+            waiting_cx,
+            self.waiting_every,
+            gets_rx,
+            self.reach.clone(),
+            token.clone(),
+        ));
         if let Some(flood) = self.flood {
             background.spawn(flood.learn(self.client.clone(), self.sync_every, token.clone()));
         }
@@ -411,7 +418,7 @@ impl Node {
             self.client,
             self.peer_id,
             self.identity.public_key(),
-            runner,
+            Workers { runner, gets },
             tracker_up_rx,
             connected.clone(),
             token.clone(),

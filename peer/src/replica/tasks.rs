@@ -23,12 +23,12 @@ use bytes::Bytes;
 use common::{PeerId, Sha256Digest};
 use futures::StreamExt;
 use rand::seq::SliceRandom;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Holding, ReplicaStore, Stored};
-use crate::tracker_client::{FetchTask, Source, Task, TrackerClient, Work};
+use crate::tracker_client::{FetchTask, GetTask, Source, Task, TrackerClient, Work};
 use crate::transport::{ChunkTransport, FetchError};
 
 /// Tasks carried out at once.
@@ -88,6 +88,7 @@ impl<T: ChunkTransport> Runner<T> {
                     .await
                     .map(Done::Dropped)
             }
+            Work::Get(_) => Err("a waiting get is not replication work".into()),
             Work::Invalid(why) => Err(format!("bad task: {why}")),
         }
     }
@@ -212,11 +213,18 @@ struct Dispatcher<T> {
     runner: Arc<Runner<T>>,
     slots: Arc<Semaphore>,
     batch: Arc<Mutex<Batch>>,
+    /// Where due waiting gets go (the node's waiting gets fetch them).
+    gets: mpsc::Sender<GetTask>,
     token: CancellationToken,
 }
 
 impl<T: ChunkTransport> Dispatcher<T> {
     fn dispatch(&self, task: Task) {
+        if let Work::Get(file) = task.work {
+            // Full: the tracker delivers it again when its lease runs out.
+            let _ = self.gets.try_send(GetTask { id: task.id, file });
+            return;
+        }
         {
             let mut b = self.batch.lock().unwrap_or_else(|p| p.into_inner());
             if !b.pending.insert(task.id) {
@@ -239,7 +247,8 @@ impl<T: ChunkTransport> Dispatcher<T> {
                     tracing::warn!(task = id, "{what} failed: {why}");
                 }
                 crate::metrics::metrics().task_done(result.is_ok());
-                complete(&client, &peer_id, id, &result).await;
+                let error = result.as_ref().err().map_or("", String::as_str);
+                complete(&client, &peer_id, id, result.is_ok(), error).await;
                 result
             };
             let result = tokio::select! {
@@ -287,24 +296,22 @@ fn describe(w: &Work) -> String {
             d.chunks.len(),
             d.file_id.short()
         ),
+        Work::Get(id) => format!("get of {}", id.short()),
         Work::Invalid(_) => "task".into(),
     }
 }
 
 /// Sends CompleteTask, retrying briefly; an unanswered task is delivered again by the
 /// tracker when its lease runs out, so giving up is safe.
-async fn complete(
+pub(crate) async fn complete(
     client: &TrackerClient,
     peer_id: &PeerId,
     id: u64,
-    result: &Result<Done, String>,
+    ok: bool,
+    error: &str,
 ) {
-    let (ok, error) = match result {
-        Ok(_) => (true, String::new()),
-        Err(e) => (false, e.clone()),
-    };
     for attempt in 0..3u32 {
-        match client.complete_task(peer_id, id, ok, &error).await {
+        match client.complete_task(peer_id, id, ok, error).await {
             Ok(()) => return,
             Err(crate::tracker_client::TrackerError::NotFound { .. }) => {
                 tracing::debug!(task = id, "task no longer wanted");
@@ -326,6 +333,13 @@ async fn epoch_changed(rx: &mut watch::Receiver<u64>) {
     }
 }
 
+/// Who carries out the tasks of the stream: replication work, and due waiting gets.
+pub struct Workers<T> {
+    pub runner: Arc<Runner<T>>,
+    /// The node's waiting gets (`node::waiting`), which fetch whole files.
+    pub gets: mpsc::Sender<GetTask>,
+}
+
 /// Keeps the task stream open until `token` is cancelled, carrying out the tasks it
 /// delivers. `tracker_up` counts the times the heartbeat loop saw the tracker answer after
 /// not answering (first at start): the stream opens after the first, and is reopened at
@@ -335,7 +349,7 @@ pub async fn task_stream<T: ChunkTransport>(
     client: TrackerClient,
     peer_id: PeerId,
     key: [u8; 32],
-    runner: Arc<Runner<T>>,
+    workers: Workers<T>,
     mut tracker_up: watch::Receiver<u64>,
     connected: Arc<AtomicBool>,
     token: CancellationToken,
@@ -348,9 +362,10 @@ pub async fn task_stream<T: ChunkTransport>(
     let dispatcher = Dispatcher {
         client: client.clone(),
         peer_id: peer_id.clone(),
-        runner,
+        runner: workers.runner,
         slots: Arc::new(Semaphore::new(MAX_PARALLEL)),
         batch: Arc::default(),
+        gets: workers.gets,
         token: token.clone(),
     };
     let mut backoff = BACKOFF_MIN;

@@ -150,8 +150,17 @@ pub struct Task {
 pub enum Work {
     Fetch(FetchTask),
     Drop(DropTask),
+    /// A waiting get (`get --wait`) is due: peers that are up hold this file.
+    Get(FileId),
     /// A task that does not add up (answered `!ok` with this reason).
     Invalid(String),
+}
+
+/// A due waiting get, handed from the task stream to the node's waiting gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetTask {
+    pub id: u64,
+    pub file: FileId,
 }
 
 /// Fetch chunk `chunk` of `file` from one of `sources` and keep it.
@@ -209,6 +218,11 @@ pub(super) fn task_from_pb(t: pb::Task) -> Task {
             })),
             Err(e) => Err(e.to_string()),
         },
+        Some(pb::task::Work::Get(g)) => g
+            .file_id
+            .parse::<FileId>()
+            .map(Work::Get)
+            .map_err(|e| e.to_string()),
         None => Err("the task carries no work".into()),
     };
     Task {

@@ -77,6 +77,18 @@ impl Tracker for LyingTracker {
     ) -> Result<Response<tpb::CertifyResponse>, Status> {
         unimplemented()
     }
+    async fn queue_get(
+        &self,
+        _: Request<tpb::QueueGetRequest>,
+    ) -> Result<Response<tpb::QueueGetResponse>, Status> {
+        unimplemented()
+    }
+    async fn cancel_get(
+        &self,
+        _: Request<tpb::CancelGetRequest>,
+    ) -> Result<Response<tpb::CancelGetResponse>, Status> {
+        unimplemented()
+    }
     async fn heartbeat(
         &self,
         _: Request<tpb::HeartbeatRequest>,

@@ -103,6 +103,8 @@ proxy_impl! {
     search: SearchRequest => SearchResponse,
     list_peers: ListPeersRequest => ListPeersResponse,
     complete_task: CompleteTaskRequest => CompleteTaskResponse,
+    queue_get: QueueGetRequest => QueueGetResponse,
+    cancel_get: CancelGetRequest => CancelGetResponse,
     report_source: ReportSourceRequest => ReportSourceResponse,
 }
 

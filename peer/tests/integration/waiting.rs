@@ -1,6 +1,7 @@
-//! `get --wait`: a file whose only holder is offline is queued in the home instead of
-//! failing, and the home's node fetches it once the holder is back, with the command that
-//! queued it long gone; `status` shows waiting gets and `get --cancel` forgets them.
+//! `get --wait`: a file whose only holder is offline is queued (at the tracker, and in the
+//! home for where it goes) instead of failing, and the tracker has the home's node fetch it
+//! once the holder is back, with the command that queued it long gone and the tracker
+//! restarted in between; `status` shows waiting gets and `get --cancel` forgets them.
 
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ fn waiting_ids(status: &serde_json::Value) -> Vec<String> {
 async fn a_waiting_get_completes_when_the_only_holder_returns_with_the_cli_long_gone()
 -> anyhow::Result<()> {
     bounded(async {
-        let tracker = TestTracker::start().await?;
+        let mut tracker = TestTracker::start().await?;
         let mut alice = TestPeer::register(&tracker, "alice").await?;
         alice.serve(&[]).await?;
         let data = tempfile::tempdir()?;
@@ -62,7 +63,10 @@ async fn a_waiting_get_completes_when_the_only_holder_returns_with_the_cli_long_
         until_down(&tracker, &alice).await?;
 
         let mut bob = TestPeer::register(&tracker, "bob").await?;
-        bob.serve(&["--waiting-every", "1s"]).await?;
+        // The node's own walk of its list comes only after an hour: the tracker's queue
+        // must be what brings the file. No replicas: g must stay with alice alone.
+        bob.serve(&["--waiting-every", "1h", "--storage-quota", "0"])
+            .await?;
         let out = tempfile::tempdir()?;
         let dir = out.path().to_str().context("utf-8")?;
 
@@ -79,11 +83,16 @@ async fn a_waiting_get_completes_when_the_only_holder_returns_with_the_cli_long_
             .json()?;
         assert_eq!(queued[0]["id"], f_id.as_str(), "{queued}");
         assert_eq!(queued[0]["waiting"], true, "{queued}");
+        assert!(queued[0]["tracker_task"].is_u64(), "{queued}");
         let status = bob.run(&["--json", "status"]).await?.ok()?.json()?;
         assert_eq!(waiting_ids(&status), vec![f_id.clone()], "{status}");
         assert!(!out.path().join("f.bin").exists());
 
-        // The holder comes back; bob's node fetches the file by itself.
+        // The queue is the tracker's database: it outlives a restart.
+        tracker.stop().await?;
+        tracker.restart_after_stop().await?;
+
+        // The holder comes back; the tracker pushes the get to bob's node.
         alice.serve(&[]).await?;
         let path = out.path().join("f.bin");
         wait_until(
@@ -114,6 +123,7 @@ async fn a_waiting_get_completes_when_the_only_holder_returns_with_the_cli_long_
             .await?
             .ok()?;
         assert!(q.stdout.contains("waiting"), "{}", q.stdout);
+        assert!(q.stdout.contains("queued in this home"), "{}", q.stdout);
         assert!(
             q.stderr.contains("no node is serving this home"),
             "{}",

@@ -113,6 +113,22 @@ pub struct Plan<T> {
     pub change: Change<T>,
 }
 
+impl<T> Plan<T> {
+    /// A write of `user`'s on one file that shares nothing new: it reserves the file,
+    /// commits `ops`, then makes `change`.
+    pub fn on_file(user: i32, file: FileId, ops: Vec<WriteOp>, change: Change<T>) -> Self {
+        Plan {
+            planned: Planned {
+                user,
+                keys: vec![Key::File(file)],
+                shares: None,
+                ops,
+            },
+            change,
+        }
+    }
+}
+
 /// What a plan reserves and commits.
 pub struct Planned {
     pub user: i32,

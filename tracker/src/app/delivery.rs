@@ -11,7 +11,7 @@ use common::{Bitfield, FileId, PeerId, TicketSigner};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::commit::{Change, Key, Plan, Planned};
+use super::commit::{Change, Plan};
 use super::holdings::{claim_peer, holding_record, not_yours};
 use super::index::{Holding, Index};
 use super::{
@@ -28,6 +28,8 @@ const MAX_IN_FLIGHT: usize = 32;
 const STREAM_CAPACITY: usize = 64;
 /// Retry delay for a task that could not be pushed (no source up, channel full).
 const PUSH_RETRY: Duration = Duration::from_secs(1);
+/// How often a waiting get whose file is not held by peers that are up is checked again.
+const GET_RECHECK: Duration = Duration::from_secs(2);
 
 impl TrackerService {
     /// [`Self::push_due`] for each of `peers`.
@@ -78,7 +80,12 @@ impl TrackerService {
             }
             let Some(a) = assignment(ix, id, now, &signing) else {
                 // No source is up right now: try again later.
-                ix.tasks.requeue(id, retry_at);
+                let get = ix
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.rec.kind == TaskKind::Get);
+                let wait = if get { GET_RECHECK } else { PUSH_RETRY };
+                ix.tasks.requeue(id, now.saturating_add(duration_ms(wait)));
                 continue;
             };
             match tx.try_send(a) {
@@ -186,15 +193,7 @@ impl TrackerService {
                 };
                 (svc.completed(ix, &peer, done, ok, error, now), ())
             });
-            Ok(Plan {
-                planned: Planned {
-                    user: caller.user_id,
-                    keys: vec![Key::File(file)],
-                    shares: None,
-                    ops,
-                },
-                change,
-            })
+            Ok(Plan::on_file(caller.user_id, file, ops, change))
         })
         .await?;
         self.inner.wake.notify_one();
@@ -308,6 +307,7 @@ fn holding_after(
             h.updated_at_ms = now;
             Some(Some(h))
         }
+        TaskKind::Get => None,
         TaskKind::Drop => {
             let mut h = held.filter(|h| h.kind == HoldingKind::Replica)?;
             for c in chunks {
@@ -320,6 +320,22 @@ fn holding_after(
             Some(Some(h))
         }
     }
+}
+
+/// Whether peers that are up, other than `getter`, claim every chunk of `file`: then a
+/// waiting get of it is worth trying. Claims, not verified chunks, as `Locate` hands out;
+/// a lie costs the getter one failed try and the task a back-off.
+fn held_up(ix: &Index, file: &FileId, getter: &PeerId, now: i64) -> bool {
+    let Some(f) = ix.files.get(file) else {
+        return false;
+    };
+    let mut covered = Bitfield::new(f.manifest.chunk_count());
+    for (p, h) in &f.holdings {
+        if p != getter && ix.is_serving(p, now) {
+            covered.union_with(&h.have);
+        }
+    }
+    covered.is_complete()
 }
 
 /// How the tickets of one node's fetches are signed: for `--ticket-ttl`, naming the key
@@ -335,12 +351,18 @@ struct Signing<'a> {
 fn assignment(ix: &Index, id: u64, now: i64, signing: &Signing<'_>) -> Option<Assignment> {
     let t = ix.tasks.get(id)?;
     let file = t.rec.file_id;
-    if t.rec.kind == TaskKind::Drop {
-        return Some(Assignment::Drop {
-            id,
-            file,
-            chunks: t.rec.chunks.clone(),
-        });
+    match t.rec.kind {
+        TaskKind::Drop => {
+            return Some(Assignment::Drop {
+                id,
+                file,
+                chunks: t.rec.chunks.clone(),
+            });
+        }
+        TaskKind::Get => {
+            return held_up(ix, &file, &t.rec.peer_id, now).then_some(Assignment::Get { id, file });
+        }
+        TaskKind::Fetch => {}
     }
     let f = ix.files.get(&file)?;
     let chunk = *t.rec.chunks.first()?;

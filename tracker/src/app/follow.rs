@@ -54,7 +54,7 @@ pub(super) fn task_block(hello: i64) -> u64 {
 /// file unknown here.
 pub(super) fn task_bytes(ix: &Index, t: &TaskRecord) -> Option<u64> {
     match t.kind {
-        TaskKind::Drop => Some(0),
+        TaskKind::Drop | TaskKind::Get => Some(0),
         TaskKind::Fetch => ix.files.get(&t.file_id).and_then(|f| {
             let c = *t.chunks.first()?;
             (c < f.manifest.chunk_count()).then(|| {

@@ -345,15 +345,7 @@ impl TrackerService {
                 }
                 (out.ops, ())
             });
-            Ok(Plan {
-                planned: Planned {
-                    user: caller.user_id,
-                    keys: vec![Key::File(file)],
-                    shares: None,
-                    ops,
-                },
-                change,
-            })
+            Ok(Plan::on_file(caller.user_id, file, ops, change))
         })
         .await?;
         self.wake_planner();

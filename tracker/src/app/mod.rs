@@ -14,6 +14,7 @@ mod collections;
 mod commit;
 mod delivery;
 mod follow;
+mod gets;
 mod holdings;
 pub mod index;
 mod limits;

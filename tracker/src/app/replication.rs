@@ -354,6 +354,7 @@ impl TrackerService {
                         .or_default()
                         .push((tid, t.rec.peer_id.clone())),
                     TaskKind::Drop => dropping.entry(c).or_default().push(t.rec.peer_id.clone()),
+                    TaskKind::Get => {}
                 }
             }
         }

@@ -209,6 +209,11 @@ pub enum Assignment {
         file: FileId,
         chunks: Vec<u32>,
     },
+    /// A waiting get is due: fetch the whole file for the node's user.
+    Get {
+        id: u64,
+        file: FileId,
+    },
 }
 
 /// Fetch one chunk into the node's replica store.

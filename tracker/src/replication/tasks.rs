@@ -250,6 +250,14 @@ impl TaskTable {
             .unwrap_or_default()
     }
 
+    /// `peer`'s waiting gets (tasks of kind get), oldest first.
+    pub fn gets_of(&self, peer: &PeerId) -> impl Iterator<Item = &TaskRecord> {
+        (self.by_peer.get(peer).into_iter().flatten())
+            .filter_map(|id| self.tasks.get(id))
+            .map(|t| &t.rec)
+            .filter(|r| r.kind == TaskKind::Get)
+    }
+
     /// Bytes of `peer`'s pending fetches.
     pub fn fetch_bytes(&self, peer: &PeerId) -> u64 {
         self.fetch_bytes.get(peer).copied().unwrap_or(0)
@@ -300,7 +308,7 @@ impl TaskTable {
     pub fn failed_row(&self, id: u64, error: String, now_ms: i64) -> Option<TaskRecord> {
         let mut rec = self.tasks.get(&id)?.rec.clone();
         rec.attempts += 1;
-        if rec.attempts >= MAX_ATTEMPTS {
+        if gives_up(&rec) {
             return None;
         }
         rec.last_error = Some(error);
@@ -311,13 +319,14 @@ impl TaskTable {
     }
 
     /// Records a failure: back-off and retry, or give up after [`MAX_ATTEMPTS`] (a fetch's
-    /// peer is then avoided for that chunk for [`AVOID_FOR`]).
+    /// peer is then avoided for that chunk for [`AVOID_FOR`]). A waiting get is never given
+    /// up: it waits for its user, who cancels it.
     pub fn fail(&mut self, id: u64, error: String, now_ms: i64) -> Option<Failed> {
         let t = self.tasks.get_mut(&id)?;
         t.rec.attempts += 1;
         t.rec.last_error = Some(error);
         let attempts = t.rec.attempts;
-        if attempts >= MAX_ATTEMPTS {
+        if gives_up(&t.rec) {
             let t = self.remove(id)?;
             if t.rec.kind == TaskKind::Fetch {
                 let until = now_ms + ms(AVOID_FOR);
@@ -403,6 +412,11 @@ impl TaskTable {
     }
 }
 
+/// Whether a task that has failed `rec.attempts` times is given up.
+fn gives_up(rec: &TaskRecord) -> bool {
+    rec.kind != TaskKind::Get && rec.attempts >= MAX_ATTEMPTS
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -435,6 +449,24 @@ mod tests {
             t.fail(a.id, "last".into(), 1000),
             Some(Failed::GaveUp(_))
         ));
+    }
+
+    #[test]
+    fn a_waiting_get_is_never_given_up_and_costs_no_quota() {
+        let mut t = TaskTable::new(0);
+        t.create(&peer(1), TaskKind::Fetch, file(1), vec![0], 100, 0);
+        let g = t.create(&peer(1), TaskKind::Get, file(2), Vec::new(), 0, 0);
+        assert_eq!(t.fetch_bytes(&peer(1)), 100);
+        for n in 1..=3 * MAX_ATTEMPTS {
+            assert!(t.failed_row(g.id, format!("e{n}"), 1000).is_some());
+            assert!(matches!(
+                t.fail(g.id, format!("e{n}"), 1000),
+                Some(Failed::Retry(_))
+            ));
+        }
+        let gets: Vec<u64> = t.gets_of(&peer(1)).map(|r| r.id).collect();
+        assert_eq!(gets, vec![g.id]);
+        assert_eq!(t.gets_of(&peer(2)).count(), 0);
     }
 
     #[test]

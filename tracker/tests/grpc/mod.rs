@@ -10,6 +10,7 @@ use tracker::Config;
 mod audits;
 mod certificates;
 pub(crate) mod collections;
+mod gets;
 mod introspect;
 mod names;
 mod persistence;
