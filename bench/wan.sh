@@ -440,6 +440,29 @@ if [ -z "${SKIP_EXTRAS:-}" ]; then
   put m.runs "$RUNS"
   sources=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["sources"])' "$WORK/get$(cat "$WORK/getters").json" 2>/dev/null || echo '?')
   put m.sources "$sources"
+
+  # Search at RTT 50 ms, same link: the tracker's (one request) beside a flooded one
+  # (`search --peers`, TTL 2) from a getter whose only contact is seed1, which knows the
+  # other seeds: the query crosses the link once, every seed answers straight back across
+  # it. Median of 3 each.
+  say "link m: search, the tracker's and flooded"
+  node_addr() { awk '/serving on/ {print $NF}' "$WORK/$1.out"; }
+  BIN=$WB/g new_home fl
+  BIN=$WB/g peer_cmd fl contacts add "$(node_addr seed1)" >/dev/null
+  for i in $(seq 2 "$NSEEDS"); do
+    BIN=$WB/s1 peer_cmd seed1 contacts add "$(node_addr "seed$i")" >/dev/null
+  done
+  for r in 1 2 3; do
+    t0=$(now)
+    BIN=$WB/g peer_cmd fl --json search file.bin >"$WORK/ts$r.json" || fail "tracker search $r"
+    since "$t0" >>"$WORK/search-tracker"
+    BIN=$WB/g peer_cmd fl --json search --peers file.bin --ttl 2 --wait 2s \
+      >"$WORK/fs$r.json" 2>"$WORK/fs$r.err" || fail "flooded search $r: $(tail -1 "$WORK/fs$r.err")"
+    sed -n 's/.*first answer after \([0-9]*\) ms.*/\1/p' "$WORK/fs$r.err" >>"$WORK/search-flood"
+  done
+  put search.tracker "$(median <"$WORK/search-tracker")"
+  put search.flood_first_ms "$(median <"$WORK/search-flood")"
+  put search.flood_holders "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["holders"])' "$WORK/fs3.json" 2>/dev/null || echo '?')"
 fi
 stop_delayline
 put elapsed "$(since "$T_START")"
@@ -489,6 +512,11 @@ if "small.peer.total" in r:
     notes.append(f"1 MiB at 1 Gbit/s, RTT 100 ms (median of 3; first byte: the getter's connection "
                  f"to the seed has 2 KiB, seen by `ss`): peer get first byte {float(sp[0]):.2f} s, done {float(sp[1]):.2f} s; "
                  f"curl first byte {float(sc[0]):.2f} s, done {float(sc[1]):.2f} s.")
+if "search.tracker" in r:
+    notes.append(f"Search at RTT 50 ms (median of 3): the tracker's `peer search` {float(r['search.tracker']) * 1000:.0f} ms "
+                 f"for the whole command (process start, connect, one request); a flooded `peer search --peers` (TTL 2, "
+                 f"getter → seed1 → the 3 other seeds) first answer {r['search.flood_first_ms'] or '?'} ms after "
+                 f"the query left, holders answering {r['search.flood_holders']}.")
 bad = [f"link {k.split('_')[1]}: {v}" for k, v in r.items() if k.startswith("delayline_") and v != "clean"]
 notes.append("Delay line: " + ("; ".join(bad) if bad else "no frame lost but the chosen ones (no queue overflow, kernel drop or send error)") + ".")
 notes.append(f"Congestion control in the namespaces: {cc}. Best of {runs} run(s) per tool and link; "

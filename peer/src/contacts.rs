@@ -15,6 +15,8 @@ use crate::home::{Home, HomeError, write_json};
 
 /// Most learnt contacts kept.
 pub const MAX_LEARNED: usize = 256;
+/// How stale a learnt contact's "seen" time may get before seeing it again is written down.
+const REFRESH_MS: i64 = 60_000;
 /// Most contacts a user may add by hand.
 pub const MAX_ADDED: usize = 1024;
 /// Longest address accepted (`https://` + a long host name + port).
@@ -166,13 +168,21 @@ impl Contacts {
         let now = crate::now_ms();
         let mut list = self.learned();
         let mut new = 0;
+        // Whether the file must be written: something new, or a contact seen again after a
+        // while (not on every exchange: a busy node would rewrite it many times a second).
+        let mut changed = false;
         for a in addrs {
             let Ok(a) = parse_addr(a) else { continue };
             if a == own {
                 continue;
             }
             match list.iter_mut().find(|c| c.addr == a) {
-                Some(c) => c.seen_ms = now,
+                Some(c) => {
+                    if now - c.seen_ms >= REFRESH_MS {
+                        c.seen_ms = now;
+                        changed = true;
+                    }
+                }
                 // In front, so among contacts seen in the same millisecond the new stay.
                 None => {
                     list.insert(
@@ -183,8 +193,12 @@ impl Contacts {
                         },
                     );
                     new += 1;
+                    changed = true;
                 }
             }
+        }
+        if !changed {
+            return Ok(0);
         }
         list.sort_by_key(|c| std::cmp::Reverse(c.seen_ms));
         list.truncate(MAX_LEARNED);
@@ -245,5 +259,19 @@ mod tests {
         assert!(c.remove("127.0.0.1:1").unwrap());
         assert!(!c.remove("127.0.0.1:1").unwrap());
         assert!(c.added().is_empty());
+    }
+
+    #[test]
+    fn should_not_rewrite_learnt_contacts_for_a_contact_seen_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(Some(dir.path().to_path_buf())).unwrap();
+        let c = Contacts::new(&home);
+        assert_eq!(c.learn(["10.0.0.1:2"], "me:5").unwrap(), 1);
+        let before = std::fs::read(c.learned_path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(c.learn(["10.0.0.1:2"], "me:5").unwrap(), 0);
+        assert_eq!(std::fs::read(c.learned_path()).unwrap(), before);
+        assert_eq!(c.learn(["10.0.0.1:3"], "me:5").unwrap(), 1);
+        assert_eq!(c.learned().len(), 2);
     }
 }

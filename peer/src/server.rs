@@ -334,14 +334,14 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ContactsReply>, Status> {
         let flood = self.flood()?;
         let req = request.into_inner();
-        self.gate.admit_peer(
+        let sender = self.gate.admit_peer(
             Method::Contacts,
             &flood::contacts_subject(),
             req.proof.as_ref(),
             req.certificate.as_ref(),
         )?;
         Ok(Response::new(pb::ContactsReply {
-            addrs: flood.exchange(&req.addr),
+            addrs: flood.exchange(&req.addr, &sender)?,
         }))
     }
 

@@ -162,7 +162,7 @@ impl Gate {
         let proof = Proof::try_from(proof).map_err(unauthenticated)?;
         let now = crate::now_ms();
         let cert = Certificate::try_from(c).map_err(unauthenticated)?;
-        self.certificate(&key, c, now)?;
+        self.check_certificate(&key, &cert, now)?;
         proof
             .verify(&cert.claims.key, "certificate", method, subject, now)
             .map_err(unauthenticated)?;
@@ -223,16 +223,7 @@ impl Gate {
         now: i64,
     ) -> Result<([u8; 32], Admitted), Status> {
         let cert = Certificate::try_from(c).map_err(unauthenticated)?;
-        let until = cert.claims.expires_at_ms.saturating_add(CLOCK_SKEW_MS);
-        if !self
-            .certificates
-            .accepts(&cert.signature, &cert.claims, key, now)
-        {
-            key.verify_certificate(&cert, now)
-                .map_err(unauthenticated)?;
-            self.certificates
-                .insert(&cert.signature, &cert.claims, key, until, now);
-        }
+        let until = self.check_certificate(key, &cert, now)?;
         let Certificate { claims, .. } = cert;
         Ok((
             claims.key,
@@ -241,6 +232,28 @@ impl Gate {
                 user: claims.user,
             },
         ))
+    }
+}
+
+impl Gate {
+    /// Checks that the tracker's key signed `cert` and that it is current (verdicts are
+    /// cached by signature); returns until when it holds, clock skew included.
+    fn check_certificate(
+        &self,
+        key: &TicketVerifier,
+        cert: &Certificate,
+        now: i64,
+    ) -> Result<i64, Status> {
+        let until = cert.claims.expires_at_ms.saturating_add(CLOCK_SKEW_MS);
+        if !self
+            .certificates
+            .accepts(&cert.signature, &cert.claims, key, now)
+        {
+            key.verify_certificate(cert, now).map_err(unauthenticated)?;
+            self.certificates
+                .insert(&cert.signature, &cert.claims, key, until, now);
+        }
+        Ok(until)
     }
 }
 

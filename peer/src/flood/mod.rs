@@ -119,10 +119,24 @@ impl Flood {
         &self.contacts
     }
 
-    /// Peer exchange: up to [`EXCHANGE`] of this node's contacts at random, for a peer
-    /// at `their_addr` (learnt as a contact when the node learns contacts).
-    pub fn exchange(&self, their_addr: &str) -> Vec<String> {
+    /// Peer exchange: up to [`EXCHANGE`] of this node's contacts at random, for `sender`
+    /// at `their_addr` (learnt as a contact when the node learns contacts). Exchanges count
+    /// against the sender's query rate.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED past the sender's rate.
+    pub fn exchange(
+        &self,
+        their_addr: &str,
+        sender: &CertificateClaims,
+    ) -> Result<Vec<String>, Status> {
         use rand::seq::SliceRandom;
+        if !self.allow(&sender.peer_id) {
+            metrics().query("limited");
+            return Err(Status::resource_exhausted(format!(
+                "more than {QUERY_RATE} queries a second from this peer"
+            )));
+        }
         let mut all = self.contacts.all();
         all.retain(|a| a != their_addr);
         all.shuffle(&mut rand::rng());
@@ -130,7 +144,7 @@ impl Flood {
         if self.learn && !their_addr.is_empty() {
             let _ = self.contacts.learn([their_addr], &self.own_addr);
         }
-        all
+        Ok(all)
     }
 
     /// Takes one query from `sender` (already admitted): answers and forwards it in the

@@ -185,6 +185,18 @@ async fn a_flooded_search_reaches_exactly_the_peers_within_ttl_hops_of_a_line() 
             "only {limited} of 60 queries at once were refused"
         );
         assert_eq!(queries(&peers[1], "limited").await?, limited);
+        // Peer exchanges count against the same rate.
+        let mut exchanges_limited = 0;
+        for _ in 0..60 {
+            if let Err(s) = node.contacts(flooder.exchange()).await {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                exchanges_limited += 1;
+            }
+        }
+        assert!(
+            exchanges_limited >= 30,
+            "only {exchanges_limited} of 60 exchanges at once were refused"
+        );
         // Unsigned, or signed with a key the certificate does not name: refused.
         let mut unsigned = flooder.query(1);
         unsigned.proof = None;
@@ -243,6 +255,19 @@ struct Flooder {
 }
 
 impl Flooder {
+    fn exchange(&self) -> peer_pb::ContactsRequest {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let subject = peer::flood::contacts_subject();
+        peer_pb::ContactsRequest {
+            addr: String::new(),
+            proof: Some((&self.key.prove(Method::Contacts, &subject, now)).into()),
+            certificate: Some(self.cert.clone()),
+        }
+    }
+
     fn query(&self, ttl: u32) -> peer_pb::QueryRequest {
         let mut id = [0u8; 16];
         rand::rng().fill(&mut id);
