@@ -10,11 +10,12 @@
 # each host's veth egress (a seed's is the download rate, the getter's the upload rate).
 # Addresses are 10.199.0.0/24, given only inside these namespaces, which have no route
 # anywhere else: no packet leaves the machine. Per link, in this order: iperf3 -R (the link's
-# reference), `peer get` from one `peer serve` node (the tracker sits beside the node, so the
+# reference, over IPERF_SECONDS; then for exactly SIZE bytes, slow start included), `peer get` from one `peer serve` node (the tracker sits beside the node, so the
 # getter's tracker calls cross the link too), curl from `python3 -m http.server`, and rqbit
 # seeding to rqbit with --initial-peers. Every copy is checked by SHA-256. Then (full mode)
 # 4 seeds at 100 Mbit/s into a getter at 1 Gbit/s vs one seed, with the bytes the seeds sent
-# (their tessera_peer_uploaded_bytes_total), and a 1 MiB get's first byte and end vs curl's.
+# (their tessera_peer_uploaded_bytes_total), a 1 MiB get's first byte and end vs curl's, and
+# the tracker's search beside a flooded one (`search --peers`) at RTT 50 ms.
 #
 #   bench/wan.sh              # full: 4 links, 256 MiB, release build; ~10-15 minutes
 #   bench/wan.sh --append     # the same, then appends the table to BENCHMARKS.md
@@ -33,7 +34,7 @@ for a in "$@"; do
   case $a in
     --smoke) SMOKE=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: bench/wan.sh [--smoke] [--append]" >&2; exit 2 ;;
   esac
 done
@@ -338,14 +339,18 @@ m_rqbit() {
   fi
   rm -rf "$out"
 }
+# m_iperf [bytes] RUN: iperf3 -R for IPERF_SECONDS (the link's rate), or with `bytes` for
+# exactly SIZE bytes from a cold connection (slow start included, as every copy pays it).
 m_iperf() {
-  local r=$1 json=$WORK/iperf-$LINK-$r.json
+  local len=(-t "$IPERF_SECONDS") tag=t
+  if [ "$1" = bytes ]; then len=(-n "$BYTES"); tag=n; shift; fi
+  local r=$1 json=$WORK/iperf-$LINK-$tag$r.json
   ip netns exec "$P-s1" timeout --foreground $((IPERF_SECONDS + 60)) iperf3 -s -1 --forceflush \
-    -B "$SEED1" >"$WORK/iperf-$LINK-$r.out" 2>&1 &
+    -B "$SEED1" >"$WORK/iperf-$LINK-$tag$r.out" 2>&1 &
   local spid=$!
   PIDS+=("$spid")
-  wait_for "$WORK/iperf-$LINK-$r.out" 'Server listening'
-  if nsx g timeout --foreground $((IPERF_SECONDS + 30)) iperf3 -c "$SEED1" -R -t "$IPERF_SECONDS" -J >"$json" 2>&1; then
+  wait_for "$WORK/iperf-$LINK-$tag$r.out" 'Server listening'
+  if nsx g timeout --foreground $((IPERF_SECONDS + 30)) iperf3 -c "$SEED1" -R "${len[@]}" -J >"$json" 2>&1; then
     # As seconds for SIZE bytes, like the others: the table turns every figure into MB/s.
     python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]; print(f"{int(sys.argv[2])*8/b:.3f}")' "$json" "$BYTES"
   else
@@ -359,7 +364,10 @@ measure_link() {
   LINK=$1
   set_link "$@"
   put "$LINK.label" "$(echo "$6" | tr ' ' '_')"
-  if command -v iperf3 >/dev/null; then put "$LINK.iperf" "$(best_of m_iperf)"; fi
+  if command -v iperf3 >/dev/null; then
+    put "$LINK.iperf" "$(best_of m_iperf)"
+    put "$LINK.iperf_n" "$(best_of m_iperf bytes)"
+  fi
   say "link $LINK: peer get"
   put "$LINK.peer" "$(best_of m_peer)"
   if command -v curl >/dev/null; then say "link $LINK: curl"; put "$LINK.curl" "$(best_of m_curl)"; fi
@@ -488,13 +496,13 @@ def cell(link, what):
     pct = f" ({float(ip) / float(t) * 100:.0f} %)" if ip else ""
     return f"{mbs(t):.1f} MB/s{pct}"
 size = f"{nbytes / 2**20:.0f} MiB"
-print(f"| link ({size}; iperf3 = 100 %) | peer get | curl from `python3 -m http.server` | rqbit → rqbit |")
-print("|---|---|---|---|")
+print(f"| link ({size}; iperf3 = 100 %) | iperf3 -n {size} (cold start) | peer get | curl from `python3 -m http.server` | rqbit → rqbit |")
+print("|---|---|---|---|---|")
 for l in links:
     ip = r.get(f"{l}.iperf", "")
     ipt = f"{mbs(ip):.1f} MB/s" if ip else "not run"
     label = r[f"{l}.label"].replace("_", " ")
-    print(f"| {label} (ping {r.get(l + '.ping', '?')} ms): iperf3 {ipt} | {cell(l, 'peer')} | {cell(l, 'curl')} | {cell(l, 'rqbit')} |")
+    print(f"| {label} (ping {r.get(l + '.ping', '?')} ms): iperf3 {ipt} | {cell(l, 'iperf_n')} | {cell(l, 'peer')} | {cell(l, 'curl')} | {cell(l, 'rqbit')} |")
 notes = []
 if "m.one" in r:
     one, four = r["m.one"], r["m.four"]
