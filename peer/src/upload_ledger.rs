@@ -12,7 +12,6 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::FileId;
-use rand::RngExt;
 
 /// A file's counts are dropped after this long without a pick.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -37,7 +36,8 @@ pub fn ledger() -> &'static UploadLedger {
 
 impl UploadLedger {
     /// Chooses up to `pick` of `candidates` (indices below `chunks`, duplicates ignored):
-    /// the least sent first, ties at random, and counts them as sent.
+    /// the least sent first, ties in the order offered (the getter's preference: the front
+    /// of what it misses), and counts them as sent.
     pub fn pick(&self, id: &FileId, chunks: u32, candidates: &[u32], pick: usize) -> Vec<u32> {
         let now = Instant::now();
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,12 +48,11 @@ impl UploadLedger {
         });
         c.used = now;
         c.sent.resize(c.sent.len().max(chunks as usize), 0);
-        let mut rng = rand::rng();
-        // Random keys break ties, so two nodes (or two rounds) do not all start at chunk 0.
-        let mut order: Vec<(u32, u32, u32)> = candidates
+        let mut order: Vec<(u32, usize, u32)> = candidates
             .iter()
-            .filter(|&&i| i < chunks)
-            .map(|&i| (c.sent[i as usize], rng.random::<u32>(), i))
+            .enumerate()
+            .filter(|&(_, &i)| i < chunks)
+            .map(|(at, &i)| (c.sent[i as usize], at, i))
             .collect();
         order.sort_unstable();
         let mut out: Vec<u32> = Vec::with_capacity(pick);
@@ -107,5 +106,15 @@ mod tests {
         // Past the end and duplicates are ignored; never more than asked or offered.
         assert_eq!(l.pick(&id, 4, &[9, 1, 1], 3), vec![1]);
         assert!(l.pick(&id, 4, &[], 1).is_empty());
+    }
+
+    #[test]
+    fn breaks_ties_in_the_order_offered() {
+        let l = UploadLedger::default();
+        let id = FileId(Sha256Digest::of(b"o"));
+        assert_eq!(l.pick(&id, 8, &[5, 1, 7], 1), vec![5]);
+        assert_eq!(l.pick(&id, 8, &[5, 1, 7], 2), vec![1, 7]);
+        // 5 was sent once, 1 and 7 once too: now the order offered again.
+        assert_eq!(l.pick(&id, 8, &[7, 5], 1), vec![7]);
     }
 }

@@ -19,7 +19,6 @@ use std::hash::Hash;
 
 use common::Bitfield;
 use rand::RngExt;
-use rand::seq::SliceRandom;
 
 /// The state of one chunk (see STATE.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,22 +233,19 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
             .is_some_and(|b| b.count() == self.chunk_count())
     }
 
-    /// Reserves a candidate set for `s`, which then sends the one it has sent least: the
-    /// Missing chunks that only `s` holds, or, when there are none, every Missing chunk it
-    /// holds; a random few of them. The candidates become InFlight from `s`, so no other
+    /// Reserves a candidate set for `s`, which then sends the one it has sent least (ties
+    /// in the order offered): the Missing chunks that only `s` holds, or, when there are
+    /// none, every Missing chunk it holds; a few of them, every `step`-th from the lowest, so
+    /// each set starts at the front of what is missing and a lone getter gets the file about
+    /// in order (its whole-file hash, which must go front to back, then keeps up instead of
+    /// hashing most of the file after the last chunk). The candidates become InFlight from `s`, so no other
     /// request asks for them (no chunk is sent twice outside the endgame); the caller
     /// releases those not sent. Of chunks only `s` holds, its `depth` requests share them
     /// all (`pool / depth` each); of chunks others hold too, the set is small enough that
     /// `depth` such requests from each source leave half the Missing chunks to others
     /// (`missing / (2 · sources · depth)`); between 1 and `max`. Empty when nothing `s`
     /// holds is Missing.
-    pub fn reserve_candidates(
-        &mut self,
-        s: &S,
-        depth: usize,
-        max: usize,
-        rng: &mut impl rand::Rng,
-    ) -> Vec<u32> {
+    pub fn reserve_candidates(&mut self, s: &S, depth: usize, max: usize) -> Vec<u32> {
         let Some(have) = self.sources.get(s) else {
             return Vec::new();
         };
@@ -274,8 +270,8 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         };
         let k = k.clamp(1, max.max(1));
         if out.len() > k {
-            out.shuffle(rng);
-            out.truncate(k);
+            let step = out.len() / k;
+            out = out.into_iter().step_by(step).take(k).collect();
         }
         for &i in &out {
             self.states[i as usize] = ChunkState::InFlight(vec![s.clone()]);
@@ -443,12 +439,12 @@ mod tests {
         assert!(taken == 0 || taken == 1);
         // Not 0 or 1 (peer holds them), not 5 (Verified): the seed-only chunks, shared out
         // over its requests (depth 2: one and two), reserved for the seed.
-        let c = s.reserve_candidates(&"seed", 2, 10, &mut rng);
+        let c = s.reserve_candidates(&"seed", 2, 10);
         assert_eq!(c.len(), 1);
         assert!([2, 3, 4].contains(&c[0]), "{c:?}");
         assert_eq!(s.state(c[0]), &ChunkState::InFlight(vec!["seed"]));
         // A second request gets others: requests never overlap.
-        let mut d = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        let mut d = s.reserve_candidates(&"seed", 1, 10);
         d.sort();
         assert_eq!(d.len(), 2);
         assert!(!d.contains(&c[0]));
@@ -458,16 +454,15 @@ mod tests {
         assert_eq!(s.state(d[1]), &ChunkState::Missing);
         // With nothing only it holds, the seed is offered every Missing chunk it holds.
         s.add_source("peer", bits(6, &[0, 1, 2, 3, 4]));
-        let mut c = s.reserve_candidates(&"seed", 1, 10, &mut rng);
+        let mut c = s.reserve_candidates(&"seed", 1, 10);
         c.sort();
         assert_eq!(c.len(), 1);
-        assert!(s.reserve_candidates(&"unknown", 1, 10, &mut rng).is_empty());
+        assert!(s.reserve_candidates(&"unknown", 1, 10).is_empty());
     }
 
     #[test]
     fn candidate_sets_leave_work_for_other_sources() {
         let mut s = Scheduler::new(256);
-        let mut rng = rand::rng();
         for seed in ["a", "b", "c", "d"] {
             s.add_source(seed, Bitfield::full(256));
         }
@@ -475,7 +470,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for seed in ["a", "b", "c", "d"] {
             for _ in 0..8 {
-                let c = s.reserve_candidates(&seed, 8, 16, &mut rng);
+                let c = s.reserve_candidates(&seed, 8, 16);
                 assert!(!c.is_empty() && c.len() <= 4, "{c:?}");
                 for i in c {
                     assert!(seen.insert(i), "chunk {i} offered twice");
@@ -486,8 +481,29 @@ mod tests {
         // One chunk left: one request gets it; the next one nothing (no duplicate).
         let mut one = Scheduler::new(1);
         one.add_source("seed", Bitfield::full(1));
-        assert_eq!(one.reserve_candidates(&"seed", 16, 16, &mut rng), vec![0]);
-        assert!(one.reserve_candidates(&"seed", 16, 16, &mut rng).is_empty());
+        assert_eq!(one.reserve_candidates(&"seed", 16, 16), vec![0]);
+        assert!(one.reserve_candidates(&"seed", 16, 16).is_empty());
+    }
+
+    #[test]
+    fn candidate_sets_start_at_the_front_and_interleave() {
+        // One seed, 4 requests deep, 16 chunks: each set is every `step`-th of what is
+        // Missing from the lowest, so the seed (least sent first, ties in the order
+        // offered) sends 0, 1, 2, 3.
+        let mut s = Scheduler::new(16);
+        s.add_source("seed", Bitfield::full(16));
+        let sets: Vec<Vec<u32>> = (0..4)
+            .map(|_| s.reserve_candidates(&"seed", 4, 64))
+            .collect();
+        assert_eq!(sets[0], vec![0, 4, 8, 12]);
+        assert_eq!(sets[1], vec![1, 6, 11]);
+        assert_eq!(
+            sets.iter().map(|c| c[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        for c in &sets {
+            assert!(c.windows(2).all(|w| w[0] < w[1]), "ascending: {c:?}");
+        }
     }
 
     #[test]

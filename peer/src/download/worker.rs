@@ -112,7 +112,7 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
             let full = sched.is_full_holder(source);
             while in_flight.len() < depth.target() {
                 let cands = if full {
-                    sched.reserve_candidates(source, depth.target(), MAX_CANDIDATES, &mut rng)
+                    sched.reserve_candidates(source, depth.target(), MAX_CANDIDATES)
                 } else {
                     Vec::new()
                 };

@@ -50,14 +50,16 @@ pub async fn run(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    // The task stream's end closes the channel; the walks go on until the token says stop.
+    let mut open = true;
     loop {
         tokio::select! {
-            t = tasks.recv() => match t {
+            t = tasks.recv(), if open => match t {
                 Some(t) => {
                     let gets = gets.clone();
                     tokio::spawn(async move { gets.pushed(t).await });
                 }
-                None => std::future::pending().await,
+                None => open = false,
             },
             _ = tick.tick() => {
                 let gets = gets.clone();

@@ -306,6 +306,30 @@ impl TestPeer {
         Ok(())
     }
 
+    /// Stops the node with SIGTERM, as an operator would, and waits for it to exit
+    /// successfully; an error when it does not within 30 s.
+    pub async fn stop_node(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.node.take() else {
+            return Ok(());
+        };
+        let pid = c.id().context("the node's pid")?;
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(kill.success(), "kill -TERM {pid}");
+        let status = match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+            Ok(s) => s?,
+            Err(_) => {
+                c.kill().await?;
+                bail!("the node did not stop within 30 s of SIGTERM");
+            }
+        };
+        anyhow::ensure!(status.success(), "the node stopped with {status}");
+        Ok(())
+    }
+
     /// Kills the node with SIGKILL, as a crash or a pulled cable would.
     pub async fn kill_node(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.node.take() {

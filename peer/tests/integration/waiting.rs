@@ -114,6 +114,9 @@ async fn a_waiting_get_completes_when_the_only_holder_returns_with_the_cli_long_
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
+        // The node stops when asked, waiting gets and all.
+        bob.stop_node().await?;
+
         // A waiting get can be cancelled; carol has no node, and is told so.
         alice.kill_node().await?;
         until_down(&tracker, &alice).await?;
