@@ -202,12 +202,18 @@ async fn should_refuse_copied_tickets_and_certificates_and_take_certificates_onl
 
 #[tokio::test(flavor = "multi_thread")]
 async fn should_finish_a_get_when_every_tracker_dies() -> anyhow::Result<()> {
+    let Some(bin) = tracker_bin() else {
+        anyhow::bail!("no tracker binary next to the peer binary: run `cargo test --workspace`");
+    };
     bounded(async {
-        let mut tracker = TestTracker::start().await?;
-        let mut alice = TestPeer::register(&tracker, "alice").await?;
+        // A tracker process, SIGKILLed mid-get: no flush, no goodbye.
+        let db = tempfile::tempdir()?;
+        let url = format!("sqlite://{}?mode=rwc", db.path().join("t.db").display());
+        let mut tracker = TrackerProcess::start(&bin, &url).await?;
+        let mut alice = TestPeer::register_at(&tracker.url, "alice").await?;
         // Slow enough that the tracker dies mid-get: 8 chunks at 2 MiB/s.
         alice.serve(&["--max-upload-rate", "2M"]).await?;
-        let bob = TestPeer::register(&tracker, "bob").await?;
+        let bob = TestPeer::register_at(&tracker.url, "bob").await?;
         let data = tempfile::tempdir()?;
         let (path, sha) = random_file(data.path(), "f.bin", 8 * CHUNK)?;
         let id = alice.index(&path).await?[0]["id"]
@@ -221,7 +227,7 @@ async fn should_finish_a_get_when_every_tracker_dies() -> anyhow::Result<()> {
             bob.held_chunks(&id) >= 1
         })
         .await?;
-        tracker.stop().await?;
+        tracker.child.kill().await?;
         let done = tokio::time::timeout(Duration::from_secs(120), get.wait_with_output())
             .await
             .context("the get did not end")??;

@@ -219,6 +219,15 @@ impl TestPeer {
         Ok(p)
     }
 
+    /// A new home, registered as user `name` on the trackers at `urls`.
+    pub async fn register_at(urls: &str, name: &str) -> anyhow::Result<Self> {
+        let p = Self::with_tracker_urls(urls, name)?;
+        p.run_stdin(&["register", "--user", name, "--password-stdin"], PASSWORD)
+            .await?
+            .ok()?;
+        Ok(p)
+    }
+
     pub fn new(tracker: &TestTracker, name: &str) -> anyhow::Result<Self> {
         Ok(Self {
             name: name.to_string(),
@@ -620,4 +629,46 @@ pub async fn run_to_end(mut cmd: Command, input: &str) -> anyhow::Result<Out> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// The `tracker` binary cargo built next to the `peer` binary, if it did.
+pub fn tracker_bin() -> Option<PathBuf> {
+    let dir = Path::new(peer_bin()).parent()?;
+    let bin = dir.join(format!("tracker{}", std::env::consts::EXE_SUFFIX));
+    bin.exists().then_some(bin)
+}
+
+/// A `tracker` process on `127.0.0.1:0`; killed when dropped.
+pub struct TrackerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl TrackerProcess {
+    pub async fn start(bin: &Path, database_url: &str) -> anyhow::Result<Self> {
+        Self::start_on(bin, database_url, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(bin: &Path, database_url: &str, listen: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["--database-url", database_url, "--listen", listen])
+            .args(["--peer-timeout", "3s"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("the tracker did not get ready")??
+            .context("the tracker exited before it was ready")?;
+        let Some(addr) = line.trim().strip_prefix("tracker listening on http://") else {
+            bail!("unexpected first line from the tracker: {line:?}");
+        };
+        let url = format!("http://{addr}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, url })
+    }
 }

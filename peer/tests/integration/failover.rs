@@ -6,58 +6,14 @@
 //! finishes once it is back.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
-use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use anyhow::Context;
+use tokio::process::Child;
 use tracker::testing::{TempPostgres, postgres_admin_url};
 
 const CHUNK: usize = ::common::manifest::MIN_CHUNK_SIZE as usize;
-
-/// The `tracker` binary cargo built next to the `peer` binary, if it did.
-fn tracker_bin() -> Option<PathBuf> {
-    let dir = Path::new(peer_bin()).parent()?;
-    let bin = dir.join(format!("tracker{}", std::env::consts::EXE_SUFFIX));
-    bin.exists().then_some(bin)
-}
-
-/// A `tracker` process on `127.0.0.1:0`; killed when dropped.
-struct TrackerProcess {
-    child: Child,
-    url: String,
-}
-
-impl TrackerProcess {
-    async fn start(bin: &Path, database_url: &str) -> anyhow::Result<Self> {
-        Self::start_on(bin, database_url, "127.0.0.1:0").await
-    }
-
-    async fn start_on(bin: &Path, database_url: &str, listen: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["--database-url", database_url, "--listen", listen])
-            .args(["--peer-timeout", "3s"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("the tracker did not get ready")??
-            .context("the tracker exited before it was ready")?;
-        let Some(addr) = line.trim().strip_prefix("tracker listening on http://") else {
-            bail!("unexpected first line from the tracker: {line:?}");
-        };
-        let url = format!("http://{addr}");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, url })
-    }
-}
 
 /// A database both trackers share, dropped at the end when it is a PostgreSQL one.
 struct SharedDb {
@@ -124,11 +80,7 @@ impl Scene {
     }
 
     async fn registered(urls: &str, user: &str) -> anyhow::Result<TestPeer> {
-        let p = TestPeer::with_tracker_urls(urls, user)?;
-        p.run_stdin(&["register", "--user", user, "--password-stdin"], PASSWORD)
-            .await?
-            .ok()?;
-        Ok(p)
+        TestPeer::register_at(urls, user).await
     }
 
     /// Starts the getter's `get` into `out` and waits until it holds some chunks, not all.
