@@ -209,12 +209,15 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         if !idle {
             return None;
         }
-        // Endgame: duplicate the InFlight chunk with the fewest copies that `s` holds.
+        // Endgame: duplicate the InFlight chunk with the fewest copies that `s` holds; of
+        // those the last in the file, asked for last (chunks go about in order), so the
+        // likeliest still queued at its source rather than half sent: a duplicate that wins
+        // then cancels a request that cost its source nothing yet.
         let mut dup: Option<(usize, u32)> = None;
         for i in have.iter_ones() {
             if let ChunkState::InFlight(v) = &self.states[i as usize]
                 && !v.contains(s)
-                && dup.is_none_or(|(n, _)| v.len() < n)
+                && dup.is_none_or(|(n, _)| v.len() <= n)
             {
                 dup = Some((v.len(), i));
             }
@@ -386,6 +389,18 @@ mod tests {
         assert_eq!(s.remove_source(&"slow"), vec![1]);
         assert_eq!(s.next_for(&"fast", true, &mut rng), None);
         assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn the_endgame_duplicates_the_chunk_asked_for_last() {
+        let mut s = Scheduler::new(3);
+        s.add_source("a", Bitfield::full(3));
+        let mut rng = rand::rng();
+        for _ in 0..3 {
+            s.next_for(&"a", false, &mut rng).unwrap();
+        }
+        s.add_source("b", Bitfield::full(3));
+        assert_eq!(s.next_for(&"b", true, &mut rng), Some(2));
     }
 
     #[test]
