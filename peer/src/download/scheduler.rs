@@ -5,12 +5,14 @@
 //! - rarest first: among the Missing chunks a source holds, the one the fewest sources hold,
 //!   ties broken at random (so getters spread over the file and can serve each other);
 //! - endgame: when a source is idle and nothing it holds is Missing, it may duplicate an
-//!   InFlight chunk (the one with the fewest copies in flight); the first verified copy wins;
+//!   InFlight chunk (of those with the fewest copies in flight, the last in the file: asked
+//!   for last, so likeliest still queued at its source); the first verified copy wins;
 //! - a source that fails or is dropped releases its chunks; those in flight nowhere else go
 //!   back to Missing;
 //! - a full holder (a seed, a finished getter) is offered a candidate set instead of one
-//!   chunk, and chooses the chunk it has sent least (super-seeding): the Missing chunks no
-//!   other source holds, or every Missing chunk when there are none. The candidates are
+//!   chunk, and chooses the chunk it has sent least (super-seeding; ties in the order
+//!   offered): the Missing chunks no other source holds, or every Missing chunk when there
+//!   are none, every `step`-th from the lowest, so the file comes about in order. The candidates are
 //!   reserved for it (InFlight) until the answer comes, so two requests never overlap; the
 //!   ones not sent go back to Missing.
 
