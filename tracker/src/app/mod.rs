@@ -277,7 +277,7 @@ impl Levels for Stats {
             ),
             (
                 "pending_tasks",
-                "Replication tasks queued or delivered",
+                "Tasks queued or delivered: replication work and waiting gets",
                 self.pending_tasks,
             ),
             (

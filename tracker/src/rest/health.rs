@@ -63,7 +63,7 @@ pub struct StatsJson {
     chunks: u64,
     /// Chunks with fewer live copies than `replication`.
     under_replicated_chunks: u64,
-    /// Replication tasks queued or delivered.
+    /// Tasks queued or delivered: replication work and waiting gets (`peer get --wait`).
     pending_tasks: u64,
     /// Of those, delivered and not yet completed.
     delivered_tasks: u64,

@@ -332,3 +332,63 @@ async fn should_replicate_once_with_nodes_on_different_trackers_and_repair_once(
     })
     .await
 }
+
+/// A waiting get queued through A reaches the getter's node on the stream it keeps with B,
+/// once the file is shared through A; completed on B, it is gone on A too.
+#[tokio::test(flavor = "multi_thread")]
+async fn should_deliver_a_get_queued_on_one_tracker_on_the_others_stream() {
+    use crate::grpc::gets::{cancel, queue};
+    use futures::StreamExt;
+    within(async {
+        let dir = TempDir::new().unwrap();
+        let a = TestTracker::start(&dir).await;
+        let b = TestTracker::start(&dir).await;
+        let (mut ca, mut cb) = (a.grpc().await, b.grpc().await);
+        let bob = register(&mut ca, "bob").await;
+        let alice = register(&mut ca, "alice").await;
+        let (getter, holder) = (peer_id(2), peer_id(1));
+        heartbeat(&mut ca, &bob, &getter, "127.0.0.1:9002").await;
+        let m = manifest("f.bin", 3, 9);
+        let id = common::Manifest::try_from(m.clone())
+            .unwrap()
+            .id()
+            .to_string();
+        let task = queue(&mut ca, &bob, &getter, &id).await.unwrap();
+        assert_eq!(get(&a, "/api/v1/stats").await["pending_tasks"], 1);
+
+        until(Duration::from_secs(20), || whoami_ok(&b, &bob)).await;
+        let req = pb::TasksRequest {
+            peer_id: getter.clone(),
+            node_key: node_key(),
+        };
+        let mut stream = cb.tasks(authed(req, &bob)).await.unwrap().into_inner();
+        heartbeat(&mut ca, &alice, &holder, "127.0.0.1:9001").await;
+        announce(&mut ca, &alice, &holder, m).await;
+        let pushed = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("B pushes the get once the file is held")
+            .unwrap()
+            .unwrap();
+        assert_eq!(pushed.id, task);
+        assert!(
+            matches!(&pushed.work, Some(pb::task::Work::Get(g)) if g.file_id == id),
+            "{pushed:?}"
+        );
+        let done = pb::CompleteTaskRequest {
+            peer_id: getter.clone(),
+            task_id: task,
+            ok: true,
+            error: String::new(),
+        };
+        cb.complete_task(authed(done, &bob)).await.unwrap();
+        // A learns that the task is gone (its only task: the holders offer no quota).
+        until(Duration::from_secs(20), || async {
+            get(&a, "/api/v1/stats").await["pending_tasks"] == 0
+        })
+        .await;
+        assert!(!cancel(&mut ca, &bob, &getter, &id).await);
+        b.stop().await;
+        a.stop().await;
+    })
+    .await
+}

@@ -15,7 +15,7 @@ use crate::common::{
     TestTracker, announce, authed, heartbeat, manifest, node_key, peer_id, register, within,
 };
 
-async fn queue(
+pub(crate) async fn queue(
     c: &mut TrackerClient<Channel>,
     token: &str,
     peer: &str,
@@ -30,7 +30,12 @@ async fn queue(
         .map(|r| r.into_inner().task_id)
 }
 
-async fn cancel(c: &mut TrackerClient<Channel>, token: &str, peer: &str, file: &str) -> bool {
+pub(crate) async fn cancel(
+    c: &mut TrackerClient<Channel>,
+    token: &str,
+    peer: &str,
+    file: &str,
+) -> bool {
     let req = pb::CancelGetRequest {
         peer_id: peer.into(),
         file_id: file.into(),

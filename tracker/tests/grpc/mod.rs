@@ -10,7 +10,7 @@ use tracker::Config;
 mod audits;
 mod certificates;
 pub(crate) mod collections;
-mod gets;
+pub(crate) mod gets;
 mod introspect;
 mod names;
 mod persistence;
