@@ -52,6 +52,12 @@ pub mod waiting;
 
 pub use error::{Error, Result};
 
+/// Locks `m`, taking the data of a poisoned lock as it is (a panicked holder leaves
+/// nothing half-done that these plain maps and counters could not live with).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Current time as Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -10,6 +10,7 @@
 //! frame changes in one step (indicatif draws on the first change of a tick, so a frame
 //! built from several would show the others a tick late).
 
+use crate::lock;
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -89,10 +90,6 @@ impl Snapshot {
             t => (self.done * 100 / t).min(99),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FileProgress {

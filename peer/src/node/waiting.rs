@@ -1,6 +1,6 @@
 //! The node's side of `get --wait`. A waiting get lives in two places: the home holds where
 //! the file goes (`HOME/waiting/`), the tracker's task queue holds the request and decides
-//! when it is due (peers that are up claim every chunk). The tracker pushes it on the task
+//! when it is due (peers that are up hold every chunk, verified). The tracker pushes it on the task
 //! stream as a get task; this module fetches the file with the ordinary downloader and
 //! completes the task.
 //!
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TrackerReach;
 use crate::download::{self, Context, Job};
+use crate::lock;
 use crate::progress::FileProgress;
 use crate::replica::tasks::complete;
 use crate::tracker_client::GetTask;
@@ -202,8 +203,4 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         lock(self.0).remove(&self.1);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

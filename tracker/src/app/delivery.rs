@@ -28,8 +28,16 @@ const MAX_IN_FLIGHT: usize = 32;
 const STREAM_CAPACITY: usize = 64;
 /// Retry delay for a task that could not be pushed (no source up, channel full).
 const PUSH_RETRY: Duration = Duration::from_secs(1);
-/// How often a waiting get whose file is not held by peers that are up is checked again.
+/// How often a waiting get whose file is not held by peers that are up is checked again,
+/// for a peer with up to [`GETS_PER_RECHECK`] of them; more stretch it, so one node costs
+/// at most that many checks each period however many gets it queues.
 const GET_RECHECK: Duration = Duration::from_secs(2);
+const GETS_PER_RECHECK: usize = 16;
+
+fn get_recheck(ix: &Index, peer: &PeerId) -> Duration {
+    let n = ix.tasks.gets_of(peer).count();
+    GET_RECHECK * u32::try_from(n.div_ceil(GETS_PER_RECHECK).max(1)).unwrap_or(u32::MAX)
+}
 
 impl TrackerService {
     /// [`Self::push_due`] for each of `peers`.
@@ -84,7 +92,11 @@ impl TrackerService {
                     .tasks
                     .get(id)
                     .is_some_and(|t| t.rec.kind == TaskKind::Get);
-                let wait = if get { GET_RECHECK } else { PUSH_RETRY };
+                let wait = if get {
+                    get_recheck(ix, peer)
+                } else {
+                    PUSH_RETRY
+                };
                 ix.tasks.requeue(id, now.saturating_add(duration_ms(wait)));
                 continue;
             };
@@ -322,22 +334,6 @@ fn holding_after(
     }
 }
 
-/// Whether peers that are up, other than `getter`, claim every chunk of `file`: then a
-/// waiting get of it is worth trying. Claims, not verified chunks, as `Locate` hands out;
-/// a lie costs the getter one failed try and the task a back-off.
-fn held_up(ix: &Index, file: &FileId, getter: &PeerId, now: i64) -> bool {
-    let Some(f) = ix.files.get(file) else {
-        return false;
-    };
-    let mut covered = Bitfield::new(f.manifest.chunk_count());
-    for (p, h) in &f.holdings {
-        if p != getter && ix.is_serving(p, now) {
-            covered.union_with(&h.have);
-        }
-    }
-    covered.is_complete()
-}
-
 /// How the tickets of one node's fetches are signed: for `--ticket-ttl`, naming the key
 /// its stream was opened with.
 struct Signing<'a> {
@@ -360,7 +356,10 @@ fn assignment(ix: &Index, id: u64, now: i64, signing: &Signing<'_>) -> Option<As
             });
         }
         TaskKind::Get => {
-            return held_up(ix, &file, &t.rec.peer_id, now).then_some(Assignment::Get { id, file });
+            // Worth a try once serving peers together hold every chunk, verified (a claim
+            // counts once an audit passed, so a lie does not wake the getter).
+            let held = ix.files.get(&file).is_some_and(|f| ix.holders(f, now) > 0);
+            return held.then_some(Assignment::Get { id, file });
         }
         TaskKind::Fetch => {}
     }

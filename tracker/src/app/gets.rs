@@ -1,7 +1,7 @@
 //! Waiting gets (`peer get --wait`) on [`TrackerService`]: a file the getter could not fetch
 //! because no peer that is up holds it is queued here as a task of kind get for the
 //! getter's node, in the same durable task table as replication work. It is pushed on the
-//! node's `Tasks` stream when peers that are up claim every chunk of the file (see
+//! node's `Tasks` stream when peers that are up hold every chunk of the file, verified (see
 //! `delivery`), retried with back-off when the node could not fetch it after all, and
 //! never given up: it ends when the node completes it or its user cancels it.
 
