@@ -15,7 +15,8 @@
 # seeding to rqbit with --initial-peers. Every copy is checked by SHA-256. Then (full mode)
 # 4 seeds at 100 Mbit/s into a getter at 1 Gbit/s vs one seed, with the bytes the seeds sent
 # (their tessera_peer_uploaded_bytes_total), a 1 MiB get's first byte and end vs curl's, and
-# the tracker's search beside a flooded one (`search --peers`) at RTT 50 ms.
+# the tracker's search beside a flooded one (`search --peers`) at RTT 50 ms, and last a
+# swarm of 1 seed + 6 getters on links of its own (bench/wan_swarm.sh).
 #
 #   bench/wan.sh              # full: 4 links, 256 MiB, release build; ~10-15 minutes
 #   bench/wan.sh --append     # the same, then appends the table to BENCHMARKS.md
@@ -23,7 +24,8 @@
 #
 # Knobs (environment): SIZE (256M; smoke 4M), RUNS (best of N per tool and link; 1),
 # IPERF_SECONDS (10; smoke 2), BIN=DIR (prebuilt peer and tracker; only the delay line is
-# then built), SKIP_BUILD=1, SKIP_RQBIT=1, SKIP_EXTRAS=1 (no 4-seed and 1 MiB rows),
+# then built), SKIP_BUILD=1, SKIP_RQBIT=1, SKIP_EXTRAS=1 (no 4-seed, 1 MiB, search and
+# swarm rows), SKIP_SWARM=1,
 # LIMIT (seconds for the whole run; 2400, smoke 150), KEEP_WORK=1 (keep the temp dir).
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
@@ -34,7 +36,7 @@ for a in "$@"; do
   case $a in
     --smoke) SMOKE=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: bench/wan.sh [--smoke] [--append]" >&2; exit 2 ;;
   esac
 done
@@ -66,26 +68,9 @@ RES=$WORK/results
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now)
 
-# Namespaces are named after this run's pid, so two runs never share one.
-P=tw$$
-NETNS=()
-nsx() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
-wan_cleanup() {
-  local rc=$? ns p
-  set +e
-  trap - EXIT INT TERM
-  # Everything running in our namespaces was started by this script.
-  for ns in "${NETNS[@]}"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
-  done
-  cleanup
-  for ns in "${NETNS[@]}"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-    ip netns del "$ns" 2>/dev/null
-  done
-  exit "$rc"
-}
-trap wan_cleanup EXIT
+# shellcheck source=bench/netns.sh
+. "$ROOT/bench/netns.sh"
+trap netns_cleanup EXIT
 trap 'exit 130' INT TERM
 # Failures are written to a file: the measurements run in subshells.
 fail() { say "FAILED: $*"; echo "$*" >>"$WORK/failed"; }
@@ -131,12 +116,6 @@ GETTER_IP=$SUB.1
 seed_ip() { echo "$SUB.$((10 + $1))"; }
 NSEEDS=4; [ -z "${SKIP_EXTRAS:-}" ] || NSEEDS=1
 HOSTS=(g); for i in $(seq "$NSEEDS"); do HOSTS+=("s$i"); done
-make_ns() {
-  ip netns add "$P-$1"
-  NETNS+=("$P-$1")
-  nsx "$1" ip link set lo up
-  nsx "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-}
 say "network: namespaces $P-{g,r,w,s1..s$NSEEDS}"
 make_ns r
 make_ns w
@@ -146,9 +125,7 @@ ip link add rw netns "$P-r" type veth peer name wr netns "$P-w"
 nsx w ip link set wr master br0
 nsx w ip link set wr up
 for h in "${HOSTS[@]}"; do
-  make_ns "$h"
-  # A 1 Gbit/s x 100 ms path holds 12.5 MB: the hosts' TCP buffers may grow to 32 MB.
-  nsx "$h" sysctl -qw net.ipv4.tcp_rmem="4096 131072 33554432" net.ipv4.tcp_wmem="4096 16384 33554432"
+  make_host "$h"
   if [ "$h" = g ]; then
     ip link add eth0 netns "$P-g" type veth peer name rg netns "$P-r"
     nsx g ip addr add "$GETTER_IP/24" dev eth0
@@ -163,26 +140,11 @@ done
 nsx r ip link set rg up
 nsx r ip link set rw up
 CC=$(nsx g sysctl -n net.ipv4.tcp_congestion_control)
-CHRT=(chrt -f 50); nsx r chrt -f 50 true 2>/dev/null || CHRT=()
 
-# Binaries as lib.sh calls them ("$BIN/peer", "$BIN/tracker"), run in a host's namespace,
-# listening on the host's address where lib.sh says 127.0.0.1:0; commands other than
-# `serve` and the tracker are bounded by GET_TIMEOUT.
 WB=$WORK/bin
 for h in "${HOSTS[@]}"; do
   addr=$GETTER_IP; [ "$h" = g ] || addr=$(seed_ip "${h#s}")
-  mkdir -p "$WB/$h"
-  for b in peer tracker; do
-    cat >"$WB/$h/$b" <<EOF
-#!/usr/bin/env bash
-args=()
-for a in "\$@"; do [ "\$a" = 127.0.0.1:0 ] && a=$addr:0; args+=("\$a"); done
-bound=(timeout --foreground $GET_TIMEOUT)
-[ $b = tracker ] || [[ " \$* " = *" serve "* ]] && bound=()
-exec ip netns exec $P-$h "\${bound[@]}" "$REAL_BIN/$b" "\${args[@]}"
-EOF
-    chmod +x "$WB/$h/$b"
-  done
+  host_bin "$h" "$addr"
 done
 
 # set_link NAME SEED_RATE GETTER_RATE RTT_MS LOSS_PCT: rates, offloads and a new delay line.
@@ -205,12 +167,7 @@ set_link() {
     nsx "$h" tc qdisc replace dev eth0 root tbf rate "$rate" burst "$burst" limit 15000000
   done
   DL_N=$((DL_N + 1))
-  local out=$WORK/delayline-$DL_N.out
-  ip netns exec "$P-r" "${CHRT[@]}" "$DELAYLINE" --a rg --b rw --delay-ms "$(python3 -c "print($rtt / 2)")" \
-    --loss "$(python3 -c "print($loss / 100)")" >"$out" 2>"${out%.out}.log" &
-  DL_PID=$!
-  PIDS+=("$DL_PID")
-  wait_for "$out" 'delayline ready'
+  start_delayline r rg rw "$(python3 -c "print($rtt / 2)")" "$loss" "$DL_N"
   # ping warms the ARP caches and checks the round trip.
   local i ping_rtt=
   if command -v ping >/dev/null; then
@@ -224,9 +181,8 @@ stop_delayline() {
   [ -n "$DL_PID" ] || return 0
   stop_pid "$DL_PID"
   DL_PID=
-  local log=$WORK/delayline-$DL_N.log bad
-  # Drops the delay line did not choose would make the link worse than it says.
-  bad=$(grep -oE '(queue overflow|kernel drops|send errors|truncated) [1-9][0-9]*' "$log" | paste -sd, - || true)
+  local bad
+  bad=$(delayline_faults "$DL_N")
   [ -z "$bad" ] || say "delay line of link $DL_N: $bad"
   put "delayline_$DL_N" "${bad:-clean}"
 }
@@ -473,13 +429,19 @@ if [ -z "${SKIP_EXTRAS:-}" ]; then
   put search.flood_holders "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["holders"])' "$WORK/fs3.json" 2>/dev/null || echo '?')"
 fi
 stop_delayline
+if [ -z "${SKIP_EXTRAS:-}" ] && [ -z "${SKIP_SWARM:-}" ]; then
+  # The swarm has a topology of its own (every host behind its own delay line).
+  say "swarm: bench/wan_swarm.sh"
+  SKIP_BUILD=1 BIN=$REAL_BIN DELAYLINE=$DELAYLINE SWARM_OUT=$WORK/swarm.md GET_TIMEOUT=$GET_TIMEOUT \
+    "$ROOT/bench/wan_swarm.sh" >&2 || fail "the swarm (bench/wan_swarm.sh)"
+fi
 put elapsed "$(since "$T_START")"
 
 # --- The table.
 TABLE=$WORK/table.md
-python3 - "$RES" "$BYTES" "$CC" "${RQBIT_NOTE:-}" "$SMOKE" "$RUNS" >"$TABLE" <<'PY'
-import sys
-res, nbytes, cc, rqnote, smoke, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+python3 - "$RES" "$BYTES" "$CC" "${RQBIT_NOTE:-}" "$SMOKE" "$RUNS" "$WORK/swarm.md" >"$TABLE" <<'PY'
+import os, sys
+res, nbytes, cc, rqnote, smoke, runs, swarm = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7]
 r = {}
 for line in open(res):
     k, _, v = line.rstrip("\n").partition(" ")
@@ -525,6 +487,8 @@ if "search.tracker" in r:
                  f"for the whole command (process start, connect, one request); a flooded `peer search --peers` (TTL 2, "
                  f"getter → seed1 → the 3 other seeds) first answer {r['search.flood_first_ms'] or '?'} ms after "
                  f"the query left, holders answering {r['search.flood_holders']}.")
+if os.path.exists(swarm):
+    notes.append(open(swarm).read().strip())
 bad = [f"link {k.split('_')[1]}: {v}" for k, v in r.items() if k.startswith("delayline_") and v != "clean"]
 notes.append("Delay line: " + ("; ".join(bad) if bad else "no frame lost but the chosen ones (no queue overflow, kernel drop or send error)") + ".")
 notes.append(f"Congestion control in the namespaces: {cc}. Best of {runs} run(s) per tool and link; "
