@@ -25,8 +25,13 @@ pub struct DownloadConfig {
     pub relocate_every: Duration,
     /// How often to report verified chunks and write the store record.
     pub report_every: Duration,
-    /// Requests kept in flight per source at least; more on long, fat links (`pace`).
+    /// Requests kept in flight to a lone source at least; more on long, fat links (`pace`).
     pub min_in_flight: usize,
+    /// The same floor while there are several sources: in a swarm they are other getters'
+    /// uplinks and a seed that every getter asks, where each request deeper queues every
+    /// getter's chunks behind it (six getters four deep kept a 100 Mbit/s seed two seconds
+    /// behind, so a chunk reached a getter, and could be passed on, two seconds late).
+    pub min_in_flight_among_many: usize,
     /// The most chunk bytes requested from one source at once: the getter's memory bound
     /// per source, and what the HTTP/2 windows are sized above.
     pub max_in_flight_bytes: u64,
@@ -40,6 +45,7 @@ impl Default for DownloadConfig {
             relocate_every: Duration::from_secs(1),
             report_every: Duration::from_millis(250),
             min_in_flight: 4,
+            min_in_flight_among_many: 2,
             max_in_flight_bytes: crate::transport::MAX_IN_FLIGHT_BYTES,
         }
     }

@@ -30,6 +30,8 @@ pub struct Depth {
     fastest: Option<Duration>,
     window_start: Instant,
     window_bytes: u64,
+    /// The last measured want (twice the product, in chunks), before the bounds.
+    want: Option<usize>,
     target: usize,
 }
 
@@ -44,7 +46,18 @@ impl Depth {
             fastest: None,
             window_start: now,
             window_bytes: 0,
+            want: None,
             target: min,
+        }
+    }
+
+    /// Moves the floor (the source is alone, or one of several), at once.
+    pub fn set_min(&mut self, min: usize) {
+        if min != self.min {
+            self.min = min;
+            self.max = self.max.max(min);
+            let want = self.want.unwrap_or(min);
+            self.target = want.clamp(self.min, self.max);
         }
     }
 
@@ -68,6 +81,7 @@ impl Depth {
         let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
         let fastest = self.fastest.unwrap_or(latency).as_secs_f64();
         let want = (2.0 * rate * fastest / self.chunk as f64).ceil() as usize;
+        self.want = Some(want);
         self.target = want.clamp(self.min, self.max);
         self.window_start = now;
         self.window_bytes = 0;
@@ -133,6 +147,24 @@ mod tests {
             Duration::from_millis(350),
         );
         assert!(t >= 13, "target {t} after 350 ms");
+    }
+
+    #[test]
+    fn the_floor_moves_at_once() {
+        let start = Instant::now();
+        let mut d = Depth::new(4, 64, MIB, start);
+        d.set_min(2);
+        assert_eq!(d.target(), 2);
+        // A measured want above the floor stays.
+        d.delivered(
+            3 * MIB,
+            Duration::from_millis(300),
+            start + Duration::from_millis(300),
+        );
+        let t = d.target();
+        assert!(t > 2, "target {t}");
+        d.set_min(4);
+        assert_eq!(d.target(), t.max(4));
     }
 
     #[test]

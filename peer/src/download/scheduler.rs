@@ -4,17 +4,20 @@
 //! - a source is only given chunks it holds;
 //! - rarest first: among the Missing chunks a source holds, the one the fewest sources hold,
 //!   ties broken at random (so getters spread over the file and can serve each other);
-//! - endgame: when a source is idle and nothing it holds is Missing, it may duplicate an
-//!   InFlight chunk (of those with the fewest copies in flight, the last in the file: asked
+//! - endgame: when no chunk is Missing (every one is asked for) and a source is idle, it may
+//!   duplicate an InFlight chunk (of those with the fewest copies in flight, the last in the file: asked
 //!   for last, so likeliest still queued at its source); the first verified copy wins;
 //! - a source that fails or is dropped releases its chunks; those in flight nowhere else go
 //!   back to Missing;
 //! - a full holder (a seed, a finished getter) is offered a candidate set instead of one
 //!   chunk, and chooses the chunk it has sent least (super-seeding; ties in the order
 //!   offered): the Missing chunks no other source holds, or every Missing chunk when there
-//!   are none, every `step`-th from the lowest, so the file comes about in order. The candidates are
-//!   reserved for it (InFlight) until the answer comes, so two requests never overlap; the
-//!   ones not sent go back to Missing.
+//!   are none, every `step`-th from the lowest, so the file comes about in order. The
+//!   candidates are reserved for it (InFlight) until the answer comes, so two full holders
+//!   are never asked for one chunk; the ones not sent go back to Missing. A chunk that is
+//!   only offered so is not held back from a partial source that turns out to hold it
+//!   (another getter): that source may take it (Missing chunks first), since the seed will
+//!   likely pick another, sent less, and in a swarm nearly every chunk sits in some set.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -38,6 +41,9 @@ pub struct Scheduler<S> {
     sources: HashMap<S, Bitfield>,
     /// How many sources hold each chunk.
     avail: Vec<u32>,
+    /// Chunks InFlight only as candidates of a full holder's pick (the holder is first in
+    /// the InFlight list): another source that holds one may still take it.
+    offered: Vec<bool>,
     verified: u32,
 }
 
@@ -48,6 +54,7 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
             states: vec![ChunkState::Missing; chunks as usize],
             sources: HashMap::new(),
             avail: vec![0; chunks as usize],
+            offered: vec![false; chunks as usize],
             verified: 0,
         }
     }
@@ -158,7 +165,10 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         if let ChunkState::InFlight(v) = st
             && let Some(pos) = v.iter().position(|x| x == s)
         {
-            v.swap_remove(pos);
+            v.remove(pos);
+            if pos == 0 {
+                self.offered[i as usize] = false;
+            }
             if v.is_empty() {
                 *st = ChunkState::Missing;
                 return true;
@@ -170,6 +180,7 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
     /// Marks chunk `i` Verified (a resumed part file, or a checked chunk). True if this was
     /// the first copy (false: a duplicate from the endgame, or already there).
     pub fn mark_verified(&mut self, i: u32) -> bool {
+        self.offered[i as usize] = false;
         let st = &mut self.states[i as usize];
         if *st == ChunkState::Verified {
             return false;
@@ -183,32 +194,46 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
     /// flight (only then may it duplicate an InFlight chunk in the endgame).
     pub fn next_for(&mut self, s: &S, idle: bool, rng: &mut impl rand::Rng) -> Option<u32> {
         let have = self.sources.get(s)?;
-        let mut best: Option<(u32, u32)> = None; // (availability, index)
+        // (offered, availability, index): Missing chunks before ones only offered to a full
+        // holder, rarer before commoner.
+        let mut best: Option<(bool, u32, u32)> = None;
         let mut ties = 0u32;
         for i in have.iter_ones() {
-            if self.states[i as usize] != ChunkState::Missing {
-                continue;
-            }
-            let a = self.avail[i as usize];
+            let offered = match &self.states[i as usize] {
+                ChunkState::Missing => false,
+                ChunkState::InFlight(v)
+                    if self.offered[i as usize] && v.len() == 1 && v[0] != *s =>
+                {
+                    true
+                }
+                _ => continue,
+            };
+            let key = (offered, self.avail[i as usize]);
             match best {
-                Some((ba, _)) if a > ba => {}
-                Some((ba, _)) if a == ba => {
+                Some((bo, ba, _)) if key > (bo, ba) => {}
+                Some((bo, ba, _)) if key == (bo, ba) => {
                     ties += 1;
                     if rng.random_range(0..ties) == 0 {
-                        best = Some((a, i));
+                        best = Some((key.0, key.1, i));
                     }
                 }
                 _ => {
-                    best = Some((a, i));
+                    best = Some((key.0, key.1, i));
                     ties = 1;
                 }
             }
         }
-        if let Some((_, i)) = best {
-            self.states[i as usize] = ChunkState::InFlight(vec![s.clone()]);
+        if let Some((_, _, i)) = best {
+            match &mut self.states[i as usize] {
+                ChunkState::InFlight(v) => v.push(s.clone()),
+                st => *st = ChunkState::InFlight(vec![s.clone()]),
+            }
             return Some(i);
         }
-        if !idle {
+        // Endgame only once every chunk is asked for (BitTorrent's rule): before that, a
+        // source that holds nothing Missing is one that holds little yet (another getter),
+        // and a duplicate it sent would take its uplink from chunks only it can give.
+        if !idle || self.states.contains(&ChunkState::Missing) {
             return None;
         }
         // Endgame: duplicate the InFlight chunk with the fewest copies that `s` holds; of
@@ -280,6 +305,7 @@ impl<S: Clone + Eq + Hash> Scheduler<S> {
         }
         for &i in &out {
             self.states[i as usize] = ChunkState::InFlight(vec![s.clone()]);
+            self.offered[i as usize] = true;
         }
         out
     }
@@ -391,6 +417,56 @@ mod tests {
         assert_eq!(s.remove_source(&"slow"), vec![1]);
         assert_eq!(s.next_for(&"fast", true, &mut rng), None);
         assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn a_getter_takes_a_chunk_only_offered_to_a_seed() {
+        let mut s = Scheduler::new(4);
+        s.add_source("seed", Bitfield::full(4));
+        // Every chunk only the seed holds goes into its candidate sets.
+        let set = s.reserve_candidates(&"seed", 1, 16);
+        assert_eq!(set, vec![0, 1, 2, 3]);
+        // Another getter turns out to hold chunks 1 and 3: it may take them, Missing ones
+        // first (none here), rarest first; never a second time.
+        s.add_source("getter", bits(4, &[1, 3]));
+        let mut rng = rand::rng();
+        let a = s.next_for(&"getter", true, &mut rng).unwrap();
+        let b = s.next_for(&"getter", false, &mut rng).unwrap();
+        assert_eq!([a.min(b), a.max(b)], [1, 3]);
+        assert_eq!(s.state(1), &ChunkState::InFlight(vec!["seed", "getter"]));
+        assert_eq!(s.next_for(&"getter", true, &mut rng), None);
+        // The seed sends chunk 0; the rest of its set is released: chunk 2 is Missing again,
+        // chunks 1 and 3 stay with the getter and are no longer offered.
+        assert!(s.mark_verified(0));
+        for j in [1, 2, 3] {
+            s.release(j, &"seed");
+        }
+        assert_eq!(s.state(2), &ChunkState::Missing);
+        assert_eq!(s.state(3), &ChunkState::InFlight(vec!["getter"]));
+        // A second getter holding chunk 3 cannot take it from the first (only in the endgame,
+        // which waits for chunk 2 to be asked for).
+        s.add_source("other", bits(4, &[3]));
+        assert_eq!(s.next_for(&"other", true, &mut rng), None);
+        // A getter's failed request does not make the chunk offered again.
+        s.release(1, &"getter");
+        assert_eq!(s.state(1), &ChunkState::Missing);
+    }
+
+    #[test]
+    fn no_endgame_while_a_chunk_is_missing() {
+        let mut s = Scheduler::new(3);
+        s.add_source("seed", Bitfield::full(3));
+        s.add_source("getter", bits(3, &[0]));
+        let mut rng = rand::rng();
+        // The seed has chunk 0 in flight; chunks 1 and 2 wait for it (only it holds them).
+        assert_eq!(s.state(0), &ChunkState::Missing);
+        s.states[0] = ChunkState::InFlight(vec!["seed"]);
+        // The getter holds nothing Missing and is idle, but chunks are still Missing.
+        assert_eq!(s.next_for(&"getter", true, &mut rng), None);
+        // Once every chunk is asked for, it may duplicate.
+        s.states[1] = ChunkState::InFlight(vec!["seed"]);
+        s.states[2] = ChunkState::InFlight(vec!["seed"]);
+        assert_eq!(s.next_for(&"getter", true, &mut rng), Some(0));
     }
 
     #[test]

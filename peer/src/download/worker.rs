@@ -1,5 +1,5 @@
 //! One worker per source: it keeps as many requests going to its source as [`Depth`] says
-//! (about twice the source's bandwidth-delay product, at least `min_in_flight`), pulling
+//! (about twice the source's bandwidth-delay product, at least `min_in_flight` for a lone source, `min_in_flight_among_many` among several), pulling
 //! chunks from the scheduler, so faster and farther sources get more of the work.
 //! A full holder is asked to pick one chunk of a candidate set reserved for it
 //! (super-seeding, see `scheduler::Scheduler::reserve_candidates`); any other source is
@@ -108,6 +108,11 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                     fault: None,
                 };
             }
+            depth.set_min(if sched.source_count() > 1 {
+                sh.cfg.min_in_flight_among_many
+            } else {
+                sh.cfg.min_in_flight
+            });
             let mut rng = rand::rng();
             let full = sched.is_full_holder(source);
             while in_flight.len() < depth.target() {
@@ -148,6 +153,7 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                     last_chunk = now;
                     let r = sh.manifest.chunk_range(i);
                     depth.delivered(r.end - r.start, latency, now);
+                    tracing::trace!(peer = %source, chunk = i, latency_ms = latency.as_millis() as u64, depth = depth.target(), "chunk landed");
                     let mut sched = sh.sched();
                     let first = sched.mark_verified(i);
                     for &j in reserved.iter().filter(|&&j| j != i) {
@@ -162,7 +168,10 @@ async fn work<T: ChunkTransport>(sh: &Arc<Shared<T>>, source: &PeerId, addr: &st
                         sh.wake.send_modify(|g| *g += 1);
                     }
                 }
-                Err(Fail::Superseded) => last_chunk = Instant::now(),
+                Err(Fail::Superseded) => {
+                    tracing::debug!(peer = %source, chunks = ?reserved, "landed from another source first; request dropped");
+                    last_chunk = Instant::now();
+                }
                 Err(fail) => {
                     {
                         let mut sched = sh.sched();
