@@ -53,8 +53,9 @@ put size "$SIZE"
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 put smoke "${SMOKE:-0}"
 
+# The reference tools are needed whether or not the binaries are prebuilt.
+[ -n "$SMOKE" ] || install_tools
 if [ -z "${SKIP_BUILD:-}" ]; then
-  [ -n "$SMOKE" ] || install_tools
   say "building ($PROFILE)"
   flag=(); [ "$PROFILE" = release ] && flag=(--release)
   cargo build "${flag[@]}" --quiet -p tracker -p peer

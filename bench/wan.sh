@@ -245,6 +245,9 @@ uploaded() {
   nsx "s$1" curl -sf "http://127.0.0.1:9100/metrics" |
     awk '/^tessera_peer_uploaded_bytes_total/ {printf "%d", $2; found=1} END {if (!found) print 0}'
 }
+# link_tx SEED: the bytes that left the seed's link so far (payload and one header per
+# frame: the node's count includes chunks read for requests cancelled before they went out).
+link_tx() { nsx "s$1" cat /sys/class/net/eth0/statistics/tx_bytes; }
 # best_of CMD…: the smallest of RUNS times printed by CMD (or nothing if every run failed).
 best_of() {
   local r t
@@ -389,18 +392,22 @@ if [ -z "${SKIP_EXTRAS:-}" ]; then
   # Mbit/s is below it), RTT 50 ms: one seed first, then all four.
   set_link m 100mbit 1gbit 50 0
   LINK=m
-  u0=$(uploaded 1)
+  u0=$(uploaded 1) x0=$(link_tx 1)
   put m.one "$(best_of m_peer)"
   put m.one_sent "$(( $(uploaded 1) - u0 ))"
+  put m.one_tx "$(( $(link_tx 1) - x0 ))"
   for i in $(seq 2 "$NSEEDS"); do
     BIN=$WB/s$i new_home "seed$i"
     BIN=$WB/s$i share "seed$i" "$SRC" >/dev/null
     BIN=$WB/s$i start_node "seed$i" --metrics-addr 127.0.0.1:9100
   done
-  before=0; for i in $(seq "$NSEEDS"); do before=$((before + $(uploaded "$i"))); done
+  before=0 tx0=0
+  for i in $(seq "$NSEEDS"); do before=$((before + $(uploaded "$i"))) tx0=$((tx0 + $(link_tx "$i"))); done
   put m.four "$(best_of m_peer)"
-  after=0; for i in $(seq "$NSEEDS"); do after=$((after + $(uploaded "$i"))); done
+  after=0 tx1=0
+  for i in $(seq "$NSEEDS"); do after=$((after + $(uploaded "$i"))) tx1=$((tx1 + $(link_tx "$i"))); done
   put m.four_sent "$((after - before))"
+  put m.four_tx "$((tx1 - tx0))"
   put m.runs "$RUNS"
   sources=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["sources"])' "$WORK/get$(cat "$WORK/getters").json" 2>/dev/null || echo '?')
   put m.sources "$sources"
@@ -472,9 +479,11 @@ if "m.one" in r:
         notes.append(f"4 seeds at 100 Mbit/s into a getter at 1 Gbit/s, RTT 50 ms: one seed {float(one):.2f} s "
                      f"({mbs(one):.1f} MB/s), four seeds {float(four):.2f} s ({mbs(four):.1f} MB/s, "
                      f"{r['m.sources']} sources used): **{float(one) / float(four):.2f}× one seed**. "
-                     f"Bytes the seeds sent (tessera_peer_uploaded_bytes_total, summed over the seeds, "
-                     f"all {runs} run(s)) per byte got: one seed {int(r['m.one_sent']) / nbytes / runs:.3f}, "
-                     f"four seeds {int(r['m.four_sent']) / nbytes / runs:.3f}.")
+                     f"Bytes the seeds' links sent (tx_bytes, summed over the seeds, all {runs} run(s)) per "
+                     f"byte got: one seed {int(r['m.one_tx']) / nbytes / runs:.3f}, four seeds "
+                     f"{int(r['m.four_tx']) / nbytes / runs:.3f}; chunk bytes their nodes read "
+                     f"(tessera_peer_uploaded_bytes_total): {int(r['m.one_sent']) / nbytes / runs:.3f} and "
+                     f"{int(r['m.four_sent']) / nbytes / runs:.3f}.")
     else:
         notes.append("4 seeds: **failed** (see the messages above)")
 if "small.peer.total" in r:
