@@ -25,7 +25,8 @@
 # Knobs (environment): SIZE (256M; smoke 4M), RUNS (best of N per tool and link; 1),
 # IPERF_SECONDS (10; smoke 2), BIN=DIR (prebuilt peer and tracker; only the delay line is
 # then built), SKIP_BUILD=1, SKIP_RQBIT=1, SKIP_EXTRAS=1 (no 4-seed, 1 MiB, search and
-# swarm rows), SKIP_SWARM=1,
+# swarm rows), SKIP_SWARM=1, ONLY="l1 l2" (measure only these links; l1..l4 as below),
+# TFO=0 (leave the namespaces' TCP Fast Open at the kernel default: client side only),
 # LIMIT (seconds for the whole run; 2400, smoke 150), KEEP_WORK=1 (keep the temp dir).
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
@@ -140,6 +141,7 @@ done
 nsx r ip link set rg up
 nsx r ip link set rw up
 CC=$(nsx g sysctl -n net.ipv4.tcp_congestion_control)
+put tfo "$(nsx g sysctl -n net.ipv4.tcp_fastopen)"
 
 WB=$WORK/bin
 for h in "${HOSTS[@]}"; do
@@ -365,10 +367,12 @@ else
 fi
 for spec in "${LINKS[@]}"; do
   read -r n s g rtt loss label <<<"$spec"
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $n "* ]] || continue
   measure_link "$n" "$s" "$g" "$rtt" "$loss" "${label//_/ }"
   if [ "$n" = l2 ] && [ -z "${SKIP_EXTRAS:-}" ]; then
     # A 1 MiB file at RTT 100 ms: first byte and end, peer get vs curl (median of 3).
     say "link $n: 1 MiB first byte, peer get vs curl"
+    fo0=$(fast_opens g)
     for r in 1 2 3; do
       BIN=$WB/g new_home "small$r"
       fresh "$WORK/out/small"
@@ -380,6 +384,7 @@ for spec in "${LINKS[@]}"; do
         "http://$SEED1:$HTTP_PORT/small.bin" >>"$WORK/small-curl"
       check_copy "$WORK/out/small/small.bin" "$SMALL_SHA" "1 MiB curl" || true
     done
+    put small.fast_opens "$(($(fast_opens g) - fo0))"
     for w in peer curl; do
       put "small.$w.first" "$(cut -d' ' -f1 "$WORK/small-$w" | median)"
       put "small.$w.total" "$(cut -d' ' -f2 "$WORK/small-$w" | median)"
@@ -434,6 +439,14 @@ if [ -z "${SKIP_EXTRAS:-}" ]; then
   put search.tracker "$(median <"$WORK/search-tracker")"
   put search.flood_first_ms "$(median <"$WORK/search-flood")"
   put search.flood_holders "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["holders"])' "$WORK/fs3.json" 2>/dev/null || echo '?')"
+fi
+# The getter reached the seed host before its gets (register, login), so their connections
+# to it (the tracker's, the node's) carry their first call in the SYN: the smoke keeps that
+# from rotting.
+if [ -n "$SMOKE" ] && [ "${TFO:-1}" != 0 ]; then
+  n=$(fast_opens g)
+  say "TCP Fast Open: $n connection(s) of the getter sent data in the SYN"
+  [ "${n:-0}" -gt 0 ] || fail "TCP Fast Open: no connection of the getter sent data in its SYN"
 fi
 stop_delayline
 if [ -z "${SKIP_EXTRAS:-}" ] && [ -z "${SKIP_SWARM:-}" ]; then
@@ -490,7 +503,9 @@ if "small.peer.total" in r:
     sp, sc = (r["small.peer.first"], r["small.peer.total"]), (r["small.curl.first"], r["small.curl.total"])
     notes.append(f"1 MiB at 1 Gbit/s, RTT 100 ms (median of 3; first byte: the getter's connection "
                  f"to the seed has 2 KiB, seen by `ss`): peer get first byte {float(sp[0]):.2f} s, done {float(sp[1]):.2f} s; "
-                 f"curl first byte {float(sc[0]):.2f} s, done {float(sc[1]):.2f} s.")
+                 f"curl first byte {float(sc[0]):.2f} s, done {float(sc[1]):.2f} s. Connections the 6 "
+                 f"commands opened with their first bytes in the SYN (TCP Fast Open, the getter's "
+                 f"TCPFastOpenActive): {r.get('small.fast_opens', '?')}.")
 if "search.tracker" in r:
     notes.append(f"Search at RTT 50 ms (median of 3): the tracker's `peer search` {float(r['search.tracker']) * 1000:.0f} ms "
                  f"for the whole command (process start, connect, one request); a flooded `peer search --peers` (TTL 2, "
@@ -500,6 +515,10 @@ if os.path.exists(swarm):
     notes.append(open(swarm).read().strip())
 bad = [f"link {k.split('_')[1]}: {v}" for k, v in r.items() if k.startswith("delayline_") and v != "clean"]
 notes.append("Delay line: " + ("; ".join(bad) if bad else "no frame lost but the chosen ones (no queue overflow, kernel drop or send error)") + ".")
+tfo = r.get("tfo", "?")
+tfo_says = "servers may take data in the SYN" if tfo.isdigit() and int(tfo) & 2 else "client side only"
+notes.append(f"TCP Fast Open in the namespaces: net.ipv4.tcp_fastopen={tfo} ({tfo_says}; "
+             "`python3 -m http.server` does not ask for it, so curl's connections are plain).")
 notes.append(f"Congestion control in the namespaces: {cc}. Best of {runs} run(s) per tool and link; "
              f"whole run {float(r['elapsed']):.0f} s." + (f" rqbit: {rqnote}." if rqnote else ""))
 print()

@@ -21,10 +21,12 @@
 //! - [`signals`]: Ctrl-C and SIGTERM, registered before a server says it is ready.
 //! - [`telemetry`]: `--log-format` and the binaries' logging set-up.
 //! - [`exposition`]: Prometheus text or OpenMetrics, as the scraper asks.
+//! - [`fastopen`]: TCP Fast Open on the servers' listeners and the peer's connections.
 
 pub mod bitfield;
 pub mod collection;
 pub mod exposition;
+pub mod fastopen;
 pub mod filetype;
 pub mod hash;
 pub mod identity;

@@ -17,6 +17,7 @@
 //! - [`replica`]: the node's replica store and the replication tasks the tracker assigns.
 //! - [`transport`]: how a getter fetches chunks (one trait, a gRPC implementation), its
 //!   HTTP/2 tuning, and the message limit shared with the server.
+//! - [`connector`]: the TCP connections of every gRPC channel, with TCP Fast Open.
 //! - [`contacts`]: the peers this home can reach without a tracker.
 //! - [`flood`]: search without a tracker: queries flooded over contacts, and their answers.
 //! - [`download`]: the downloader (per-file state machine) and its chunk scheduler.
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod connector;
 pub mod contacts;
 pub mod download;
 pub mod error;

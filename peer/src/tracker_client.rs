@@ -109,7 +109,7 @@ impl TrackerClient {
         let urls: Vec<String> = urls.iter().map(|u| normalize_url(u)).collect();
         let channels = urls
             .iter()
-            .map(|u| endpoint(u, tls).map(|e| e.connect_lazy()))
+            .map(|u| endpoint(u, tls).map(|e| crate::connector::lazy(&e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             urls: Arc::new(urls),
@@ -144,7 +144,7 @@ impl TrackerClient {
             return false;
         };
         let ep = ep.connect_timeout(Duration::from_secs(2));
-        tokio::time::timeout(Duration::from_secs(3), ep.connect())
+        tokio::time::timeout(Duration::from_secs(3), crate::connector::connect(&ep))
             .await
             .is_ok_and(|r| r.is_ok())
     }

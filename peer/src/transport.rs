@@ -317,7 +317,7 @@ pub async fn node_status(addr: &str, tls: &ClientTls) -> Option<NodeStatus> {
         .ok()?
         .connect_timeout(Duration::from_secs(2));
     let ask = async {
-        let s = peer_client(ep.connect().await.ok()?)
+        let s = peer_client(crate::connector::connect(&ep).await.ok()?)
             .status(pb::StatusRequest {})
             .await
             .ok()?
@@ -372,9 +372,9 @@ impl GrpcTransport {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = tuned_endpoint(addr, &self.tls)
-            .map_err(|e| FetchError::Connect(format!("bad address {addr}: {e}")))?
-            .connect_lazy();
+        let ep = tuned_endpoint(addr, &self.tls)
+            .map_err(|e| FetchError::Connect(format!("bad address {addr}: {e}")))?;
+        let ch = crate::connector::lazy(&ep);
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

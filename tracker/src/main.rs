@@ -116,6 +116,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    if common::fastopen::accept_on(&listener) {
+        tracing::info!("TCP Fast Open on: returning clients send their first call in the SYN");
+    } else {
+        tracing::debug!("TCP Fast Open off (net.ipv4.tcp_fastopen lacks the server bit, 2)");
+    }
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     println!("tracker listening on {scheme}://{addr}");
     std::io::stdout().flush()?;

@@ -19,6 +19,9 @@ pub async fn serve(cx: &Ctx, a: ServeArgs) -> crate::Result<()> {
             .map_err(|source| NodeError::Listen { what, addr, source })
     };
     let listener = bind("", a.listen).await?;
+    if common::fastopen::accept_on(&listener) {
+        tracing::info!("TCP Fast Open on: returning getters send their first request in the SYN");
+    }
     let metrics = match a.metrics_addr {
         Some(addr) => Some(bind("for metrics ", addr).await?),
         None => None,

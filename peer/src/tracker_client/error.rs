@@ -147,8 +147,14 @@ fn transport_failure(url: &str, s: &Status) -> TrackerError {
         timed_out |= e.is::<tonic::TimeoutExpired>();
         // A connection that broke (the tracker restarting, a reset) is no protocol mismatch.
         broken |= e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-            matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+            use std::io::ErrorKind::{
+                BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset,
+            };
+            // Refused shows here, after "connecting", when the SYN carried data (Fast Open).
+            matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | ConnectionRefused
+            )
         });
         // `io::Error::source` skips the error it wraps, so look at that one directly.
         let wrapped = e
