@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tonic::codegen::http::Uri;
 use tonic::codegen::Service;
+use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 /// Connects to a URI's host and port (its addresses in the resolver's order).
@@ -61,7 +61,11 @@ async fn connect_uri(uri: &Uri) -> io::Result<TcpStream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri
         .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     let mut last = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
         match connect_addr(addr).await {
@@ -127,12 +131,12 @@ fn first_request_whole(bytes: &[u8]) -> bool {
         const DATA: u8 = 0;
         const HEADERS: u8 = 1;
         const END_STREAM: u8 = 1;
-        if matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0 {
-            return true;
-        }
         let len = 9 + u32::from_be_bytes([0, l0, l1, l2]) as usize;
         if rest.len() < len {
             break;
+        }
+        if matches!(kind, DATA | HEADERS) && flags & END_STREAM != 0 {
+            return true;
         }
         rest = &rest[len..];
     }
@@ -210,7 +214,11 @@ impl AsyncRead for FirstFlight {
 }
 
 impl AsyncWrite for FirstFlight {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Some(n) = this.hold(&[io::IoSlice::new(buf)]) {
             return Poll::Ready(Ok(n));
@@ -285,11 +293,9 @@ mod tests {
         client.write_all(b"request").await.unwrap();
         // Nothing left before the flush.
         let mut buf = [0u8; 64];
-        let early = tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            server.read(&mut buf),
-        )
-        .await;
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(100), server.read(&mut buf))
+                .await;
         assert!(early.is_err(), "bytes left before the flush: {early:?}");
         client.flush().await.unwrap();
         let n = server.read(&mut buf).await.unwrap();
@@ -322,7 +328,10 @@ mod tests {
         b.extend_from_slice(&settings);
         assert!(!first_request_whole(&b), "settings");
         b.extend_from_slice(&headers);
-        assert!(!first_request_whole(&b), "headers that do not end the stream");
+        assert!(
+            !first_request_whole(&b),
+            "headers that do not end the stream"
+        );
         b.extend_from_slice(&body_end[..7]);
         assert!(!first_request_whole(&b), "a frame header cut short");
         b.extend_from_slice(&body_end[7..]);
@@ -330,7 +339,10 @@ mod tests {
         let mut get = PREFACE.to_vec();
         get.extend_from_slice(&frame(1, 5, b"hpack"));
         assert!(first_request_whole(&get), "headers that end the stream");
-        assert!(first_request_whole(&[0x16, 3, 1, 0, 200]), "TLS is not held");
+        assert!(
+            first_request_whole(&[0x16, 3, 1, 0, 200]),
+            "TLS is not held"
+        );
     }
 
     #[tokio::test]

@@ -427,11 +427,14 @@ impl<T: ChunkTransport> Coordinator<T> {
     /// cannot be flushed or published.
     pub(super) async fn finish(mut self) -> Result<Outcome, DownloadError> {
         self.sh.cancel.cancel();
+        let last_chunk = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_millis();
         // The tracker counts a getter as active from its Locates until its report of the
         // whole file: a Locate landing after that report would count it again for 10 s.
         // The call is bounded by the client's timeouts, as the report is.
         if let Some(h) = self.tracker.locate_task.take() {
             let _ = h.await;
+            tracing::debug!(after_ms = ms(last_chunk), "the Locate in flight answered");
         }
         let m = self.sh.manifest.clone();
         let digest = self
@@ -439,6 +442,7 @@ impl<T: ChunkTransport> Coordinator<T> {
             .finish()
             .await
             .map_err(|e| DownloadError::io("hash", &self.part, e))?;
+        tracing::debug!(file = %self.job.file_id, after_ms = ms(last_chunk), "whole file hashed");
         if digest != m.sha256 {
             // Every chunk matched the id, so these are the bytes the id names: the listed
             // whole-file hash is what is wrong (its sharer announced a bad one). Keep nothing
@@ -473,7 +477,16 @@ impl<T: ChunkTransport> Coordinator<T> {
                 .await
                 .map_err(DownloadError::task("publish"))?
         };
-        let ((), published) = tokio::join!(self.cx.report(&self.job.file_id, pending), publish);
+        let report = async {
+            self.cx.report(&self.job.file_id, pending).await;
+            tracing::debug!(file = %self.job.file_id, after_ms = ms(last_chunk), "reported");
+        };
+        let publish = async {
+            let r = publish.await;
+            tracing::debug!(file = %self.job.file_id, after_ms = ms(last_chunk), "flushed and renamed");
+            r
+        };
+        let ((), published) = tokio::join!(report, publish);
         published?;
         self.records.write(&Bitfield::full(n), true);
         self.progress.set_sources(self.suppliers.len());
