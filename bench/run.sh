@@ -62,6 +62,10 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build "${flag[@]}" --quiet -p tracker --example load
 fi
 LOAD=$BIN/examples/load
+# Prebuilt binaries must include the load client: say so now, not after the other parts.
+for b in "$BIN/peer" "$BIN/tracker" "$LOAD"; do
+  [ -x "$b" ] || die "$b is missing (build it, or run without SKIP_BUILD)"
+done
 
 start_tracker t
 SRC=$WORK/src/file.bin
