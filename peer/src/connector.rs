@@ -282,13 +282,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_flight_leaves_at_the_first_flush_in_one_piece() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let (client, server) = tokio::join!(connect_uri(&uri), listener.accept());
-        let mut client = FirstFlight::new(client.unwrap());
-        let (mut server, _) = server.unwrap();
+        let (mut client, mut server) = connected_pair().await;
         client.write_all(b"preface ").await.unwrap();
         client.write_all(b"request").await.unwrap();
         // Nothing left before the flush.
@@ -307,6 +301,16 @@ mod tests {
         server.write_all(b"answer").await.unwrap();
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"answer");
+    }
+
+    /// A connection made by the connector, wrapped as it is for tonic, and its server end.
+    async fn connected_pair() -> (FirstFlight, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (client, server) = tokio::join!(connect_uri(&uri), listener.accept());
+        (FirstFlight::new(client.unwrap()), server.unwrap().0)
     }
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -348,13 +352,7 @@ mod tests {
     #[tokio::test]
     async fn an_unfinished_request_is_held_only_briefly() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let (client, server) = tokio::join!(connect_uri(&uri), listener.accept());
-        let mut client = FirstFlight::new(client.unwrap());
-        let (mut server, _) = server.unwrap();
+        let (mut client, mut server) = connected_pair().await;
         let mut sent = PREFACE.to_vec();
         sent.extend_from_slice(&frame(4, 0, &[]));
         client.write_all(&sent).await.unwrap();
@@ -371,13 +369,7 @@ mod tests {
     #[tokio::test]
     async fn a_big_first_flight_goes_out_unflushed() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let (client, server) = tokio::join!(connect_uri(&uri), listener.accept());
-        let mut client = FirstFlight::new(client.unwrap());
-        let (mut server, _) = server.unwrap();
+        let (mut client, mut server) = connected_pair().await;
         let big = vec![7u8; FIRST_FLIGHT_MAX + 100];
         client.write_all(&big).await.unwrap();
         client.write_all(b"x").await.unwrap();
