@@ -269,22 +269,33 @@ impl Index {
     /// ([`super::search::NameIndex`]) narrows the listings to look at.
     pub fn search(&self, q: &Search) -> (Vec<(&FileEntry, &str)>, usize) {
         if !q.terms.is_empty() {
+            // A common word matches a good part of the files, and every match is counted:
+            // the listings are grouped by id (a file listed under several matching names is
+            // one row) with the ids' first eight bytes as the key, which orders nearly every
+            // pair of SHA-256s without a full compare, and a file is looked up only when it
+            // has several matching names or makes the page.
             let mut hits = self.names.find(&q.terms, q.file_type);
-            hits.sort_unstable_by_key(|h| h.0);
-            let rows: Vec<(&str, FileId, &FileEntry)> = hits
+            hits.sort_unstable_by(|a, b| {
+                (id_prefix(&a.0).cmp(&id_prefix(&b.0))).then_with(|| a.0.cmp(&b.0))
+            });
+            let rows: Vec<(&str, FileId, Option<&FileEntry>)> = hits
                 .chunk_by(|a, b| a.0 == b.0)
-                .filter_map(|g| {
-                    let f = self.files.get(&g[0].0)?;
-                    let name = match g {
-                        [one] => one.1,
-                        _ => f.best_listed(|n| g.iter().any(|h| h.1 == n))?,
-                    };
-                    Some((name, f.id, f))
+                .filter_map(|g| match g {
+                    [one] => Some((one.1, one.0, None)),
+                    _ => {
+                        let f = self.files.get(&g[0].0)?;
+                        let name = f.best_listed(|n| g.iter().any(|h| h.1 == n))?;
+                        Some((name, f.id, Some(f)))
+                    }
                 })
                 .collect();
             let total = rows.len();
             let page = page(rows, q.offset, q.limit);
-            return (page.into_iter().map(|(n, f)| (f, n)).collect(), total);
+            let page = page
+                .into_iter()
+                .filter_map(|(n, id, f)| Some((f.or_else(|| self.files.get(&id))?, n)))
+                .collect();
+            return (page, total);
         }
         let total = match q.file_type {
             None => self.files.len(),
@@ -330,6 +341,12 @@ impl Index {
         }
         out
     }
+}
+
+/// The first eight bytes of an id, as a sort key.
+fn id_prefix(id: &FileId) -> u64 {
+    let b = &id.0.0;
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// The write that keeps a file's last known name (the manifest's, renamed when its last

@@ -308,7 +308,7 @@ pub(super) fn page<T>(
     mut rows: Vec<(&str, FileId, T)>,
     offset: usize,
     limit: usize,
-) -> Vec<(&str, T)> {
+) -> Vec<(&str, FileId, T)> {
     let end = offset.saturating_add(limit).min(rows.len());
     if offset >= end {
         return Vec::new();
@@ -318,7 +318,7 @@ pub(super) fn page<T>(
         rows.truncate(end);
     }
     rows.sort_unstable_by(order);
-    rows.drain(offset..).map(|(n, _, r)| (n, r)).collect()
+    rows.drain(offset..).collect()
 }
 
 /// (name, id) order.
