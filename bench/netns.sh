@@ -19,10 +19,12 @@ make_ns() {
 # make_host NAME: a host namespace whose TCP buffers may grow to 32 MB (a 1 Gbit/s x 100 ms
 # path holds 12.5 MB), and whose listeners may take TCP Fast Open (net.ipv4.tcp_fastopen=3,
 # as docs/reference.md suggests for servers; TFO=0 leaves the kernel's default, client only).
+# CC=NAME sets the congestion control (else the kernel's default, reported by wan.sh).
 make_host() {
   make_ns "$1"
   nsx "$1" sysctl -qw net.ipv4.tcp_rmem="4096 131072 33554432" net.ipv4.tcp_wmem="4096 16384 33554432"
   [ "${TFO:-1}" = 0 ] || nsx "$1" sysctl -qw net.ipv4.tcp_fastopen=3
+  [ -z "${CC:-}" ] || nsx "$1" sysctl -qw net.ipv4.tcp_congestion_control="$CC"
 }
 
 # fast_opens NAME: how many connections the host opened with data in the SYN that the

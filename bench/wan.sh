@@ -27,7 +27,10 @@
 # then built), SKIP_BUILD=1, SKIP_RQBIT=1, SKIP_EXTRAS=1 (no 4-seed, 1 MiB, search and
 # swarm rows), SKIP_SWARM=1, ONLY="l1 l2" (measure only these links; l1..l4 as below),
 # TFO=0 (leave the namespaces' TCP Fast Open at the kernel default: client side only),
-# LIMIT (seconds for the whole run; 2400, smoke 150), KEEP_WORK=1 (keep the temp dir).
+# CAPTURE=1 (tcpdump the getter's TCP headers and print, per big flow, MB delivered every
+# 0.25 s after its SYN: bench/flows.py), CC=cubic (the namespaces' congestion control; the host's
+# net.ipv4.tcp_allowed_congestion_control must list it), LIMIT (seconds for the whole run;
+# 2400, smoke 150), KEEP_WORK=1 (keep the temp dir).
 set -euo pipefail
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
@@ -37,7 +40,7 @@ for a in "$@"; do
   case $a in
     --smoke) SMOKE=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "usage: bench/wan.sh [--smoke] [--append]" >&2; exit 2 ;;
   esac
 done
@@ -86,6 +89,7 @@ for c in "${tools[@]}"; do
 done
 [ -x /usr/bin/time ] || need+=(time)
 [ -n "${SKIP_RQBIT:-}" ] || command -v mktorrent >/dev/null || need+=(mktorrent)
+[ -z "${CAPTURE:-}" ] || command -v tcpdump >/dev/null || need+=(tcpdump)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} (apt)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } ||
@@ -141,6 +145,11 @@ done
 nsx r ip link set rg up
 nsx r ip link set rw up
 CC=$(nsx g sysctl -n net.ipv4.tcp_congestion_control)
+if [ -n "${CAPTURE:-}" ]; then
+  # Headers only; the EXIT trap stops it with everything else in the namespaces.
+  nsx g tcpdump -i any -s 96 -B 16384 -U -w "$WORK/g.pcap" tcp >/dev/null 2>"$WORK/tcpdump.err" &
+  CAPTURE_PID=$!
+fi
 put tfo "$(nsx g sysctl -n net.ipv4.tcp_fastopen)"
 
 WB=$WORK/bin
@@ -449,6 +458,18 @@ if [ -n "$SMOKE" ] && [ "${TFO:-1}" != 0 ]; then
   [ "${n:-0}" -gt 0 ] || fail "TCP Fast Open: no connection of the getter sent data in its SYN"
 fi
 stop_delayline
+if [ -n "${CAPTURE:-}" ]; then
+  # A moment for tcpdump to take the last packets from the kernel's buffer; then TERM (a
+  # background job of a script ignores INT).
+  sleep 1
+  kill -TERM "$CAPTURE_PID" 2>/dev/null || true
+  wait "$CAPTURE_PID" 2>/dev/null || true
+  python3 "$ROOT/bench/flows.py" "$WORK/g.pcap" "$BYTES" 5201=iperf3 "$HTTP_PORT=curl" \
+    "$NODE_PORT=peer get" "$RQ_PORT=rqbit" >"$WORK/flows.txt" || fail "reading the capture: bench/flows.py"
+  for tool in "peer get" curl; do
+    grep -q "^$tool " "$WORK/flows.txt" || fail "the capture shows no flow of the whole file for $tool"
+  done
+fi
 if [ -z "${SKIP_EXTRAS:-}" ] && [ -z "${SKIP_SWARM:-}" ]; then
   # The swarm has a topology of its own (every host behind its own delay line).
   say "swarm: bench/wan_swarm.sh"
@@ -527,6 +548,11 @@ for n in notes:
 PY
 echo
 cat "$TABLE"
+if [ -s "$WORK/flows.txt" ]; then
+  printf '\nCapture of the getter (CAPTURE=1), flows of the whole file:\n\n```text\n%s\n```\n' \
+    "$(cat "$WORK/flows.txt")" >>"$TABLE"
+  sed -n '/^Capture of the getter/,$p' "$TABLE"
+fi
 if [ -n "$APPEND" ] && [ -z "$SMOKE" ] && [ ! -s "$WORK/failed" ]; then
   {
     echo
