@@ -459,9 +459,16 @@ if [ -n "$SMOKE" ] && [ "${TFO:-1}" != 0 ]; then
 fi
 stop_delayline
 if [ -n "${CAPTURE:-}" ]; then
-  # A moment for tcpdump to take the last packets from the kernel's buffer; then TERM (a
-  # background job of a script ignores INT).
-  sleep 1
+  # tcpdump writes each packet as it takes it (-U): once the file stops growing it has taken
+  # the last ones from the kernel's buffer, however busy the machine (at most 20 s). Then
+  # TERM: a background job of a script ignores INT.
+  size=-1
+  for _ in $(seq 40); do
+    now_size=$(stat -c %s "$WORK/g.pcap" 2>/dev/null || echo 0)
+    [ "$now_size" = "$size" ] && break
+    size=$now_size
+    sleep 0.5
+  done
   kill -TERM "$CAPTURE_PID" 2>/dev/null || true
   wait "$CAPTURE_PID" 2>/dev/null || true
   python3 "$ROOT/bench/flows.py" "$WORK/g.pcap" "$BYTES" 5201=iperf3 "$HTTP_PORT=curl" \
